@@ -1,0 +1,41 @@
+"""Curvature operators: Hessian, generalised Gauss-Newton and empirical Fisher of a problem's loss."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from landscape.operators.base import CurvatureOperator, MatrixOperator
+from landscape.operators.dense import hessian_dense, to_dense
+from landscape.operators.fisher import EmpiricalFisherOperator
+from landscape.operators.ggn import GGNOperator
+from landscape.operators.hessian import HessianOperator
+from landscape.problem import Problem
+
+
+def hessian(problem: Problem, *, at: Tensor | None = None, engine: str = "auto", **kwargs) -> HessianOperator:
+    """The Hessian of ``problem``'s full-data loss at its current parameters (or at ``at``)."""
+    return HessianOperator(problem, at=at, engine=engine, **kwargs)
+
+
+def ggn(problem: Problem, *, at: Tensor | None = None, engine: str = "auto") -> GGNOperator:
+    """The generalised Gauss-Newton matrix (Fisher of the predictive distribution for cross-entropy)."""
+    return GGNOperator(problem, at=at, engine=engine)
+
+
+def empirical_fisher(problem: Problem, *, at: Tensor | None = None, engine: str = "auto") -> EmpiricalFisherOperator:
+    """The empirical Fisher ``(1/N) sum_i g_i g_i^T`` with the observed labels."""
+    return EmpiricalFisherOperator(problem, at=at, engine=engine)
+
+
+__all__ = [
+    "CurvatureOperator",
+    "EmpiricalFisherOperator",
+    "GGNOperator",
+    "HessianOperator",
+    "MatrixOperator",
+    "empirical_fisher",
+    "ggn",
+    "hessian",
+    "hessian_dense",
+    "to_dense",
+]

@@ -1,0 +1,178 @@
+"""Hessian-vector products of the full-data loss.
+
+``H v = sum_b w_b d^2 L_b / dw^2 v`` by one of two exact engines (Pearlmutter 1994):
+
+- ``double_backward``: reverse-over-reverse, ``H v = d/dw <grad L(w), v>``. The gradient graph of each batch is
+  built once and reused for every later product while it fits into ``graph_memory_limit`` bytes (measured from the
+  tensors the graph saves), so a product then costs one backward pass over that graph. Blocks of vectors either
+  loop over the columns on the same graph or go through one batched backward (``is_grads_batched``).
+- ``forward_over_reverse``: ``torch.func.jvp(torch.func.grad(L), (w,), (v,))``; blocks through ``torch.func.vmap``.
+
+``engine="auto"`` measures the candidates for each block width on the first batch and keeps the fastest: vmap over
+a block pays on MLPs and loses on convolutions/BatchNorm on CPU, and the graph cache wins whenever it fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import grad, jvp, vmap
+
+from landscape.operators.problem_operator import ProblemOperator, dict_to_block, vector_product_loop
+from landscape.problem import PreparedBatch, Problem, warn_unused
+
+DEFAULT_GRAPH_MEMORY = 2 * 1024**3
+
+
+class _GradientGraph:
+    """Leaves, the gradient with its graph (``create_graph=True``), and the bytes the graph holds."""
+
+    def __init__(self, problem: Problem, forward: Callable, params: dict, batch: PreparedBatch, measure: bool):
+        self.leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+        storages: dict[int, int] = {}
+
+        def pack(t: Tensor) -> Tensor:
+            if measure:
+                s = t.untyped_storage()
+                storages[s.data_ptr()] = s.nbytes()
+            return t
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = problem.batch_loss(forward, self.leaves, batch)
+            grads = torch.autograd.grad(loss, list(self.leaves.values()), create_graph=True, allow_unused=True)
+        self.used = [n for n, g in zip(self.leaves, grads, strict=True) if g is not None and g.requires_grad]
+        self.unused = [n for n in self.leaves if n not in self.used]
+        self.grads = [g for g, n in zip(grads, self.leaves, strict=True) if n in self.used]
+        self.nbytes = sum(storages.values())
+
+    def product(self, vectors: dict[str, Tensor], retain: bool, batched: bool) -> dict[str, Tensor]:
+        if not self.used:
+            return {}
+        outs = torch.autograd.grad(
+            self.grads,
+            [self.leaves[n] for n in self.used],
+            grad_outputs=[vectors[n] for n in self.used],
+            retain_graph=retain,
+            allow_unused=True,
+            is_grads_batched=batched,
+        )
+        return dict(zip(self.used, outs, strict=True))
+
+
+class HessianOperator(ProblemOperator):
+    """The Hessian of a problem's full-data loss at a point, as a :class:`CurvatureOperator`.
+
+    Parameters
+    ----------
+    problem : Problem
+    at : Tensor, optional
+        Flat point; default the model's current parameters (copied at construction).
+    engine : {"auto", "double_backward", "forward_over_reverse"}
+    graph_memory_limit : int
+        Bytes of gradient graphs kept between products (double-backward engine). ``0`` rebuilds every time.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        *,
+        at: Tensor | None = None,
+        engine: str = "auto",
+        graph_memory_limit: int = DEFAULT_GRAPH_MEMORY,
+    ):
+        super().__init__(problem, at=at, engine=engine)
+        self.graph_memory_limit = int(graph_memory_limit)
+        self._graphs: dict[int, _GradientGraph] = {}
+        self._graph_bytes = 0
+        self._cache_closed = graph_memory_limit <= 0
+        self._warned_unused = False
+        self._num_batches: int | None = None
+
+    def _strategies(self) -> list[tuple[str, str]]:
+        return [
+            ("double_backward", "double_backward"),
+            ("double_backward", "double_backward_batched"),
+            ("forward_over_reverse", "forward_over_reverse"),
+            ("forward_over_reverse", "forward_over_reverse_batched"),
+        ]
+
+    @property
+    def cached_graph_bytes(self) -> int:
+        return self._graph_bytes
+
+    # -------------------------------------------------------------- double backward
+    def _graph(self, forward: Callable, i: int, batch: PreparedBatch) -> tuple[_GradientGraph, bool]:
+        """The batch's gradient graph and whether it is kept (then its backward must retain it)."""
+        g = self._graphs.get(i)
+        if g is not None:
+            return g, True
+        g = _GradientGraph(self.problem, forward, self.params, batch, measure=not self._cache_closed)
+        if not self._warned_unused:
+            warn_unused(g.unused)
+            self._warned_unused = True
+        if not self._cache_closed and self._graph_bytes + g.nbytes <= self.graph_memory_limit:
+            self._graphs[i] = g
+            self._graph_bytes += g.nbytes
+            return g, True
+        self._cache_closed = True
+        return g, False
+
+    def _prepare_batch(self, forward: Callable, i: int, batch: PreparedBatch) -> None:
+        self._graph(forward, i, batch)
+
+    def _product_double_backward(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+        g, kept = self._graph(forward, i, batch)
+        k = V.shape[1]
+        cols = []
+        for j in range(k):
+            r = g.product(self.problem.unflatten(V[:, j]), retain=kept or j < k - 1, batched=False)
+            cols.append(dict_to_block(self.problem, {n: t[None] for n, t in r.items()}, 1, V)[:, 0])
+        return torch.stack(cols, dim=1)
+
+    def _product_double_backward_batched(
+        self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor
+    ) -> Tensor:
+        g, kept = self._graph(forward, i, batch)
+        r = g.product(self.problem.unflatten(V), retain=kept, batched=True)
+        return dict_to_block(self.problem, r, V.shape[1], V)
+
+    # -------------------------------------------------------------- forward over reverse
+    def _hvp_fn(self, forward: Callable, batch: PreparedBatch) -> Callable:
+        params = self.params
+
+        def loss(p: dict) -> Tensor:
+            return self.problem.batch_loss(forward, p, batch)
+
+        def hvp(v: dict) -> dict:
+            return jvp(grad(loss), (params,), (v,))[1]
+
+        return hvp
+
+    def _product_forward_over_reverse(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+        return vector_product_loop(self._hvp_fn(forward, batch), self.problem, V)
+
+    def _product_forward_over_reverse_batched(
+        self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor
+    ) -> Tensor:
+        r = vmap(self._hvp_fn(forward, batch), randomness="same")(self.problem.unflatten(V))
+        return dict_to_block(self.problem, r, V.shape[1], V)
+
+    # -------------------------------------------------------------- data passes
+    def _batches(self, k: int):
+        # When every batch's graph is cached and the chosen strategy uses them, the data need not be loaded again.
+        if (
+            self._num_batches is not None
+            and len(self._graphs) == self._num_batches
+            and self.chosen.get(k, "").startswith("double_backward")
+        ):
+            return ((i, None) for i in range(self._num_batches))
+        return self._counting_batches()
+
+    def _counting_batches(self):
+        n = 0
+        for i, b in enumerate(self.problem.batches()):
+            n += 1
+            yield i, b
+        self._num_batches = n

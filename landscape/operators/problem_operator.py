@@ -1,0 +1,112 @@
+"""Shared machinery of the curvature operators built on a :class:`~landscape.problem.Problem`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from landscape.operators.base import CurvatureOperator
+from landscape.problem import ParamDict, PreparedBatch, Problem, check_finite
+
+
+def dict_to_block(problem: Problem, tensors: dict[str, Tensor | None], k: int, like: Tensor) -> Tensor:
+    """Dict of ``(k, *shape)`` tensors (``None`` = zero) -> ``(n, k)`` block."""
+    cols = []
+    for name, numel in zip(problem.param_names, problem.param_numels, strict=True):
+        t = tensors.get(name)
+        cols.append(like.new_zeros(k, numel) if t is None else t.reshape(k, numel))
+    return torch.cat(cols, dim=1).T
+
+
+class ProblemOperator(CurvatureOperator):
+    """A curvature operator of a problem's full-data loss at a fixed point ``w`` (a copy taken at construction).
+
+    Subclasses provide named strategies ``(forward, batch_index, batch, V) -> (n, k)`` contributions; with
+    ``engine="auto"`` the fastest strategy for each block width is measured on the first batch of the first
+    product of that width and used from then on (the measurement's result is used, so nothing is wasted but the
+    slower candidates' work on one batch).
+    """
+
+    def __init__(self, problem: Problem, *, at: Tensor | None = None, engine: str = "auto"):
+        super().__init__(problem.num_params, problem.dtype, problem.device)
+        self.problem = problem
+        self.params = problem.params_dict(at)
+        strategies = self._strategies()
+        engines = sorted({name for name, _ in strategies})
+        if engine != "auto" and engine not in engines:
+            raise ValueError(f"engine must be 'auto' or one of {engines}, got {engine!r}")
+        self.engine = engine
+        self.chosen: dict[int, str] = {}
+        self.timings: dict[int, dict[str, float]] = {}
+        self.failures: dict[int, dict[str, str]] = {}
+
+    def _strategies(self) -> list[tuple[str, str]]:
+        """``(engine, strategy_name)`` pairs; ``strategy_name`` is a method ``_product_<name>``."""
+        raise NotImplementedError
+
+    def _candidates(self, k: int) -> list[str]:
+        names = [s for e, s in self._strategies() if self.engine in ("auto", e)]
+        single = [s for s in names if not s.endswith("_batched")]
+        return single if k == 1 else names
+
+    def _run(self, name: str, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+        return getattr(self, f"_product_{name}")(forward, i, batch, V)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        k = V.shape[1]
+        out = torch.zeros_like(V)
+        with self.problem.evaluation() as forward:
+            for i, batch in self._batches(k):
+                if k not in self.chosen:
+                    out += self._measure(k, forward, i, batch, V)
+                else:
+                    out += self._run(self.chosen[k], forward, i, batch, V)
+        return check_finite(out, "curvature-vector product", -1)
+
+    def _batches(self, k: int):
+        return enumerate(self.problem.batches())
+
+    def _measure(self, k: int, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+        candidates = self._candidates(k)
+        times: dict[str, float] = {}
+        result = None
+        failures: dict[str, str] = {}
+        for name in candidates:
+            self._prepare_batch(forward, i, batch)
+            t0 = time.perf_counter()
+            try:
+                r = self._run(name, forward, i, batch, V)
+            except RuntimeError as err:  # a transform torch cannot apply to this model/loss
+                failures[name] = str(err).splitlines()[0]
+                continue
+            times[name] = time.perf_counter() - t0
+            result = r if result is None else result
+        if result is None:
+            raise RuntimeError(f"no engine could multiply with this operator: {failures}")
+        self.timings[k] = times
+        self.failures[k] = failures
+        self.chosen[k] = min(times, key=times.get)
+        return result
+
+    def _prepare_batch(self, forward: Callable, i: int, batch: PreparedBatch) -> None:
+        """One-off work per batch that is not part of a product's steady-state cost (e.g. a cached graph)."""
+
+    def describe(self) -> dict:
+        return {
+            "operator": type(self).__name__,
+            "engine": self.engine,
+            "chosen": dict(self.chosen),
+            **self.problem.describe(),
+        }
+
+
+def vector_product_loop(fn: Callable[[ParamDict], dict], problem: Problem, V: Tensor) -> Tensor:
+    """Apply a per-vector product ``fn(v_dict) -> dict`` to each column of ``V``."""
+    cols = []
+    for j in range(V.shape[1]):
+        r = fn(problem.unflatten(V[:, j]))
+        cols.append(dict_to_block(problem, {n: t[None] for n, t in r.items() if t is not None}, 1, V)[:, 0])
+    return torch.stack(cols, dim=1)

@@ -1,0 +1,418 @@
+"""What is analysed: a model, a loss, the data, the parameters of interest and the BatchNorm/dropout policy.
+
+The full-data loss is the exact size-weighted mean over batches,
+
+    L(w) = sum_b (n_b / N) L_b(w)        (``reduction="mean"`` losses)
+    L(w) = sum_b L_b(w)                  (``reduction="sum"`` losses),
+
+so a short last batch is weighted correctly. Every evaluation is functional (``torch.func.functional_call``): the
+user's model keeps its parameters, buffers (BatchNorm running statistics), ``.grad`` fields and train/eval mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Batch = tuple[Tensor, Tensor]
+ParamDict = dict[str, Tensor]
+
+MODES = ("eval", "train")
+
+
+class DataError(ValueError):
+    """The data cannot be used as given (empty, not re-iterable, wrong batch format)."""
+
+
+class NonDeterministicError(RuntimeError):
+    """Two evaluations of the same loss or gradient differ."""
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """One batch moved to the problem's device/dtype, with its weight in the full-data mean."""
+
+    inputs: Tensor
+    targets: Tensor
+    weight: float
+    size: int
+
+
+def _is_tensor_pair(data: object) -> bool:
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, Tensor) for t in data)
+        and data[0].ndim > 0
+        and data[1].ndim > 0
+        and data[0].shape[0] == data[1].shape[0]
+    )
+
+
+def _loss_reduction(loss_fn: Callable) -> str:
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(
+            f"loss_fn has reduction={reduction!r}; landscape needs a scalar loss per batch: "
+            "use reduction='mean' (default) or 'sum'"
+        )
+    return reduction
+
+
+class Problem:
+    """A loss ``L(w)`` over a data set, restricted to a block of parameters.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network. It is never modified: parameters, buffers, ``.grad`` and modes are left as found.
+    loss_fn : callable
+        ``loss_fn(outputs, targets) -> scalar`` with mean (default) or sum reduction over the batch.
+    data : DataLoader, re-iterable of ``(inputs, targets)`` batches, or a pair of tensors ``(X, y)``
+        A tensor pair is split into batches of ``batch_size`` (one batch when ``batch_size`` is None).
+    params : None, sequence of str
+        ``None``: every parameter with ``requires_grad``. Otherwise parameter names or glob patterns
+        (``"layer3.*"``, ``"*.weight"``); the analysis runs on that block of the Hessian.
+    mode : {"eval", "train"}
+        ``"eval"``: BatchNorm uses running statistics, dropout is off. ``"train"``: batch statistics, running
+        statistics are *not* updated, dropout masks are drawn from a forked RNG so the global RNG is untouched.
+    device, dtype : optional
+        Where and in which floating dtype to evaluate (e.g. ``torch.float64`` for references). Default: the
+        model's own.
+    batch_size : int, optional
+        Only for a tensor pair.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        data: object,
+        *,
+        params: Sequence[str] | str | None = None,
+        mode: str = "eval",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        batch_size: int | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.mode = mode
+        self.reduction = _loss_reduction(loss_fn)
+        self.param_names = self._select_params(params)
+
+        first = next(iter(dict(model.named_parameters()).values()))
+        self.device = torch.device(device) if device is not None else first.device
+        self.dtype = dtype if dtype is not None else first.dtype
+        if not self.dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype, got {self.dtype}")
+
+        named = dict(model.named_parameters())
+        self.param_shapes = [tuple(named[n].shape) for n in self.param_names]
+        self.param_numels = [named[n].numel() for n in self.param_names]
+        self.num_params = sum(self.param_numels)
+
+        self._data = self._normalise_data(data, batch_size)
+        self._num_samples: int | None = None
+        # A stateless twin for train mode: BatchNorm without running statistics computes exactly the train-mode
+        # function but never writes to buffers, which torch.func transforms (jvp, vmap) could not do anyway.
+        self._train_twin: nn.Module | None = None
+
+    # ------------------------------------------------------------------ parameters
+    def _select_params(self, params: Sequence[str] | str | None) -> list[str]:
+        named = list(self.model.named_parameters())
+        if not named:
+            raise ValueError("the model has no parameters: nothing to analyse")
+        all_names = [n for n, _ in named]
+        if params is None:
+            chosen = [n for n, p in named if p.requires_grad]
+            if not chosen:
+                raise ValueError(
+                    "the model has no trainable parameters (all have requires_grad=False): "
+                    "pass params=[names or globs] to analyse frozen ones explicitly"
+                )
+            return chosen
+        patterns = [params] if isinstance(params, str) else list(params)
+        if not patterns:
+            raise ValueError("params is empty: pass None for all trainable parameters, or names/globs")
+        chosen_set: set[str] = set()
+        for pat in patterns:
+            hits = [n for n in all_names if fnmatch.fnmatchcase(n, pat)]
+            if not hits:
+                shown = ", ".join(all_names[:20]) + (" ..." if len(all_names) > 20 else "")
+                raise ValueError(f"params pattern {pat!r} matches no parameter; the model has: {shown}")
+            chosen_set.update(hits)
+        return [n for n in all_names if n in chosen_set]
+
+    def flatten(self, tensors: Sequence[Tensor] | ParamDict) -> Tensor:
+        """Concatenate per-parameter tensors (list in ``param_names`` order, or a dict) into one flat vector."""
+        if isinstance(tensors, dict):
+            tensors = [tensors[n] for n in self.param_names]
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, vector: Tensor) -> ParamDict:
+        """Split a flat vector ``(num_params,)`` (or a block ``(num_params, k)``) into a dict of tensors.
+
+        For a block, each tensor gets a trailing ``k`` dimension moved to the front: ``(k, *shape)``.
+        """
+        if vector.shape[0] != self.num_params:
+            raise ValueError(f"vector has {vector.shape[0]} entries, the problem has {self.num_params} parameters")
+        pieces = torch.split(vector, self.param_numels, dim=0)
+        if vector.ndim == 1:
+            return {n: p.view(s) for n, p, s in zip(self.param_names, pieces, self.param_shapes, strict=True)}
+        k = vector.shape[1]
+        return {
+            n: p.T.reshape(k, *s) for n, p, s in zip(self.param_names, pieces, self.param_shapes, strict=True)
+        }
+
+    def params_dict(self, at: Tensor | None = None) -> ParamDict:
+        """Detached copies of the selected parameters (or of the flat point ``at``) on the problem's device/dtype."""
+        if at is not None:
+            at = at.detach().to(device=self.device, dtype=self.dtype)
+            return {n: t.clone() for n, t in self.unflatten(at).items()}
+        named = dict(self.model.named_parameters())
+        return {n: named[n].detach().to(device=self.device, dtype=self.dtype).clone() for n in self.param_names}
+
+    def params_vector(self) -> Tensor:
+        """The current selected parameters as one flat vector (a copy)."""
+        return self.flatten(self.params_dict())
+
+    def _fixed_state(self) -> ParamDict:
+        """Unselected parameters and all buffers, on the problem's device/dtype, detached."""
+        selected = set(self.param_names)
+        state: ParamDict = {}
+        for n, p in self.model.named_parameters():
+            if n not in selected:
+                state[n] = p.detach().to(device=self.device, dtype=self.dtype)
+        for n, b in self.model.named_buffers():
+            b = b.detach().to(device=self.device)
+            state[n] = b.to(self.dtype) if b.is_floating_point() else b
+        return state
+
+    # ------------------------------------------------------------------ data
+    @staticmethod
+    def _normalise_data(data: object, batch_size: int | None) -> Iterable:
+        if _is_tensor_pair(data):
+            X, y = data
+            if X.shape[0] == 0:
+                raise DataError("data is empty: (X, y) has no samples")
+            if batch_size is None:
+                return [(X, y)]
+            if batch_size <= 0:
+                raise ValueError(f"batch_size must be positive, got {batch_size}")
+            return list(zip(torch.split(X, batch_size), torch.split(y, batch_size), strict=True))
+        if batch_size is not None:
+            raise ValueError("batch_size applies only to a tensor pair (X, y); a loader already has batches")
+        if isinstance(data, Iterator):
+            raise DataError(
+                "data is a one-shot iterator/generator, but every analysis passes over the data many times: "
+                "pass a list of batches, a DataLoader, or a tensor pair (X, y)"
+            )
+        if not isinstance(data, Iterable):
+            raise DataError(f"data must be a DataLoader, an iterable of (inputs, targets) or (X, y); got {type(data)}")
+        return data
+
+    def _prepare(self, batch: object, index: int) -> tuple[Tensor, Tensor]:
+        if isinstance(batch, dict) or not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise DataError(
+                f"batch {index} is a {type(batch).__name__}; landscape expects (inputs, targets) pairs"
+            )
+        x, y = batch
+        x = x.to(self.device)
+        if x.is_floating_point():
+            x = x.to(self.dtype)
+        y = y.to(self.device)
+        if y.is_floating_point():
+            y = y.to(self.dtype)
+        return x, y
+
+    @property
+    def num_samples(self) -> int:
+        if self._num_samples is None:
+            n = 0
+            for i, batch in enumerate(self._data):
+                if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                    raise DataError(f"batch {i} is a {type(batch).__name__}; expected (inputs, targets) pairs")
+                n += len(batch[1])
+            if n == 0:
+                raise DataError("data yielded no samples: check the DataLoader/dataset is not empty")
+            self._num_samples = n
+        return self._num_samples
+
+    def batches(self) -> Iterator[PreparedBatch]:
+        """Yield every batch on the problem's device/dtype with its weight in the full-data loss."""
+        total = self.num_samples
+        seen = 0
+        for i, batch in enumerate(self._data):
+            x, y = self._prepare(batch, i)
+            size = len(y)
+            if size == 0:
+                continue
+            seen += size
+            weight = size / total if self.reduction == "mean" else 1.0
+            yield PreparedBatch(x, y, weight, size)
+        if seen != total:
+            raise DataError(
+                f"the data changed size between passes ({total} then {seen} samples): use a loader with "
+                "drop_last=False and a fixed dataset"
+            )
+
+    def subsets(self, k: int) -> list[Problem]:
+        """Split the data into ``k`` disjoint, nearly equal parts (by whole batches) as separate problems."""
+        batches = [(b.inputs, b.targets) for b in self.batches()]
+        if k < 1 or k > len(batches):
+            raise ValueError(f"cannot split {len(batches)} batches into {k} subsets; use 1 <= k <= #batches")
+        parts = [batches[i::k] for i in range(k)]
+        return [self.with_data(part) for part in parts]
+
+    def with_data(self, data: object, *, batch_size: int | None = None) -> Problem:
+        """The same model, loss, parameters and policy on other data."""
+        return Problem(
+            self.model,
+            self.loss_fn,
+            data,
+            params=self.param_names,
+            mode=self.mode,
+            device=self.device,
+            dtype=self.dtype,
+            batch_size=batch_size,
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def _module_for_mode(self) -> nn.Module:
+        if self.mode == "eval":
+            return self.model
+        if self._train_twin is None:
+            twin = copy.deepcopy(self.model)
+            torch.func.replace_all_batch_norm_modules_(twin)
+            twin.train()
+            self._train_twin = twin
+        return self._train_twin
+
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator[Callable[[ParamDict, Tensor], Tensor]]:
+        """Context giving ``forward(params, inputs) -> outputs`` under the problem's mode policy.
+
+        The user's model modes are restored on exit and, in train mode, the global RNG state too (dropout masks
+        come from a forked generator), so calling it never leaves a trace.
+        """
+        module = self._module_for_mode()
+        saved_modes = [(m, m.training) for m in self.model.modules()]
+        fixed = self._fixed_state()
+        rng = torch.random.fork_rng(devices=[]) if self.mode == "train" else contextlib.nullcontext()
+        try:
+            with rng:
+                if module is self.model:
+                    self.model.eval()
+
+                def forward(params: ParamDict, inputs: Tensor) -> Tensor:
+                    return functional_call(module, {**fixed, **params}, (inputs,), strict=False)
+
+                yield forward
+        finally:
+            for m, training in saved_modes:
+                m.training = training
+
+    def batch_loss(self, forward: Callable, params: ParamDict, batch: PreparedBatch) -> Tensor:
+        """Weighted contribution ``w_b L_b(params)`` of one batch to the full-data loss."""
+        return batch.weight * self.loss_fn(forward(params, batch.inputs), batch.targets)
+
+    def loss(self, at: Tensor | None = None) -> float:
+        """Full-data loss at the current parameters (or at the flat point ``at``)."""
+        params = self.params_dict(at)
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        with torch.no_grad(), self.evaluation() as forward:
+            for i, b in enumerate(self.batches()):
+                total = total + check_finite(self.batch_loss(forward, params, b), "loss", i)
+        return float(total)
+
+    def loss_and_grad(self, at: Tensor | None = None) -> tuple[float, Tensor]:
+        """Full-data loss and its gradient (flat, selected parameters), without touching ``.grad``."""
+        with self.evaluation() as forward:
+            return self._loss_and_grad(forward, self.params_dict(at))
+
+    def _loss_and_grad(self, forward: Callable, params: ParamDict) -> tuple[float, Tensor]:
+        leaves = [p.detach().requires_grad_() for p in params.values()]
+        params = dict(zip(params, leaves, strict=True))
+        total = 0.0
+        grad = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
+        with torch.enable_grad():
+            for i, b in enumerate(self.batches()):
+                loss = check_finite(self.batch_loss(forward, params, b), "loss", i)
+                gs = torch.autograd.grad(loss, leaves, allow_unused=True)
+                grad += self.flatten([torch.zeros_like(p) if g is None else g for p, g in zip(leaves, gs, strict=True)])
+                total += float(loss)
+        return total, grad
+
+    def check_deterministic(self, *, rtol: float | None = None) -> None:
+        """Evaluate loss and gradient twice and raise :class:`NonDeterministicError` if they differ.
+
+        Catches shuffling loaders, random augmentation and dropout in train mode (both evaluations draw from one
+        forked RNG stream, so dropout masks differ between them), any of which would make every curvature estimate
+        meaningless. Costs two gradients.
+        """
+        if rtol is None:
+            rtol = 1e-5 if self.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10
+        params = self.params_dict()
+        with self.evaluation() as forward:
+            l1, g1 = self._loss_and_grad(forward, params)
+            l2, g2 = self._loss_and_grad(forward, params)
+        dl = abs(l1 - l2) / max(abs(l1), 1e-30)
+        dg = float((g1 - g2).norm() / g1.norm().clamp_min(1e-30))
+        if dl > rtol or dg > rtol:
+            raise NonDeterministicError(
+                f"two evaluations differ (loss rel. diff {dl:.2e}, gradient rel. diff {dg:.2e} > {rtol:.0e}): "
+                "the data or model is random. Use a loader with shuffle=False and no random augmentation, and "
+                "mode='eval' (or remove dropout) before analysing curvature"
+            )
+
+    def describe(self) -> dict:
+        """Settings recorded in every result (the BatchNorm/dropout policy among them)."""
+        return {
+            "mode": self.mode,
+            "num_params": self.num_params,
+            "num_samples": self.num_samples,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "params": list(self.param_names),
+            "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
+            "reduction": self.reduction,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Problem({type(self.model).__name__}, params={self.num_params}, mode={self.mode!r}, "
+            f"dtype={self.dtype}, device={self.device})"
+        )
+
+
+def check_finite(value: Tensor, what: str, batch_index: int) -> Tensor:
+    """Raise a clear error when a loss (or product) is NaN/inf."""
+    if not bool(torch.isfinite(value).all()):
+        raise FloatingPointError(
+            f"the {what} is not finite (NaN or inf) on batch {batch_index}: check the checkpoint (diverged "
+            "training?), the inputs (NaN in the data?) and the loss function"
+        )
+    return value
+
+
+def warn_unused(names: Iterable[str]) -> None:
+    names = list(names)
+    if names:
+        warnings.warn(
+            f"{len(names)} selected parameter(s) do not affect the loss and get zero curvature: "
+            + ", ".join(names[:5]),
+            stacklevel=3,
+        )
