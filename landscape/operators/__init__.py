@@ -12,19 +12,23 @@ from landscape.operators.hessian import HessianOperator
 from landscape.problem import Problem
 
 
-def hessian(problem: Problem, *, at: Tensor | None = None, engine: str = "auto", **kwargs) -> HessianOperator:
+def hessian(
+    problem: Problem, *, at: Tensor | None = None, engine: str = "auto", block: str = "auto", **kwargs
+) -> HessianOperator:
     """The Hessian of ``problem``'s full-data loss at its current parameters (or at ``at``)."""
-    return HessianOperator(problem, at=at, engine=engine, **kwargs)
+    return HessianOperator(problem, at=at, engine=engine, block=block, **kwargs)
 
 
-def ggn(problem: Problem, *, at: Tensor | None = None, engine: str = "auto") -> GGNOperator:
+def ggn(problem: Problem, *, at: Tensor | None = None, engine: str = "auto", block: str = "auto") -> GGNOperator:
     """The generalised Gauss-Newton matrix (Fisher of the predictive distribution for cross-entropy)."""
-    return GGNOperator(problem, at=at, engine=engine)
+    return GGNOperator(problem, at=at, engine=engine, block=block)
 
 
-def empirical_fisher(problem: Problem, *, at: Tensor | None = None, engine: str = "auto") -> EmpiricalFisherOperator:
+def empirical_fisher(
+    problem: Problem, *, at: Tensor | None = None, engine: str = "auto", block: str = "auto"
+) -> EmpiricalFisherOperator:
     """The empirical Fisher ``(1/N) sum_i g_i g_i^T`` with the observed labels."""
-    return EmpiricalFisherOperator(problem, at=at, engine=engine)
+    return EmpiricalFisherOperator(problem, at=at, engine=engine, block=block)
 
 
 __all__ = [

@@ -70,6 +70,8 @@ class HessianOperator(ProblemOperator):
     at : Tensor, optional
         Flat point; default the model's current parameters (copied at construction).
     engine : {"auto", "double_backward", "forward_over_reverse"}
+    block : {"auto", "loop", "batched"}
+        How blocks of vectors are multiplied (see :class:`ProblemOperator`).
     graph_memory_limit : int
         Bytes of gradient graphs kept between products (double-backward engine). ``0`` rebuilds every time.
     """
@@ -80,9 +82,10 @@ class HessianOperator(ProblemOperator):
         *,
         at: Tensor | None = None,
         engine: str = "auto",
+        block: str = "auto",
         graph_memory_limit: int = DEFAULT_GRAPH_MEMORY,
     ):
-        super().__init__(problem, at=at, engine=engine)
+        super().__init__(problem, at=at, engine=engine, block=block)
         self.graph_memory_limit = int(graph_memory_limit)
         self._graphs: dict[int, _GradientGraph] = {}
         self._graph_bytes = 0

@@ -21,16 +21,21 @@ def dict_to_block(problem: Problem, tensors: dict[str, Tensor | None], k: int, l
     return torch.cat(cols, dim=1).T
 
 
+SWITCH_MARGIN = 1.25
+
+
 class ProblemOperator(CurvatureOperator):
     """A curvature operator of a problem's full-data loss at a fixed point ``w`` (a copy taken at construction).
 
     Subclasses provide named strategies ``(forward, batch_index, batch, V) -> (n, k)`` contributions; with
     ``engine="auto"`` the fastest strategy for each block width is measured on the first batch of the first
     product of that width and used from then on (the measurement's result is used, so nothing is wasted but the
-    slower candidates' work on one batch).
+    slower candidates' work on one batch). ``block`` restricts how a block of vectors is multiplied: ``"loop"``
+    (column by column) or ``"batched"`` (one vmapped/batched call). Results agree between strategies to rounding;
+    for bit-identical re-runs fix ``engine`` and ``block`` (the choice is recorded in :meth:`describe`).
     """
 
-    def __init__(self, problem: Problem, *, at: Tensor | None = None, engine: str = "auto"):
+    def __init__(self, problem: Problem, *, at: Tensor | None = None, engine: str = "auto", block: str = "auto"):
         super().__init__(problem.num_params, problem.dtype, problem.device)
         self.problem = problem
         self.params = problem.params_dict(at)
@@ -38,7 +43,10 @@ class ProblemOperator(CurvatureOperator):
         engines = sorted({name for name, _ in strategies})
         if engine != "auto" and engine not in engines:
             raise ValueError(f"engine must be 'auto' or one of {engines}, got {engine!r}")
+        if block not in ("auto", "loop", "batched"):
+            raise ValueError(f"block must be 'auto', 'loop' or 'batched', got {block!r}")
         self.engine = engine
+        self.block = block
         self.chosen: dict[int, str] = {}
         self.timings: dict[int, dict[str, float]] = {}
         self.failures: dict[int, dict[str, str]] = {}
@@ -50,7 +58,9 @@ class ProblemOperator(CurvatureOperator):
     def _candidates(self, k: int) -> list[str]:
         names = [s for e, s in self._strategies() if self.engine in ("auto", e)]
         single = [s for s in names if not s.endswith("_batched")]
-        return single if k == 1 else names
+        if k == 1 or self.block == "loop":
+            return single
+        return [s for s in names if s.endswith("_batched")] if self.block == "batched" else names
 
     def _run(self, name: str, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
         return getattr(self, f"_product_{name}")(forward, i, batch, V)
@@ -88,7 +98,11 @@ class ProblemOperator(CurvatureOperator):
             raise RuntimeError(f"no engine could multiply with this operator: {failures}")
         self.timings[k] = times
         self.failures[k] = failures
-        self.chosen[k] = min(times, key=times.get)
+        # Prefer the first candidate unless another is clearly faster: keeps the choice (and so the last bits of
+        # every result) stable from run to run when the candidates are close.
+        best = min(times, key=times.get)
+        first = next(c for c in candidates if c in times)
+        self.chosen[k] = best if times[best] * SWITCH_MARGIN < times[first] else first
         return result
 
     def _prepare_batch(self, forward: Callable, i: int, batch: PreparedBatch) -> None:
@@ -98,6 +112,7 @@ class ProblemOperator(CurvatureOperator):
         return {
             "operator": type(self).__name__,
             "engine": self.engine,
+            "block": self.block,
             "chosen": dict(self.chosen),
             **self.problem.describe(),
         }

@@ -1,0 +1,281 @@
+"""Everything about a Hessian's spectrum from one shared Krylov pass.
+
+``n_v`` Lanczos recurrences with full reorthogonalisation (one block product per step, so one data pass per step
+for all probes) give at once:
+
+- top eigenvalues: the extreme Ritz values, with Ritz residuals ``beta_m |y_{m,i}|`` and error bounds;
+- the spectral density: Gauss quadrature nodes/weights (stochastic Lanczos quadrature; Ubaru, Chen, Saad 2017;
+  Ghorbani, Krishnan, Xiao 2019);
+- trace and Frobenius norm: ``tr H ~ P mean_l v_l^T H v_l`` and ``||H||_F^2 ~ P mean_l v_l^T H^2 v_l`` (both exact
+  per probe once ``m >= 2``), with standard errors across probes;
+- the LLA criteria ``re`` and ``Kh_n`` (Gabdullin et al. 2024).
+
+With ``subsets=k`` the data are split into ``k`` disjoint parts and the same pass is repeated on each part: the
+spread of trace and ``lambda_max`` across parts is the standard error due to the finite data set (the quantity
+Papyan 2020 and Granziol et al. 2022 warn dominates on small data), reported beside the probe error.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landscape.linalg.lanczos import lanczos
+from landscape.linalg.probes import SeedLike, make_generator, sample_probes, seed_record
+from landscape.linalg.results import Estimate
+from landscape.linalg.slq import LLACriteria, SpectralDensity
+from landscape.operators import CurvatureOperator, ggn, hessian
+from landscape.problem import Problem
+
+OPERATORS = {"hessian": hessian, "ggn": ggn}
+
+
+@dataclass(frozen=True)
+class SubsetSpread:
+    """Trace and ``lambda_max`` on ``k`` disjoint data subsets: the data-sampling error of the full-data values."""
+
+    traces: np.ndarray
+    lambda_max: np.ndarray
+    sizes: np.ndarray
+
+    @staticmethod
+    def _stderr(x: np.ndarray) -> float:
+        return float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+
+    @property
+    def trace_stderr(self) -> float:
+        return self._stderr(self.traces)
+
+    @property
+    def lambda_max_stderr(self) -> float:
+        return self._stderr(self.lambda_max)
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Top eigenvalues, trace, Frobenius norm and spectral density from one Krylov pass (see module docstring)."""
+
+    eigenvalues: np.ndarray
+    eigen_residuals: np.ndarray
+    eigen_error_bounds: np.ndarray
+    eigen_converged: np.ndarray
+    eigenvectors: Tensor | None
+    trace: Estimate
+    frobenius: Estimate
+    density: SpectralDensity
+    lla: LLACriteria
+    subsets: SubsetSpread | None
+    num_params: int
+    num_matvecs: int
+    seed: int | None
+    wall_time: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lambda_max(self) -> float:
+        return float(self.eigenvalues[0])
+
+    def summary(self) -> str:
+        """A short human-readable report (numbers with their error bars)."""
+        lines = [
+            f"{self.settings.get('operator', 'operator')} spectrum of {self.num_params:,} parameters "
+            f"({self.num_matvecs} matrix-vector products, {self.wall_time:.2f} s, seed {self.seed})",
+            "top eigenvalues: "
+            + ", ".join(f"{v:.6g}" for v in self.eigenvalues)
+            + f"  (max Ritz residual {np.max(self.eigen_residuals):.1e}, "
+            + ("all converged" if bool(np.all(self.eigen_converged)) else "NOT all converged")
+            + ")",
+            f"trace: {self.trace.value:.6g} +- {self.trace.stderr:.2g} (probe stderr)",
+            f"Frobenius norm: {self.frobenius.value:.6g} +- {self.frobenius.stderr:.2g}",
+            f"density: support [{self.density.lambda_min:.4g}, {self.density.lambda_max:.4g}], "
+            f"{self.density.num_probes} probes x {self.density.nodes.shape[1]} steps, sigma {self.density.sigma:.3g}",
+            f"negative curvature (LLA): re = |lambda_min/lambda_max| = {self.lla.re:.3g}, Kh_0.5 = {self.lla.kh:.3g}",
+        ]
+        if self.subsets is not None:
+            lines.append(
+                f"across {self.subsets.traces.size} data subsets: trace stderr {self.subsets.trace_stderr:.2g}, "
+                f"lambda_max stderr {self.subsets.lambda_max_stderr:.2g}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready numbers (no tensors)."""
+        out = {
+            "eigenvalues": self.eigenvalues.tolist(),
+            "eigen_residuals": self.eigen_residuals.tolist(),
+            "eigen_error_bounds": self.eigen_error_bounds.tolist(),
+            "eigen_converged": [bool(c) for c in self.eigen_converged],
+            "trace": self.trace.value,
+            "trace_stderr": self.trace.stderr,
+            "frobenius": self.frobenius.value,
+            "frobenius_stderr": self.frobenius.stderr,
+            "density": {
+                "lambda_min": self.density.lambda_min,
+                "lambda_max": self.density.lambda_max,
+                "sigma": self.density.sigma,
+                "num_probes": self.density.num_probes,
+                "num_steps": int(self.density.nodes.shape[1]),
+            },
+            "lla": {"re": self.lla.re, "kh": self.lla.kh, "n": self.lla.n},
+            "num_params": self.num_params,
+            "num_matvecs": self.num_matvecs,
+            "seed": self.seed,
+            "wall_time": self.wall_time,
+            "settings": self.settings,
+        }
+        if self.subsets is not None:
+            out["subsets"] = {
+                "traces": self.subsets.traces.tolist(),
+                "lambda_max": self.subsets.lambda_max.tolist(),
+                "trace_stderr": self.subsets.trace_stderr,
+                "lambda_max_stderr": self.subsets.lambda_max_stderr,
+            }
+        return out
+
+
+def _krylov(op: CurvatureOperator, num_probes: int, num_steps: int, gen: torch.Generator, keep_basis: bool):
+    V0 = sample_probes(op.shape[0], num_probes, distribution="rademacher", seed=gen, dtype=op.dtype,
+                       device=op.device, normalize=True)
+    return lanczos(op, num_steps, v0=V0, seed=gen, restart_on_breakdown=False, keep_basis=keep_basis)
+
+
+def spectrum(
+    problem_or_op: Problem | CurvatureOperator,
+    *,
+    engine: str = "auto",
+    block: str = "auto",
+    k: int = 5,
+    num_probes: int = 8,
+    num_steps: int = 40,
+    subsets: int | None = None,
+    operator: str = "hessian",
+    eigenvectors: bool = False,
+    tol: float = 1e-4,
+    sigma: float | None = None,
+    seed: SeedLike = 0,
+) -> Spectrum:
+    """Top-``k`` eigenvalues, trace, Frobenius norm, spectral density and LLA criteria from one Krylov pass.
+
+    Parameters
+    ----------
+    problem_or_op
+        A :class:`Problem` (its ``operator`` is built) or any symmetric :class:`CurvatureOperator`.
+    k
+        Number of top eigenvalues (the largest Ritz values of the probe whose top-``k`` residuals are smallest).
+    num_probes, num_steps
+        SLQ probes ``n_v`` and Lanczos steps ``m`` per probe; cost ``n_v * m`` products in ``m`` data passes.
+    subsets
+        Repeat the pass on this many disjoint data subsets (needs a Problem) for the data-sampling error.
+    operator
+        ``"hessian"`` or ``"ggn"`` when given a Problem.
+    engine, block
+        Product engine and block strategy of that operator (``"auto"`` measures; fix both for bit-identical
+        re-runs).
+    eigenvectors
+        Keep the Lanczos bases to return the top-``k`` Ritz vectors (memory ``n_v * m * P`` numbers).
+    tol
+        A Ritz pair counts as converged when its residual is ``<= tol * max |theta|``.
+    sigma
+        Density smoothing width; default the Lanczos resolution ``(lambda_max - lambda_min) / m``.
+    seed
+        Seed or generator for the probes.
+    """
+    t0 = time.perf_counter()
+    if isinstance(problem_or_op, Problem):
+        if operator not in OPERATORS:
+            raise ValueError(f"operator must be one of {sorted(OPERATORS)}, got {operator!r}")
+        op = OPERATORS[operator](problem_or_op, engine=engine, block=block)
+        settings: dict[str, Any] = {"operator": operator, **problem_or_op.describe()}
+    elif isinstance(problem_or_op, CurvatureOperator):
+        if subsets:
+            raise ValueError("subsets=k needs a Problem (the data are split), not an operator")
+        op = problem_or_op
+        settings = {"operator": type(op).__name__}
+    else:
+        raise TypeError(f"spectrum expects a Problem or CurvatureOperator, got {type(problem_or_op).__name__}")
+    if k < 1 or k > num_steps:
+        raise ValueError(f"k must be between 1 and num_steps={num_steps}, got {k}")
+    gen = make_generator(seed)
+    before = op.num_matvecs
+    dec = _krylov(op, num_probes, num_steps, gen, keep_basis=eigenvectors)
+    density = SpectralDensity.from_lanczos(dec, op.shape[0], sigma=sigma)
+    values, residuals, bounds, converged, vectors = _top_ritz(dec, k, tol)
+    moments = density.moments(2)
+    P = op.shape[0]
+    fro_sq = P * moments.samples[:, 1]
+    fro_sq_mean = float(fro_sq.mean())
+    fro_sq_se = float(fro_sq.std(ddof=1) / math.sqrt(fro_sq.size)) if fro_sq.size > 1 else math.nan
+    frob = Estimate(
+        value=math.sqrt(max(fro_sq_mean, 0.0)),
+        stderr=fro_sq_se / (2 * math.sqrt(fro_sq_mean)) if fro_sq_mean > 0 else math.nan,
+        num_matvecs=dec.num_matvecs,
+        seed=seed_record(seed),
+        method="slq",
+        wall_time=dec.wall_time,
+        samples=fro_sq,
+        settings={"squared": fro_sq_mean, "squared_stderr": fro_sq_se},
+    )
+    spread = None
+    if subsets:
+        parts = problem_or_op.subsets(subsets)
+        traces, lmax, sizes = [], [], []
+        for part in parts:
+            sub = _krylov(OPERATORS[operator](part, engine=engine, block=block), num_probes, num_steps, gen, keep_basis=False)
+            sub_density = SpectralDensity.from_lanczos(sub, P)
+            traces.append(sub_density.trace().value)
+            lmax.append(sub_density.lambda_max)
+            sizes.append(part.num_samples)
+        spread = SubsetSpread(np.array(traces), np.array(lmax), np.array(sizes))
+    settings.update(num_probes=num_probes, num_steps=num_steps, k=k, tol=tol, subsets=subsets)
+    if hasattr(op, "chosen"):
+        settings["engine"] = {str(w): name for w, name in op.chosen.items()}
+    return Spectrum(
+        eigenvalues=values,
+        eigen_residuals=residuals,
+        eigen_error_bounds=bounds,
+        eigen_converged=converged,
+        eigenvectors=vectors,
+        trace=density.trace(),
+        frobenius=frob,
+        density=density,
+        lla=density.lla_criteria(),
+        subsets=spread,
+        num_params=P,
+        num_matvecs=op.num_matvecs - before,
+        seed=seed_record(seed),
+        wall_time=time.perf_counter() - t0,
+        settings=settings,
+    )
+
+
+def _top_ritz(dec, k: int, tol: float):
+    """Top-``k`` Ritz pairs of the recurrence whose worst top-``k`` residual is smallest."""
+    best = None
+    for probe in range(dec.num_probes):
+        theta, Y = dec.ritz(probe)
+        if theta.size < k:
+            continue
+        res = dec.ritz_residuals(probe)
+        idx = np.argsort(theta)[::-1][:k]
+        score = float(res[idx].max())
+        if best is None or score < best[0]:
+            best = (score, probe, theta, Y, res, idx)
+    if best is None:
+        raise ValueError(f"every Lanczos recurrence ended before {k} steps: ask for fewer eigenvalues")
+    _, probe, theta, Y, res, idx = best
+    scale = float(np.abs(theta).max()) or 1.0
+    others = np.sort(theta)
+    gaps = np.array([np.min(np.abs(np.delete(others, np.searchsorted(others, t)) - t)) if theta.size > 1
+                     else math.inf for t in theta[idx]])
+    r = res[idx]
+    bounds = np.minimum(r, r**2 / np.maximum(gaps, 1e-300))
+    vectors = None
+    if dec.basis is not None:
+        vectors = dec.basis[probe][:, : Y.shape[0]] @ torch.as_tensor(Y[:, idx], dtype=dec.basis.dtype, device=dec.basis.device)
+    return theta[idx].copy(), r, bounds, r <= tol * scale, vectors

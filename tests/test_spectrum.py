@@ -1,0 +1,83 @@
+"""spectrum(): one Krylov pass against the dense float64 Hessian of tiny models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import landscape as L
+from landscape.spectrum import spectrum
+from tests.conftest import make_case, reference_hessian
+from tests.operators.test_operators import problem_of
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn_bn_eval", "cnn_bn_train"])
+def test_spectrum_matches_dense_reference(name):
+    case = make_case(name)
+    H = reference_hessian(case)
+    P = H.shape[0]
+    exact = torch.linalg.eigvalsh(H).flip(0).numpy()
+    probes = 6 if name == "mlp" else 3  # float64 convolutions are slow on CPU
+    s = spectrum(problem_of(case), k=3, num_probes=probes, num_steps=P, eigenvectors=True, seed=1)
+    # With m = P steps the Krylov space is the whole space: Ritz values are the eigenvalues.
+    np.testing.assert_allclose(s.eigenvalues, exact[:3], rtol=1e-8)
+    assert s.eigen_converged.all()
+    # Ritz vectors: the reported residuals are the true ones (to rounding).
+    R = H @ s.eigenvectors - s.eigenvectors * torch.as_tensor(s.eigenvalues)
+    assert np.all(R.norm(dim=0).numpy() <= s.eigen_residuals + 1e-10 * abs(exact[0]))
+    # Trace and Frobenius: unbiased estimates, the truth within 4 standard errors.
+    assert abs(s.trace.value - float(torch.trace(H))) <= 4 * s.trace.stderr
+    assert abs(s.frobenius.value - float(H.norm())) <= 4 * s.frobenius.stderr
+    assert s.density.nodes.shape[0] == probes and s.density.nodes.shape[1] <= P
+    lam_min = float(exact[-1])
+    assert s.lla.re == pytest.approx(abs(lam_min / exact[0]), rel=1e-6)
+    assert s.settings["mode"] == case.mode
+
+
+def test_top_eigenvalues_of_a_larger_model_converge_in_few_steps():
+    torch.manual_seed(0)  # only to build data; the analysis itself never touches the global RNG
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 30), torch.nn.Tanh(), torch.nn.Linear(30, 4)).double()
+    X = torch.randn(200, 10, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (200,), generator=g)
+    p = L.Problem(model, torch.nn.CrossEntropyLoss(), (X, y), batch_size=64)
+    H = L.hessian_dense(p)
+    exact = torch.linalg.eigvalsh(H).flip(0).numpy()
+    s = spectrum(p, k=3, num_probes=2, num_steps=60, seed=0)
+    assert s.eigen_converged.all()
+    err = np.abs(s.eigenvalues - exact[:3])
+    assert np.all(err <= s.eigen_error_bounds + 1e-12 * abs(exact[0]))
+    np.testing.assert_allclose(s.eigenvalues, exact[:3], rtol=1e-8)
+    assert s.num_matvecs == 120
+
+
+def test_subsets_give_data_spread_and_same_seed_same_result():
+    case = make_case("mlp")
+    p = problem_of(case)
+    a = spectrum(p, k=2, num_probes=3, num_steps=20, subsets=3, seed=4, engine="double_backward", block="loop")
+    b = spectrum(p, k=2, num_probes=3, num_steps=20, subsets=3, seed=4, engine="double_backward", block="loop")
+    auto = spectrum(p, k=2, num_probes=3, num_steps=20, subsets=3, seed=4)
+    np.testing.assert_allclose(auto.eigenvalues, a.eigenvalues, rtol=1e-12)
+    assert a.subsets.traces.shape == (3,) and a.subsets.sizes.sum() == 27
+    assert math.isfinite(a.subsets.trace_stderr) and a.subsets.trace_stderr > 0
+    assert np.array_equal(a.eigenvalues, b.eigenvalues) and a.trace.value == b.trace.value
+    assert np.array_equal(a.subsets.traces, b.subsets.traces)
+    c = spectrum(p, k=2, num_probes=3, num_steps=20, seed=5)
+    assert c.trace.value != a.trace.value
+    assert "trace" in a.summary() and a.to_dict()["subsets"]["traces"] == a.subsets.traces.tolist()
+
+
+def test_spectrum_of_an_operator_and_bad_arguments():
+    lam = torch.linspace(-1, 3, 40, dtype=torch.float64)
+    Q, _ = torch.linalg.qr(torch.randn(40, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    op = L.MatrixOperator(Q @ torch.diag(lam) @ Q.T)
+    s = spectrum(op, k=2, num_probes=4, num_steps=40)
+    np.testing.assert_allclose(s.eigenvalues, [3.0, lam[-2].item()], rtol=1e-10)
+    assert s.lla.re == pytest.approx(1 / 3, rel=1e-8)
+    with pytest.raises(ValueError, match="subsets"):
+        spectrum(op, subsets=2)
+    with pytest.raises(ValueError, match="k must be"):
+        spectrum(op, k=50, num_steps=40)
