@@ -1,5 +1,23 @@
-"""landscape: what the loss surface of a trained PyTorch network looks like."""
+"""landscape: what the loss surface of a trained PyTorch network looks like.
 
+Layers (a lower one never imports a higher one): problem + data -> operators -> estimators (``linalg``) ->
+analyses (``spectrum``) -> CLI.
+"""
+
+from landscape.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model
+from landscape.linalg import (
+    ConvergenceWarning,
+    EigenResult,
+    Estimate,
+    LLACriteria,
+    SpectralDensity,
+    diagonal,
+    frobenius_norm,
+    lanczos,
+    spectral_density,
+    top_eigen,
+    trace,
+)
 from landscape.operators import (
     CurvatureOperator,
     MatrixOperator,
@@ -10,18 +28,36 @@ from landscape.operators import (
     to_dense,
 )
 from landscape.problem import DataError, NonDeterministicError, Problem
+from landscape.spectrum import Spectrum, spectrum
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "ConvergenceWarning",
     "CurvatureOperator",
     "DataError",
+    "EigenResult",
+    "Estimate",
+    "LLACriteria",
     "MatrixOperator",
     "NonDeterministicError",
     "Problem",
+    "SpectralDensity",
+    "Spectrum",
+    "diagonal",
     "empirical_fisher",
+    "extract_state_dict",
+    "frobenius_norm",
     "ggn",
     "hessian",
     "hessian_dense",
+    "lanczos",
+    "load_checkpoint",
+    "load_model",
+    "spectral_density",
+    "spectrum",
     "to_dense",
+    "top_eigen",
+    "trace",
 ]

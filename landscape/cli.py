@@ -67,13 +67,17 @@ def _default_model(X: torch.Tensor, y: torch.Tensor, seed: int, quiet: bool) -> 
     model = mlp(in_features=X.shape[1], hidden=(32,), out_features=int(y.max()) + 1, seed=seed)
     log = train(model, X, y, steps=300, lr=0.05, batch_size=64, seed=seed)
     if not quiet:
-        click.echo(f"trained the built-in MLP on the data for {log.steps} steps ({log.wall_time:.1f} s), "
-                   f"loss {log.final_loss:.4f}", err=True)
+        click.echo(
+            f"trained the built-in MLP on the data for {log.steps} steps ({log.wall_time:.1f} s), "
+            f"loss {log.final_loss:.4f}",
+            err=True,
+        )
     return model
 
 
-def _load_model(model_spec: str | None, checkpoint: str | None, data: Any, seed: int, quiet: bool,
-                unsafe_load: bool) -> nn.Module:
+def _load_model(
+    model_spec: str | None, checkpoint: str | None, data: Any, seed: int, quiet: bool, unsafe_load: bool
+) -> nn.Module:
     from landscape.checkpoint import CheckpointError, is_torchscript, load_checkpoint, load_model
 
     try:
@@ -98,22 +102,46 @@ def _load_model(model_spec: str | None, checkpoint: str | None, data: Any, seed:
 def common_options(fn: Callable) -> Callable:
     """Options shared by every analysis command."""
     options = [
-        click.option("--model", "model_spec", default=None, help="package.module:factory returning an nn.Module "
-                     "(default: a small MLP trained for a few seconds on the data)."),
-        click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
-                     help="Weights to load into --model (state dict layouts, DDP prefixes) or a TorchScript file."),
+        click.option(
+            "--model",
+            "model_spec",
+            default=None,
+            help="package.module:factory returning an nn.Module "
+            "(default: a small MLP trained for a few seconds on the data).",
+        ),
+        click.option(
+            "--checkpoint",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Weights to load into --model (state dict layouts, DDP prefixes) or a TorchScript file.",
+        ),
         click.option("--unsafe-load", is_flag=True, help="torch.load with weights_only=False (trusted files only)."),
-        click.option("--data", "data_spec", default="digits", show_default=True,
-                     help="'digits', 'synthetic' or package.module:factory returning (X, y) or a DataLoader."),
+        click.option(
+            "--data",
+            "data_spec",
+            default="digits",
+            show_default=True,
+            help="'digits', 'synthetic' or package.module:factory returning (X, y) or a DataLoader.",
+        ),
         click.option("--batch-size", type=int, default=512, show_default=True, help="Batch size for (X, y) data."),
         click.option("--loss", type=click.Choice(sorted(LOSSES)), default="cross_entropy", show_default=True),
         click.option("--params", multiple=True, help="Parameter names or globs to analyse (repeatable)."),
-        click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
-                     help="BatchNorm/dropout policy."),
+        click.option(
+            "--mode",
+            type=click.Choice(["eval", "train"]),
+            default="eval",
+            show_default=True,
+            help="BatchNorm/dropout policy.",
+        ),
         click.option("--dtype", type=click.Choice(sorted(DTYPES)), default=None, help="Evaluation dtype."),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--out", type=click.Path(file_okay=False), default="landscape-out", show_default=True,
-                     help="Directory for results and figures."),
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False),
+            default="landscape-out",
+            show_default=True,
+            help="Directory for results and figures.",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a summary."),
         click.option("--quiet", is_flag=True, help="No progress output."),
         click.option("--debug", is_flag=True, help="Show full tracebacks."),
@@ -136,16 +164,22 @@ def common_options(fn: Callable) -> Callable:
     return wrapper
 
 
-def build_problem(model_spec, checkpoint, unsafe_load, data_spec, batch_size, loss, params, mode, dtype, seed,
-                  quiet):
+def build_problem(model_spec, checkpoint, unsafe_load, data_spec, batch_size, loss, params, mode, dtype, seed, quiet):
     from landscape.problem import Problem
 
     data = _load_data(data_spec, seed)
     model = _load_model(model_spec, checkpoint, data, seed, quiet, unsafe_load)
     if isinstance(data, tuple) and len(data) == 2 and model_spec is None:
         data = (data[0].flatten(1), data[1])
-    return Problem(model, LOSSES[loss](), data, params=list(params) or None, mode=mode,
-                   dtype=DTYPES[dtype] if dtype else None, batch_size=batch_size if isinstance(data, tuple) else None)
+    return Problem(
+        model,
+        LOSSES[loss](),
+        data,
+        params=list(params) or None,
+        mode=mode,
+        dtype=DTYPES[dtype] if dtype else None,
+        batch_size=batch_size if isinstance(data, tuple) else None,
+    )
 
 
 def _emit(result: dict, summary: str, as_json: bool, out: Path, name: str) -> None:
@@ -189,8 +223,9 @@ def spectrum(top_k, probes, steps, subsets, operator, out, as_json, quiet, **kw)
 
     t0 = time.perf_counter()
     problem = build_problem(quiet=quiet, **kw)
-    result = run_spectrum(problem, k=top_k, num_probes=probes, num_steps=steps, subsets=subsets,
-                          operator=operator, seed=kw["seed"])
+    result = run_spectrum(
+        problem, k=top_k, num_probes=probes, num_steps=steps, subsets=subsets, operator=operator, seed=kw["seed"]
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))

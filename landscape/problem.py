@@ -173,9 +173,7 @@ class Problem:
         if vector.ndim == 1:
             return {n: p.view(s) for n, p, s in zip(self.param_names, pieces, self.param_shapes, strict=True)}
         k = vector.shape[1]
-        return {
-            n: p.T.reshape(k, *s) for n, p, s in zip(self.param_names, pieces, self.param_shapes, strict=True)
-        }
+        return {n: p.T.reshape(k, *s) for n, p, s in zip(self.param_names, pieces, self.param_shapes, strict=True)}
 
     def params_dict(self, at: Tensor | None = None) -> ParamDict:
         """Detached copies of the selected parameters (or of the flat point ``at``) on the problem's device/dtype."""
@@ -226,9 +224,7 @@ class Problem:
 
     def _prepare(self, batch: object, index: int) -> tuple[Tensor, Tensor]:
         if isinstance(batch, dict) or not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise DataError(
-                f"batch {index} is a {type(batch).__name__}; landscape expects (inputs, targets) pairs"
-            )
+            raise DataError(f"batch {index} is a {type(batch).__name__}; landscape expects (inputs, targets) pairs")
         x, y = batch
         x = x.to(self.device)
         if x.is_floating_point():

@@ -140,8 +140,9 @@ class Spectrum:
 
 
 def _krylov(op: CurvatureOperator, num_probes: int, num_steps: int, gen: torch.Generator, keep_basis: bool):
-    V0 = sample_probes(op.shape[0], num_probes, distribution="rademacher", seed=gen, dtype=op.dtype,
-                       device=op.device, normalize=True)
+    V0 = sample_probes(
+        op.shape[0], num_probes, distribution="rademacher", seed=gen, dtype=op.dtype, device=op.device, normalize=True
+    )
     return lanczos(op, num_steps, v0=V0, seed=gen, restart_on_breakdown=False, keep_basis=keep_basis)
 
 
@@ -226,7 +227,9 @@ def spectrum(
         parts = problem_or_op.subsets(subsets)
         traces, lmax, sizes = [], [], []
         for part in parts:
-            sub = _krylov(OPERATORS[operator](part, engine=engine, block=block), num_probes, num_steps, gen, keep_basis=False)
+            sub = _krylov(
+                OPERATORS[operator](part, engine=engine, block=block), num_probes, num_steps, gen, keep_basis=False
+            )
             sub_density = SpectralDensity.from_lanczos(sub, P)
             traces.append(sub_density.trace().value)
             lmax.append(sub_density.lambda_max)
@@ -271,11 +274,17 @@ def _top_ritz(dec, k: int, tol: float):
     _, probe, theta, Y, res, idx = best
     scale = float(np.abs(theta).max()) or 1.0
     others = np.sort(theta)
-    gaps = np.array([np.min(np.abs(np.delete(others, np.searchsorted(others, t)) - t)) if theta.size > 1
-                     else math.inf for t in theta[idx]])
+    gaps = np.array(
+        [
+            np.min(np.abs(np.delete(others, np.searchsorted(others, t)) - t)) if theta.size > 1 else math.inf
+            for t in theta[idx]
+        ]
+    )
     r = res[idx]
     bounds = np.minimum(r, r**2 / np.maximum(gaps, 1e-300))
     vectors = None
     if dec.basis is not None:
-        vectors = dec.basis[probe][:, : Y.shape[0]] @ torch.as_tensor(Y[:, idx], dtype=dec.basis.dtype, device=dec.basis.device)
+        vectors = dec.basis[probe][:, : Y.shape[0]] @ torch.as_tensor(
+            Y[:, idx], dtype=dec.basis.dtype, device=dec.basis.device
+        )
     return theta[idx].copy(), r, bounds, r <= tol * scale, vectors

@@ -37,8 +37,23 @@ def test_json_output_with_model_factory_and_checkpoint(tmp_path):
     (tmp_path / "mymodels.py").write_text(
         "from landscape.models import mlp\n\ndef small():\n    return mlp(in_features=64, hidden=(8,), out_features=10)\n"
     )
-    r = run("spectrum", "--model", "mymodels:small", "--checkpoint", str(ckpt), "--json", "--top-k", "2",
-            "--probes", "2", "--steps", "10", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    r = run(
+        "spectrum",
+        "--model",
+        "mymodels:small",
+        "--checkpoint",
+        str(ckpt),
+        "--json",
+        "--top-k",
+        "2",
+        "--probes",
+        "2",
+        "--steps",
+        "10",
+        "--out",
+        str(tmp_path / "o"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["eigenvalues"]) == 2 and out["settings"]["mode"] == "eval"

@@ -134,9 +134,7 @@ class HessianOperator(ProblemOperator):
             cols.append(dict_to_block(self.problem, {n: t[None] for n, t in r.items()}, 1, V)[:, 0])
         return torch.stack(cols, dim=1)
 
-    def _product_double_backward_batched(
-        self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor
-    ) -> Tensor:
+    def _product_double_backward_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
         g, kept = self._graph(forward, i, batch)
         r = g.product(self.problem.unflatten(V), retain=kept, batched=True)
         return dict_to_block(self.problem, r, V.shape[1], V)

@@ -15,7 +15,12 @@ RTOL = 1e-10
 
 def problem_of(case: Case, **kw) -> L.Problem:
     return L.Problem(
-        case.model, case.loss_fn, (case.X, case.y), batch_size=case.batch_size, mode=case.mode, params=case.params,
+        case.model,
+        case.loss_fn,
+        (case.X, case.y),
+        batch_size=case.batch_size,
+        mode=case.mode,
+        params=case.params,
         **kw,
     )
 
@@ -29,7 +34,10 @@ def probes(n: int, k: int) -> torch.Tensor:
 
 
 STRATEGIES = [
-    "double_backward", "double_backward_batched", "forward_over_reverse", "forward_over_reverse_batched",
+    "double_backward",
+    "double_backward_batched",
+    "forward_over_reverse",
+    "forward_over_reverse_batched",
 ]
 
 

@@ -1,0 +1,516 @@
+"""Lanczos with full reorthogonalisation, and extreme eigenpairs from it.
+
+One Krylov pass ``H Q_m = Q_m T_m + beta_m q_{m+1} e_m^T`` serves two purposes:
+
+- eigenpairs: the Ritz pairs ``(theta_i, Q_m y_i)`` of the tridiagonal ``T_m = Y diag(theta) Y^T`` have residual
+  ``||H Q_m y_i - theta_i Q_m y_i|| = beta_m |y_{m,i}|`` (Parlett, *The Symmetric Eigenvalue Problem*, 1998,
+  Sec. 13.1), which costs nothing to evaluate;
+- quadrature: for a unit start vector ``v``, ``sum_k tau_k f(theta_k)`` with ``tau_k = y_{1,k}^2`` is the Gauss rule
+  for ``v^T f(H) v``, exact for polynomials of degree ``<= 2m - 1`` (Golub & Meurant 2010; used by
+  :mod:`landscape.linalg.slq`).
+
+Several independent recurrences (one per probe) advance together so each step is one block product ``op @ V``,
+which a Hessian operator evaluates in a single data pass. Every new vector is orthogonalised against the whole
+basis by classical Gram-Schmidt applied twice ("twice is enough", Giraud et al. 2005), so converged Ritz values do
+not reappear as ghost copies. All vector work stays in torch on the operator's device; only the small tridiagonal
+goes to float64 scipy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+
+from landscape.linalg.probes import Distribution, SeedLike, make_generator, sample_probes, seed_record
+from landscape.linalg.results import ConvergenceWarning, EigenResult
+from landscape.operators.base import CurvatureOperator
+
+Which = Literal["LA", "SA", "LM"]
+WHICH: tuple[str, ...] = ("LA", "SA", "LM")
+
+
+def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition ``T = Y diag(theta) Y^T`` of the symmetric tridiagonal with diagonal ``alphas`` and
+    off-diagonal ``betas`` (length ``len(alphas) - 1``), in float64; ``theta`` ascending."""
+    d = np.asarray(alphas, dtype=np.float64)
+    if d.size == 1:
+        return d.copy(), np.ones((1, 1))
+    return scipy.linalg.eigh_tridiagonal(d, np.asarray(betas, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class LanczosDecomposition:
+    """``p`` independent Lanczos recurrences ``H Q_m = Q_m T_m + beta_m q_{m+1} e_m^T``, one per start vector.
+
+    Attributes
+    ----------
+    alphas, betas
+        ``(p, m)`` float64, ``m = min(num_steps, n)``. Row ``l`` holds the diagonal of ``T`` and the couplings:
+        ``betas[l, j]`` links ``q_j`` and ``q_{j+1}``; ``betas[l, steps[l] - 1]`` is the residual coupling
+        ``beta_m`` of the last step. Entries past ``steps[l]`` are zero. A zero coupling inside the run marks a
+        restart after breakdown.
+    steps
+        ``(p,)`` steps actually taken; fewer than asked when a recurrence stopped at an invariant subspace.
+    start_norms
+        ``(p,)`` norms of the start vectors (the basis starts from their normalisations).
+    basis
+        ``(p, n, max(steps))`` orthonormal Lanczos vectors (columns; zero past ``steps[l]``), or ``None``.
+    num_matvecs, seed, wall_time, settings
+        Provenance.
+    """
+
+    alphas: np.ndarray
+    betas: np.ndarray
+    steps: np.ndarray
+    start_norms: np.ndarray
+    basis: Tensor | None
+    num_matvecs: int
+    seed: int | None
+    wall_time: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_probes(self) -> int:
+        return self.alphas.shape[0]
+
+    def tridiagonal(self, probe: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Diagonal and off-diagonal of ``T_m`` for one recurrence."""
+        m = int(self.steps[probe])
+        return self.alphas[probe, :m].copy(), self.betas[probe, : max(m - 1, 0)].copy()
+
+    def ritz(self, probe: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Ritz values (ascending) and the eigenvectors ``Y`` of ``T_m`` for one recurrence."""
+        return tridiagonal_eigh(*self.tridiagonal(probe))
+
+    def ritz_residuals(self, probe: int = 0) -> np.ndarray:
+        """``beta_m |y_{m,i}|``: the residual norms ``||H x_i - theta_i x_i||`` of all Ritz pairs (ascending)."""
+        _, Y = self.ritz(probe)
+        m = int(self.steps[probe])
+        return np.abs(self.betas[probe, m - 1] * Y[-1, :])
+
+    def quadrature(self) -> tuple[np.ndarray, np.ndarray]:
+        """Gauss quadrature nodes ``theta`` and weights ``tau = y_1^2``, each ``(p, m)``, zero-padded per row.
+
+        ``sum_k tau_k f(theta_k)`` approximates ``v^T f(H) v / ||v||^2`` for the start vector ``v``.
+        """
+        p, m = self.alphas.shape
+        nodes = np.zeros((p, m))
+        weights = np.zeros((p, m))
+        for probe in range(p):
+            theta, Y = self.ritz(probe)
+            nodes[probe, : theta.size] = theta
+            weights[probe, : theta.size] = Y[0, :] ** 2
+        return nodes, weights
+
+
+class _BatchedLanczos:
+    """State of ``p`` Lanczos recurrences advanced in lock step, one block matvec per step."""
+
+    def __init__(
+        self,
+        op: CurvatureOperator,
+        V0: Tensor,
+        max_steps: int,
+        *,
+        generator: torch.Generator,
+        restart: bool,
+        distribution: Distribution = "gaussian",
+    ):
+        n = op.shape[0]
+        self.op = op
+        self.n = n
+        self.gen = generator
+        self.restart = restart
+        self.distribution = distribution
+        self.max_steps = max_steps
+        p = V0.shape[1]
+        V0 = V0.to(device=op.device, dtype=op.dtype)
+        norms = V0.norm(dim=0)
+        if not bool(torch.all(norms > 0)):
+            raise ValueError("Lanczos start vectors must be nonzero")
+        self.start_norms = norms.double().cpu().numpy()
+        # Rows are Lanczos vectors: (p, m+1, n) keeps each recurrence's basis contiguous for the batched products.
+        self.Q = torch.zeros(p, max_steps + 1, n, dtype=op.dtype, device=op.device)
+        self.Q[:, 0] = (V0 / norms).T
+        self.alphas = np.zeros((p, max_steps))
+        self.betas = np.zeros((p, max_steps))
+        self.steps = np.zeros(p, dtype=np.int64)
+        self.active = np.ones(p, dtype=bool)
+        self.anorm = np.zeros(p)
+        self.restarts: list[list[int]] = [[] for _ in range(p)]
+        self.eps = torch.finfo(op.dtype).eps
+        self.j = 0
+
+    @property
+    def done(self) -> bool:
+        return self.j >= self.max_steps or not self.active.any()
+
+    def _orthogonalise(self, W: Tensor, upto: int) -> tuple[Tensor, Tensor]:
+        """CGS2 of each row of ``W`` (p, n) against its recurrence's first ``upto`` vectors; returns the summed
+        coefficients too (the diagonal coefficient corrects alpha)."""
+        basis = self.Q[:, :upto]
+        total = torch.zeros(W.shape[0], upto, dtype=W.dtype, device=W.device)
+        for _ in range(2):
+            c = torch.bmm(basis, W.unsqueeze(2)).squeeze(2)
+            W = W - torch.bmm(c.unsqueeze(1), basis).squeeze(1)
+            total = total + c
+        return W, total
+
+    def step(self) -> None:
+        j = self.j
+        idx = np.flatnonzero(self.active)
+        q = self.Q[:, j]
+        if idx.size == q.shape[0]:
+            W = (self.op @ q.T).T
+        else:
+            sel = torch.as_tensor(idx, device=q.device)
+            W = torch.zeros_like(q)
+            W[sel] = (self.op @ q[sel].T).T.to(q.dtype)
+        W, coeffs = self._orthogonalise(W, j + 1)
+        alpha = coeffs[:, j].double().cpu().numpy()
+        beta = W.norm(dim=1).double().cpu().numpy()
+        prev = self.betas[:, j - 1] if j > 0 else np.zeros_like(beta)
+        self.anorm = np.maximum.reduce([self.anorm, np.abs(alpha), prev, beta])
+        # Rounding in one product is ~ eps sqrt(n) ||H||; a residual that small means an invariant subspace.
+        tiny = beta <= 10.0 * math.sqrt(self.n) * self.eps * self.anorm
+        full = j + 1 >= self.n
+        scale = np.where(tiny | full, 0.0, 1.0 / np.where(beta > 0, beta, 1.0))
+        self.Q[:, j + 1] = W * torch.as_tensor(scale, dtype=W.dtype, device=W.device).unsqueeze(1)
+        for probe in idx:
+            self.alphas[probe, j] = alpha[probe]
+            self.betas[probe, j] = 0.0 if full else beta[probe]
+            self.steps[probe] = j + 1
+            if full:
+                self.active[probe] = False
+            elif tiny[probe]:
+                if self.restart and self._restart(probe, j + 1):
+                    self.betas[probe, j] = 0.0
+                    self.restarts[probe].append(j + 1)
+                else:
+                    self.active[probe] = False
+        self.j += 1
+
+    def _restart(self, probe: int, upto: int) -> bool:
+        """Continue a broken-down recurrence from a random vector orthogonal to its basis (False: none left)."""
+        z = sample_probes(
+            self.n, 1, distribution=self.distribution, seed=self.gen, dtype=self.op.dtype, device=self.op.device
+        )[:, 0]
+        basis = self.Q[probe, :upto]
+        norm0 = float(z.norm())
+        for _ in range(2):
+            z = z - basis.T @ (basis @ z)
+        norm = float(z.norm())
+        if norm <= 100.0 * self.eps * math.sqrt(self.n) * norm0:
+            return False
+        self.Q[probe, upto] = z / norm
+        return True
+
+    def basis_view(self, probe: int) -> Tensor:
+        """``(n, m)`` basis of one recurrence (a view)."""
+        return self.Q[probe, : int(self.steps[probe])].T
+
+
+def _start_block(
+    op: CurvatureOperator, v0: Tensor | None, num_probes: int, gen: torch.Generator, distribution: Distribution
+) -> Tensor:
+    n = op.shape[0]
+    if v0 is None:
+        return sample_probes(n, num_probes, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device)
+    if not isinstance(v0, Tensor) or v0.ndim not in (1, 2) or v0.shape[0] != n:
+        raise ValueError(f"v0 must be a tensor of shape ({n},) or ({n}, p), got {getattr(v0, 'shape', v0)}")
+    return v0.reshape(n, -1)
+
+
+def lanczos(
+    op: CurvatureOperator,
+    num_steps: int,
+    *,
+    v0: Tensor | None = None,
+    num_probes: int = 1,
+    seed: SeedLike = 0,
+    distribution: Distribution = "rademacher",
+    restart_on_breakdown: bool = True,
+    keep_basis: bool = True,
+) -> LanczosDecomposition:
+    """Run ``num_steps`` Lanczos steps with full reorthogonalisation from one or several start vectors.
+
+    ``H Q_m = Q_m T_m + beta_m q_{m+1} e_m^T`` (Lanczos 1950; Paige 1972), with every new vector reorthogonalised
+    against the whole basis by classical Gram-Schmidt twice. The ``p`` recurrences advance together: each step
+    costs one block product ``op @ V`` with ``V`` of shape ``(n, p)``.
+
+    Parameters
+    ----------
+    op
+        Symmetric operator.
+    num_steps
+        Steps per recurrence (capped at ``n``: the Krylov space cannot grow beyond it).
+    v0
+        Start vector ``(n,)`` or block ``(n, p)`` (any nonzero scale); default: ``num_probes`` random probes.
+    num_probes
+        Number of random start vectors when ``v0`` is ``None``.
+    seed
+        Seed or generator for the start vectors and restarts.
+    distribution
+        Distribution of the random start vectors (``"rademacher"``, ``"gaussian"``, ``"sphere"``).
+    restart_on_breakdown
+        At an invariant subspace (``beta ~ 0``) continue from a random vector orthogonal to the basis (a zero
+        coupling in ``T``; right for eigenvalues). ``False`` stops that recurrence instead (its quadrature is then
+        exact; right for SLQ) and :attr:`LanczosDecomposition.steps` records the shorter length.
+    keep_basis
+        Return the Lanczos vectors (``p * n * m`` numbers).
+
+    Returns
+    -------
+    LanczosDecomposition
+    """
+    t0 = time.perf_counter()
+    n = op.shape[0]
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if num_probes < 1:
+        raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+    gen = make_generator(seed)
+    V0 = _start_block(op, v0, num_probes, gen, distribution)
+    steps = min(int(num_steps), n)
+    before = op.num_matvecs
+    state = _BatchedLanczos(op, V0, steps, generator=gen, restart=restart_on_breakdown, distribution=distribution)
+    while not state.done:
+        state.step()
+    m = int(state.steps.max())
+    basis = state.Q[:, :m].transpose(1, 2) if keep_basis else None
+    return LanczosDecomposition(
+        alphas=state.alphas.copy(),
+        betas=state.betas.copy(),
+        steps=state.steps.copy(),
+        start_norms=state.start_norms,
+        basis=basis,
+        num_matvecs=op.num_matvecs - before,
+        seed=seed_record(seed),
+        wall_time=time.perf_counter() - t0,
+        settings={
+            "num_steps": int(num_steps),
+            "distribution": distribution,
+            "restart_on_breakdown": restart_on_breakdown,
+            "reorthogonalisation": "full (CGS2)",
+        },
+    )
+
+
+def select_wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
+    """Indices of the ``k`` wanted values of ``theta``, most extreme first."""
+    if which == "LA":
+        order = np.argsort(-theta, kind="stable")
+    elif which == "SA":
+        order = np.argsort(theta, kind="stable")
+    else:
+        order = np.argsort(-np.abs(theta), kind="stable")
+    return order[:k]
+
+
+def error_bounds(theta: np.ndarray, wanted: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """``min(r, r^2 / gap)`` with ``gap`` the distance of each wanted Ritz value to the nearest other one."""
+    bounds = residuals.copy()
+    if theta.size > 1:
+        for out, i in enumerate(wanted):
+            gap = np.min(np.abs(np.delete(theta, i) - theta[i]))
+            if gap > 0:
+                bounds[out] = min(residuals[out], residuals[out] ** 2 / gap)
+    return bounds
+
+
+def check_top_eigen_args(op: CurvatureOperator, k: int, which: str, tol: float, max_matvecs: int | None) -> None:
+    n = op.shape[0]
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, n={n}], got {k}")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    if max_matvecs is not None and max_matvecs < 1:
+        raise ValueError(f"max_matvecs must be >= 1, got {max_matvecs}")
+
+
+def warn_not_converged(
+    method: str, k: int, which: str, num_matvecs: int, tol: float, worst: float, stacklevel: int
+) -> None:
+    warnings.warn(
+        f"top_eigen(method={method!r}, k={k}, which={which!r}) did not converge within max_matvecs={num_matvecs}: "
+        f"worst relative Ritz residual {worst:.2e} > tol={tol:.1e}. Raise max_matvecs or loosen tol; the returned "
+        "values are the best estimates so far (see .residuals, .error_bounds and .converged).",
+        ConvergenceWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _more_extreme(a: float, b: float, which: str, margin: float) -> bool:
+    if which == "LA":
+        return a > b + margin
+    if which == "SA":
+        return a < b - margin
+    return abs(a) > abs(b) + margin
+
+
+def _verified(alphas: np.ndarray, betas: np.ndarray, restarts: list[int], k: int, which: str, atol: float) -> bool:
+    """Whether converged wanted Ritz pairs can be trusted to be the wanted eigenvalues.
+
+    Without breakdown, yes (the usual Lanczos assumption: extreme Ritz values converge first). After a breakdown,
+    the first Krylov block held one copy of each eigenvalue it touched, so the restarted blocks (Lanczos on the
+    orthogonal complement, ``T`` block diagonal) must show that the complement holds nothing more extreme: stop
+    once a completed block leaves the wanted set unchanged, or the running block's extreme Ritz pair has converged.
+    """
+    if not restarts:
+        return True
+    m = alphas.size
+    start = restarts[-1]
+    if start < m:
+        theta, Y = tridiagonal_eigh(alphas[start:m], betas[start : m - 1])
+        i = select_wanted(theta, 1, which)[0]
+        return abs(betas[m - 1] * Y[-1, i]) <= atol
+    lo = restarts[-2] if len(restarts) > 1 else 0
+    if lo == 0:
+        return False
+    theta_block, _ = tridiagonal_eigh(alphas[lo:m], betas[lo : m - 1])
+    block_best = theta_block[select_wanted(theta_block, 1, which)[0]]
+    theta_before, _ = tridiagonal_eigh(alphas[:lo], betas[: lo - 1])
+    if theta_before.size < k:
+        return False
+    kth_before = theta_before[select_wanted(theta_before, k, which)[-1]]
+    return not _more_extreme(block_best, kth_before, which, atol)
+
+
+def _lanczos_top(
+    op: CurvatureOperator,
+    k: int,
+    which: str,
+    tol: float,
+    max_matvecs: int | None,
+    v0: Tensor | None,
+    seed: SeedLike,
+) -> EigenResult:
+    t0 = time.perf_counter()
+    n = op.shape[0]
+    budget = min(n, max(20 * k, 100)) if max_matvecs is None else min(int(max_matvecs), n)
+    if budget < k:
+        raise ValueError(f"Lanczos needs max_matvecs >= k={k} to produce k Ritz pairs, got {max_matvecs}")
+    gen = make_generator(seed)
+    if v0 is not None:
+        # A block of guesses is merged into one start vector: the Krylov space then contains all of them.
+        v0 = _start_block(op, v0, 1, gen, "gaussian").sum(dim=1, keepdim=True)
+    V0 = _start_block(op, v0, 1, gen, "gaussian")
+    before = op.num_matvecs
+    state = _BatchedLanczos(op, V0, budget, generator=gen, restart=True, distribution="gaussian")
+    last_check = 0
+    result = None
+    while True:
+        state.step()
+        m = int(state.steps[0])
+        restarts = state.restarts[0]
+        just_restarted = bool(restarts) and restarts[-1] == m
+        # The tridiagonal solve is O(m^2): check every step early on, then every ~m/10 steps (<= 10% extra matvecs).
+        if not (state.done or just_restarted or (m >= k and m - last_check >= max(1, m // 10))):
+            continue
+        last_check = m
+        alphas, betas = state.alphas[0, :m], state.betas[0, :m]
+        theta, Y = tridiagonal_eigh(alphas, betas[: m - 1])
+        wanted = select_wanted(theta, k, which)
+        residuals = np.abs(betas[m - 1] * Y[-1, wanted])
+        scale = float(np.max(np.abs(theta))) if theta.size else 0.0
+        converged = residuals <= tol * scale
+        if not state.active[0]:
+            converged[:] = True
+        result = (theta, Y, wanted, residuals, converged, scale)
+        if state.done:
+            break
+        if wanted.size == k and converged.all() and _verified(alphas, betas, restarts, k, which, tol * scale):
+            break
+    theta, Y, wanted, residuals, converged, scale = result
+    m = int(state.steps[0])
+    Yw = torch.as_tensor(Y[:, wanted], dtype=op.dtype, device=op.device)
+    vectors = state.basis_view(0) @ Yw
+    num_matvecs = op.num_matvecs - before
+    if not converged.all():
+        worst = float(np.max(residuals) / scale) if scale > 0 else float("inf")
+        warn_not_converged("lanczos", k, which, num_matvecs, tol, worst, stacklevel=4)
+    return EigenResult(
+        values=theta[wanted].astype(np.float64),
+        vectors=vectors,
+        residuals=residuals,
+        converged=converged,
+        error_bounds=error_bounds(theta, wanted, residuals),
+        num_matvecs=num_matvecs,
+        num_steps=m,
+        seed=seed_record(seed),
+        method="lanczos",
+        which=which,
+        tol=float(tol),
+        wall_time=time.perf_counter() - t0,
+        settings={"max_matvecs": budget, "warm_start": v0 is not None, "reorthogonalisation": "full (CGS2)"},
+    )
+
+
+def top_eigen(
+    op: CurvatureOperator,
+    k: int = 1,
+    *,
+    method: Literal["lanczos", "power"] = "lanczos",
+    which: Which = "LA",
+    tol: float = 1e-4,
+    max_matvecs: int | None = None,
+    v0: Tensor | None = None,
+    seed: SeedLike = 0,
+) -> EigenResult:
+    """The ``k`` extreme eigenpairs of a symmetric operator.
+
+    ``method="lanczos"`` (default): Lanczos with full reorthogonalisation from one random (or warm) start; the
+    Ritz residual of pair ``i`` is ``beta_m |y_{m,i}|`` (Parlett 1998), and the run stops as soon as all ``k``
+    wanted pairs satisfy ``||H v - theta v|| <= tol * max|theta|``. Relative eigenvalue error ``eps`` needs
+    ``O(log n / sqrt(eps))`` steps (Kuczynski & Wozniakowski 1992). A Krylov space holds one copy of each
+    eigenvalue: at an invariant subspace (``beta ~ 0``) the run restarts from a random vector orthogonal to the
+    basis and continues until a restarted block shows nothing more extreme, which recovers exact multiplicities;
+    a repeated eigenvalue that converges *without* breakdown is seen once (use ``v0`` with several vectors, or
+    compare ``k`` with the multiplicity you expect).
+
+    ``method="power"``: power iteration with deflation against the pairs already found (see
+    :func:`landscape.linalg.power.power_iteration`); converges like ``|lambda_2 / lambda_1|^t``.
+
+    Parameters
+    ----------
+    op
+        Symmetric operator.
+    k
+        Number of eigenpairs.
+    method
+        ``"lanczos"`` or ``"power"``.
+    which
+        ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"LM"`` largest magnitude.
+    tol
+        Relative residual tolerance: converged when ``||H v - lambda v|| <= tol * ||H||_est``. The eigenvalue
+        error is then at most ``tol ||H||`` and typically ``~ (tol ||H||)^2 / gap`` (see ``error_bounds``).
+    max_matvecs
+        Budget; default ``min(n, max(20 k, 100))`` for Lanczos (capped at ``n``: the space is then exhausted) and
+        ``100 (k + 1)`` for power iteration. A :class:`ConvergenceWarning` is emitted when it runs out.
+    v0
+        Warm start ``(n,)`` or ``(n, j)`` (e.g. the vectors of a previous result).
+    seed
+        Seed or generator for the random start.
+
+    Returns
+    -------
+    EigenResult
+    """
+    check_top_eigen_args(op, k, which, tol, max_matvecs)
+    if method == "lanczos":
+        return _lanczos_top(op, k, which, tol, max_matvecs, v0, seed)
+    if method == "power":
+        from landscape.linalg.power import power_iteration
+
+        return power_iteration(op, k, which=which, tol=tol, max_matvecs=max_matvecs, v0=v0, seed=seed)
+    raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")

@@ -1,0 +1,100 @@
+"""Seeded random probe vectors for the stochastic estimators.
+
+Every probe block is drawn from a *local* ``torch.Generator`` (CPU, float64) and only then cast and moved to the
+operator's dtype and device, so
+
+- the same ``seed`` gives bit-identical probes on every device and (up to the final rounding) every dtype;
+- the global random state of torch, numpy and :mod:`random` is never read or advanced;
+- probe ``j`` does not depend on how the probes are blocked: rows of a ``(k, n)`` draw are consumed in order and
+  transposed, so drawing ``10`` then ``20`` columns gives the same 30 vectors as drawing 30 at once.
+
+Distributions (all isotropic, ``E[z z^T] = I``, which every unbiased estimator here relies on):
+
+``"rademacher"``
+    independent entries ``+-1`` with probability 1/2 (lowest-variance Hutchinson probe for real matrices).
+``"gaussian"``
+    independent standard normal entries.
+``"sphere"``
+    uniform on the sphere of radius ``sqrt(n)`` (a normalised Gaussian, rescaled).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Distribution = Literal["rademacher", "gaussian", "sphere"]
+DISTRIBUTIONS: tuple[str, ...] = ("rademacher", "gaussian", "sphere")
+
+SeedLike = int | torch.Generator
+
+
+def make_generator(seed: SeedLike) -> torch.Generator:
+    """Return a private generator: a new CPU one seeded with ``seed``, or ``seed`` itself if it is a generator.
+
+    A passed generator is used (and advanced) as is, which lets a caller chain several estimators on one stream.
+    """
+    if isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def seed_record(seed: SeedLike) -> int | None:
+    """The seed to store in a result: the int, or ``None`` for a caller-owned generator (its state is not a seed)."""
+    return None if isinstance(seed, torch.Generator) else int(seed)
+
+
+def check_distribution(distribution: str) -> None:
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+
+
+def sample_probes(
+    n: int,
+    k: int,
+    *,
+    distribution: Distribution = "rademacher",
+    seed: SeedLike = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+    normalize: bool = False,
+) -> Tensor:
+    """Draw ``k`` probe vectors of length ``n`` as the columns of an ``(n, k)`` tensor.
+
+    Parameters
+    ----------
+    n, k
+        Vector length and number of vectors.
+    distribution
+        ``"rademacher"``, ``"gaussian"`` or ``"sphere"`` (see the module docstring); all satisfy ``E[z z^T] = I``.
+    seed
+        An int (a fresh CPU generator is seeded with it) or a ``torch.Generator`` that is advanced.
+    dtype, device
+        Where the probes live; they are drawn in float64 on the generator's device first.
+    normalize
+        Scale every column to unit Euclidean norm (the probes of stochastic Lanczos quadrature).
+
+    Returns
+    -------
+    Tensor
+        Contiguous ``(n, k)`` tensor.
+    """
+    check_distribution(distribution)
+    if n < 1 or k < 0:
+        raise ValueError(f"need n >= 1 and k >= 0, got n={n}, k={k}")
+    gen = make_generator(seed)
+    gdev = gen.device
+    if distribution == "rademacher":
+        rows = torch.randint(0, 2, (k, n), generator=gen, device=gdev).to(torch.float64).mul_(2.0).sub_(1.0)
+    else:
+        rows = torch.randn(k, n, generator=gen, device=gdev, dtype=torch.float64)
+        if distribution == "sphere":
+            rows = rows * (math.sqrt(n) / rows.norm(dim=1, keepdim=True))
+    if normalize:
+        rows = rows / rows.norm(dim=1, keepdim=True)
+    return rows.T.to(device=device, dtype=dtype).contiguous()

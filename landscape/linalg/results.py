@@ -1,0 +1,108 @@
+"""Result types of the estimators: frozen dataclasses that carry their own diagnostics.
+
+A number without its error bar is half an answer: every result records the standard error or residuals, the seed,
+the matrix-vector products it cost, the wall time, the method and the settings that produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative estimator stopped at its matvec budget before meeting its tolerance."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A stochastic estimate with its standard error.
+
+    Attributes
+    ----------
+    value
+        The estimate: a float (trace, norm), a numpy array (moments) or a torch tensor in parameter space
+        (diagonal).
+    stderr
+        Estimated standard error of ``value``, same type and shape; ``nan`` when it cannot be estimated (one sample).
+    num_matvecs
+        Operator applications used (columns multiplied).
+    seed
+        The int seed, or ``None`` when a caller-owned ``torch.Generator`` was passed.
+    method
+        Name of the estimator.
+    wall_time
+        Seconds spent.
+    samples
+        The per-sample values whose spread gives ``stderr`` (Hutchinson quadratic forms, XTrace leave-one-out
+        estimates, ...), or ``None``.
+    settings
+        The remaining options that produced the estimate (distribution, block size, stopping rule, ...).
+    """
+
+    value: Any
+    stderr: Any
+    num_matvecs: int
+    seed: int | None
+    method: str
+    wall_time: float
+    samples: np.ndarray | Tensor | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrobeniusEstimate(Estimate):
+    """A Frobenius-norm estimate; ``value``/``stderr`` are the norm, ``squared``/``squared_stderr`` its square."""
+
+    squared: float
+    squared_stderr: float
+
+
+@dataclass(frozen=True)
+class EigenResult:
+    """Extreme eigenpairs of a symmetric operator.
+
+    Attributes
+    ----------
+    values
+        ``(k,)`` float64 eigenvalue estimates, most extreme first: descending for ``which="LA"``, ascending for
+        ``"SA"``, descending in magnitude for ``"LM"``.
+    vectors
+        ``(n, k)`` torch tensor of unit eigenvector estimates (operator dtype and device), column ``i`` for
+        ``values[i]``.
+    residuals
+        ``(k,)`` Ritz residual norms ``||H v_i - lambda_i v_i||``.
+    converged
+        ``(k,)`` bool: ``residuals[i] <= tol * ||H||_est``.
+    error_bounds
+        ``(k,)`` estimated bound on ``|lambda_i - lambda_true|``: ``min(r, r^2 / gap)`` with ``gap`` the distance to
+        the nearest other Ritz value (Kato-Temple / Saad 2011, Thm 3.8 style).
+    num_matvecs, num_steps
+        Operator applications and iterations (Lanczos steps or power iterations).
+    seed, method, which, tol, wall_time, settings
+        Provenance.
+    """
+
+    values: np.ndarray
+    vectors: Tensor
+    residuals: np.ndarray
+    converged: np.ndarray
+    error_bounds: np.ndarray
+    num_matvecs: int
+    num_steps: int
+    seed: int | None
+    method: str
+    which: str
+    tol: float
+    wall_time: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(np.all(self.converged))
