@@ -35,7 +35,8 @@ def test_json_output_with_model_factory_and_checkpoint(tmp_path):
     ckpt = tmp_path / "w.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
     (tmp_path / "mymodels.py").write_text(
-        "from landscape.models import mlp\n\ndef small():\n    return mlp(in_features=64, hidden=(8,), out_features=10)\n"
+        "from landscape.models import mlp\n\n"
+        "def small():\n    return mlp(in_features=64, hidden=(8,), out_features=10)\n"
     )
     r = run(
         "spectrum",
