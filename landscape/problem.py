@@ -349,7 +349,7 @@ class Problem:
                 loss = check_finite(self.batch_loss(forward, params, b), "loss", i)
                 gs = torch.autograd.grad(loss, leaves, allow_unused=True)
                 grad += self.flatten([torch.zeros_like(p) if g is None else g for p, g in zip(leaves, gs, strict=True)])
-                total += float(loss)
+                total += float(loss.detach())
         return total, grad
 
     def check_deterministic(self, *, rtol: float | None = None) -> None:
