@@ -12,22 +12,14 @@ from ``H Q`` and the second estimated as above, which pays off when a few direct
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from landscape.linalg.probes import (
-    Distribution,
-    SeedLike,
-    check_distribution,
-    make_generator,
-    sample_probes,
-    seed_record,
-)
+from landscape.linalg._common import Provenance, check_budget, default_block_size, deflated_sketch, probe_blocks
+from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator
 from landscape.linalg.results import Estimate
-from landscape.linalg.trace import apply_in_blocks
 from landscape.operators.base import CurvatureOperator
 
 DIAGONAL_METHODS: tuple[str, ...] = ("hutchinson", "diag++")
@@ -105,47 +97,25 @@ def diagonal(
     Estimate
         ``value`` and ``stderr`` are float64 tensors of shape ``(n,)`` on the operator's device.
     """
-    t0 = time.perf_counter()
+    prov = Provenance(op, seed)
     check_distribution(distribution)
     if method not in DIAGONAL_METHODS:
         raise ValueError(f"method must be one of {DIAGONAL_METHODS}, got {method!r}")
-    minimum = 3 if method == "diag++" else 1
-    if not isinstance(num_matvecs, int) or num_matvecs < minimum:
-        raise ValueError(f"diagonal(method={method!r}) needs num_matvecs >= {minimum}, got {num_matvecs!r}")
-    n = op.shape[0]
+    check_budget(num_matvecs, 3 if method == "diag++" else 1, f"diagonal(method={method!r})")
     gen = make_generator(seed)
-    before = op.num_matvecs
     acc = _RatioAccumulator()
     settings: dict = {"distribution": distribution}
     if method == "hutchinson":
-        bs = block_size or min(num_matvecs, 50)
-        taken = 0
-        while taken < num_matvecs:
-            b = min(bs, num_matvecs - taken)
-            Z = sample_probes(n, b, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device)
+        bs = default_block_size(block_size, num_matvecs)
+        for Z in probe_blocks(op, num_matvecs, bs, distribution, gen):
             acc.add(Z * (op @ Z), Z * Z)
-            taken += b
         value, stderr = acc.result()
         settings["block_size"] = bs
     else:
-        k = min(num_matvecs // 3, n)
-        g = num_matvecs - 2 * k
-        S = sample_probes(n, k, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device)
-        G = sample_probes(n, g, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device)
-        Q, _ = torch.linalg.qr(apply_in_blocks(op, S, block_size))
-        HZ = apply_in_blocks(op, torch.cat([Q, G - Q @ (Q.T @ G)], dim=1), block_size)
-        exact = (HZ[:, :k] * Q).sum(dim=1).double()
-        acc.add(G * HZ[:, k:], G * G)
+        sk = deflated_sketch(op, num_matvecs, distribution, gen, block_size)
+        exact = (sk.HQ * sk.Q).sum(dim=1).double()
+        acc.add(sk.G * sk.HG, sk.G * sk.G)
         residual, stderr = acc.result()
         value = exact + residual
-        settings.update(block_size=block_size, sketch_size=k, num_residual=g)
-    return Estimate(
-        value=value,
-        stderr=stderr,
-        num_matvecs=op.num_matvecs - before,
-        seed=seed_record(seed),
-        method=method,
-        wall_time=time.perf_counter() - t0,
-        samples=None,
-        settings=settings,
-    )
+        settings.update(block_size=block_size, **sk.sizes())
+    return prov.estimate(value, stderr, method=method, samples=None, settings=settings)

@@ -8,20 +8,17 @@ norm's stderr follows by the delta method, ``se(sqrt(X)) ~ se(X) / (2 sqrt(X))``
 from __future__ import annotations
 
 import math
-import time
 
-import torch
-
-from landscape.linalg.probes import (
-    Distribution,
-    SeedLike,
-    check_distribution,
-    make_generator,
-    sample_probes,
-    seed_record,
+from landscape.linalg._common import (
+    Provenance,
+    check_budget,
+    default_block_size,
+    mean_and_stderr,
+    probe_blocks,
+    to_numpy,
 )
+from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator
 from landscape.linalg.results import FrobeniusEstimate
-from landscape.linalg.trace import mean_and_stderr
 from landscape.operators.base import CurvatureOperator
 
 
@@ -54,35 +51,26 @@ def frobenius_norm(
         ``value``/``stderr`` for the norm, ``squared``/``squared_stderr`` for its square, ``samples`` the
         ``||H z_j||^2``.
     """
-    t0 = time.perf_counter()
+    prov = Provenance(op, seed)
     check_distribution(distribution)
-    if not isinstance(num_matvecs, int) or num_matvecs < 1:
-        raise ValueError(f"frobenius_norm needs num_matvecs >= 1, got {num_matvecs!r}")
-    n = op.shape[0]
+    check_budget(num_matvecs, 1, "frobenius_norm")
     gen = make_generator(seed)
-    bs = block_size or min(num_matvecs, 50)
-    before = op.num_matvecs
+    bs = default_block_size(block_size, num_matvecs)
     chunks = []
-    taken = 0
-    while taken < num_matvecs:
-        b = min(bs, num_matvecs - taken)
-        Z = sample_probes(n, b, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device)
+    for Z in probe_blocks(op, num_matvecs, bs, distribution, gen):
         HZ = op @ Z
         chunks.append((HZ * HZ).sum(dim=0).double())
-        taken += b
-    samples = torch.cat(chunks).cpu().numpy()
+    samples = to_numpy(chunks)
     squared, squared_stderr = mean_and_stderr(samples)
     norm = math.sqrt(max(squared, 0.0))
     stderr = squared_stderr / (2.0 * norm) if norm > 0 else float("nan")
-    return FrobeniusEstimate(
-        value=norm,
-        stderr=stderr,
-        num_matvecs=op.num_matvecs - before,
-        seed=seed_record(seed),
+    return prov.estimate(
+        norm,
+        stderr,
         method="hutchinson",
-        wall_time=time.perf_counter() - t0,
         samples=samples,
         settings={"distribution": distribution, "block_size": bs},
+        cls=FrobeniusEstimate,
         squared=squared,
         squared_stderr=squared_stderr,
     )

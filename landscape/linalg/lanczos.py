@@ -19,7 +19,6 @@ goes to float64 scipy.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,7 +28,8 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from landscape.linalg.probes import Distribution, SeedLike, make_generator, sample_probes, seed_record
+from landscape.linalg._common import Provenance, draw
+from landscape.linalg.probes import Distribution, SeedLike, make_generator
 from landscape.linalg.results import ConvergenceWarning, EigenResult
 from landscape.operators.base import CurvatureOperator
 
@@ -200,9 +200,7 @@ class _BatchedLanczos:
 
     def _restart(self, probe: int, upto: int) -> bool:
         """Continue a broken-down recurrence from a random vector orthogonal to its basis (False: none left)."""
-        z = sample_probes(
-            self.n, 1, distribution=self.distribution, seed=self.gen, dtype=self.op.dtype, device=self.op.device
-        )[:, 0]
+        z = draw(self.op, 1, self.distribution, self.gen)[:, 0]
         basis = self.Q[probe, :upto]
         norm0 = float(z.norm())
         for _ in range(2):
@@ -218,15 +216,19 @@ class _BatchedLanczos:
         return self.Q[probe, : int(self.steps[probe])].T
 
 
+def as_start_block(v0: Tensor, n: int, columns: str = "p") -> Tensor:
+    """A warm start ``(n,)`` or ``(n, j)`` as an ``(n, j)`` block (``columns`` names ``j`` in the error message)."""
+    if not isinstance(v0, Tensor) or v0.ndim not in (1, 2) or v0.shape[0] != n:
+        raise ValueError(f"v0 must be a tensor of shape ({n},) or ({n}, {columns}), got {getattr(v0, 'shape', v0)}")
+    return v0.reshape(n, -1)
+
+
 def _start_block(
     op: CurvatureOperator, v0: Tensor | None, num_probes: int, gen: torch.Generator, distribution: Distribution
 ) -> Tensor:
-    n = op.shape[0]
     if v0 is None:
-        return sample_probes(n, num_probes, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device)
-    if not isinstance(v0, Tensor) or v0.ndim not in (1, 2) or v0.shape[0] != n:
-        raise ValueError(f"v0 must be a tensor of shape ({n},) or ({n}, p), got {getattr(v0, 'shape', v0)}")
-    return v0.reshape(n, -1)
+        return draw(op, num_probes, distribution, gen)
+    return as_start_block(v0, op.shape[0])
 
 
 def lanczos(
@@ -271,7 +273,7 @@ def lanczos(
     -------
     LanczosDecomposition
     """
-    t0 = time.perf_counter()
+    prov = Provenance(op, seed)
     n = op.shape[0]
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -280,7 +282,6 @@ def lanczos(
     gen = make_generator(seed)
     V0 = _start_block(op, v0, num_probes, gen, distribution)
     steps = min(int(num_steps), n)
-    before = op.num_matvecs
     state = _BatchedLanczos(op, V0, steps, generator=gen, restart=restart_on_breakdown, distribution=distribution)
     while not state.done:
         state.step()
@@ -292,9 +293,7 @@ def lanczos(
         steps=state.steps.copy(),
         start_norms=state.start_norms,
         basis=basis,
-        num_matvecs=op.num_matvecs - before,
-        seed=seed_record(seed),
-        wall_time=time.perf_counter() - t0,
+        **prov.fields(),
         settings={
             "num_steps": int(num_steps),
             "distribution": distribution,
@@ -341,12 +340,57 @@ def check_top_eigen_args(op: CurvatureOperator, k: int, which: str, tol: float, 
 def warn_not_converged(
     method: str, k: int, which: str, num_matvecs: int, tol: float, worst: float, stacklevel: int
 ) -> None:
+    """Emit the :class:`ConvergenceWarning` of ``top_eigen``; ``stacklevel`` counts from this function."""
     warnings.warn(
         f"top_eigen(method={method!r}, k={k}, which={which!r}) did not converge within max_matvecs={num_matvecs}: "
         f"worst relative Ritz residual {worst:.2e} > tol={tol:.1e}. Raise max_matvecs or loosen tol; the returned "
         "values are the best estimates so far (see .residuals, .error_bounds and .converged).",
         ConvergenceWarning,
         stacklevel=stacklevel,
+    )
+
+
+def eigen_result(
+    prov: Provenance,
+    *,
+    method: str,
+    k: int,
+    which: str,
+    tol: float,
+    values: np.ndarray,
+    vectors: Tensor,
+    residuals: np.ndarray,
+    converged: np.ndarray,
+    error_bounds: np.ndarray,
+    scale: float,
+    num_steps: int | None,
+    settings: dict[str, Any],
+    stacklevel: int,
+) -> EigenResult:
+    """Warn if any wanted pair did not converge (relative to ``scale``), then build the :class:`EigenResult`.
+
+    ``num_steps=None`` counts the matvecs as steps; ``stacklevel`` is that of a ``warnings.warn`` in this function
+    (2: its caller).
+    """
+    num_matvecs = prov.num_matvecs
+    if not converged.all():
+        worst = float(np.max(residuals) / scale) if scale > 0 else float("inf")
+        warn_not_converged(method, k, which, num_matvecs, tol, worst, stacklevel=stacklevel + 1)
+    fields = prov.fields()
+    return EigenResult(
+        values=values,
+        vectors=vectors,
+        residuals=residuals,
+        converged=converged,
+        error_bounds=error_bounds,
+        num_matvecs=fields["num_matvecs"],
+        num_steps=num_matvecs if num_steps is None else num_steps,
+        seed=fields["seed"],
+        method=method,
+        which=which,
+        tol=float(tol),
+        wall_time=fields["wall_time"],
+        settings=settings,
     )
 
 
@@ -395,7 +439,7 @@ def _lanczos_top(
     v0: Tensor | None,
     seed: SeedLike,
 ) -> EigenResult:
-    t0 = time.perf_counter()
+    prov = Provenance(op, seed)
     n = op.shape[0]
     budget = min(n, max(20 * k, 100)) if max_matvecs is None else min(int(max_matvecs), n)
     if budget < k:
@@ -405,7 +449,6 @@ def _lanczos_top(
         # A block of guesses is merged into one start vector: the Krylov space then contains all of them.
         v0 = _start_block(op, v0, 1, gen, "gaussian").sum(dim=1, keepdim=True)
     V0 = _start_block(op, v0, 1, gen, "gaussian")
-    before = op.num_matvecs
     state = _BatchedLanczos(op, V0, budget, generator=gen, restart=True, distribution="gaussian")
     last_check = 0
     result = None
@@ -434,25 +477,21 @@ def _lanczos_top(
     theta, Y, wanted, residuals, converged, scale = result
     m = int(state.steps[0])
     Yw = torch.as_tensor(Y[:, wanted], dtype=op.dtype, device=op.device)
-    vectors = state.basis_view(0) @ Yw
-    num_matvecs = op.num_matvecs - before
-    if not converged.all():
-        worst = float(np.max(residuals) / scale) if scale > 0 else float("inf")
-        warn_not_converged("lanczos", k, which, num_matvecs, tol, worst, stacklevel=4)
-    return EigenResult(
+    return eigen_result(
+        prov,
+        method="lanczos",
+        k=k,
+        which=which,
+        tol=tol,
         values=theta[wanted].astype(np.float64),
-        vectors=vectors,
+        vectors=state.basis_view(0) @ Yw,
         residuals=residuals,
         converged=converged,
         error_bounds=error_bounds(theta, wanted, residuals),
-        num_matvecs=num_matvecs,
+        scale=scale,
         num_steps=m,
-        seed=seed_record(seed),
-        method="lanczos",
-        which=which,
-        tol=float(tol),
-        wall_time=time.perf_counter() - t0,
         settings={"max_matvecs": budget, "warm_start": v0 is not None, "reorthogonalisation": "full (CGS2)"},
+        stacklevel=4,
     )
 
 

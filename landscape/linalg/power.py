@@ -13,14 +13,13 @@ Lanczos, never "the eigenvalue changed by less than tol" (which stalls on slow c
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.linalg.lanczos import Which, check_top_eigen_args, error_bounds, warn_not_converged
-from landscape.linalg.probes import SeedLike, make_generator, sample_probes, seed_record
+from landscape.linalg._common import Provenance, draw
+from landscape.linalg.lanczos import Which, as_start_block, check_top_eigen_args, eigen_result, error_bounds
+from landscape.linalg.probes import SeedLike, make_generator
 from landscape.linalg.results import EigenResult
 from landscape.operators.base import CurvatureOperator
 
@@ -99,18 +98,15 @@ def power_iteration(
     EigenResult
         ``method="power"``; ``num_steps`` counts power iterations.
     """
-    t0 = time.perf_counter()
+    prov = Provenance(op, seed)
     check_top_eigen_args(op, k, which, tol, max_matvecs)
     n = op.shape[0]
     budget = 100 * (k + 1) if max_matvecs is None else int(max_matvecs)
     gen = make_generator(seed)
-    starts = sample_probes(n, k, distribution="gaussian", seed=gen, dtype=op.dtype, device=op.device)
+    starts = draw(op, k, "gaussian", gen)
     if v0 is not None:
-        if not isinstance(v0, Tensor) or v0.ndim not in (1, 2) or v0.shape[0] != n:
-            raise ValueError(f"v0 must be a tensor of shape ({n},) or ({n}, j), got {getattr(v0, 'shape', v0)}")
-        guesses = v0.reshape(n, -1).to(device=op.device, dtype=op.dtype)[:, :k]
+        guesses = as_start_block(v0, n, "j").to(device=op.device, dtype=op.dtype)[:, :k]
         starts[:, : guesses.shape[1]] = guesses
-    before = op.num_matvecs
 
     values: list[float] = []
     vectors: list[Tensor] = []
@@ -118,13 +114,10 @@ def power_iteration(
     converged: list[bool] = []
     scale = 0.0
 
-    def used() -> int:
-        return op.num_matvecs - before
-
     def run(start: Tensor, shift: float, passes_left: int) -> None:
         nonlocal scale
         U = torch.stack(vectors, dim=1) if vectors else None
-        pass_budget = max(1, (budget - used()) // passes_left)
+        pass_budget = max(1, (budget - prov.num_matvecs) // passes_left)
         theta, v, r, ok, scale = _one_pass(op, start, U, shift, scale, tol, pass_budget)
         values.append(theta)
         vectors.append(v)
@@ -149,23 +142,19 @@ def power_iteration(
         which, np.argsort(-np.abs(vals), kind="stable")
     )
     vals, res, conv = vals[order], res[order], conv[order]
-    V = torch.stack([vectors[i] for i in order], dim=1)
-    num_matvecs = used()
-    if not conv.all():
-        worst = float(np.max(res) / scale) if scale > 0 else float("inf")
-        warn_not_converged("power", k, which, num_matvecs, tol, worst, stacklevel=3)
-    return EigenResult(
+    return eigen_result(
+        prov,
+        method="power",
+        k=k,
+        which=which,
+        tol=tol,
         values=vals,
-        vectors=V,
+        vectors=torch.stack([vectors[i] for i in order], dim=1),
         residuals=res,
         converged=conv,
         error_bounds=error_bounds(vals, np.arange(k), res),
-        num_matvecs=num_matvecs,
-        num_steps=num_matvecs,
-        seed=seed_record(seed),
-        method="power",
-        which=which,
-        tol=float(tol),
-        wall_time=time.perf_counter() - t0,
+        scale=scale,
+        num_steps=None,
         settings={"max_matvecs": budget, "shift": shift, "warm_start": v0 is not None},
+        stacklevel=3,
     )

@@ -21,15 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from landscape.linalg._common import draw
 from landscape.linalg.lanczos import LanczosDecomposition, lanczos
-from landscape.linalg.probes import (
-    Distribution,
-    SeedLike,
-    check_distribution,
-    make_generator,
-    sample_probes,
-    seed_record,
-)
+from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator, seed_record
 from landscape.linalg.results import Estimate
 from landscape.operators.base import CurvatureOperator
 
@@ -168,28 +162,25 @@ class SpectralDensity:
         per_probe = self._probe_moments(k)
         p = self.num_probes
         stderr = per_probe.std(axis=0, ddof=1) / math.sqrt(p) if p > 1 else np.full(k, np.nan)
+        return self._estimate(per_probe.mean(axis=0), stderr, per_probe, {"normalised": "(1/P) tr H^j"})
+
+    def trace(self) -> Estimate:
+        """``tr H ~ P * (1/n_v) sum_l v_l^T H v_l`` with stderr across probes."""
+        m = self.moments(1)
+        P = self.num_params
+        return self._estimate(float(P * m.value[0]), float(P * m.stderr[0]), P * m.samples[:, 0], {})
+
+    def _estimate(self, value: Any, stderr: Any, samples: np.ndarray, settings: dict[str, Any]) -> Estimate:
+        """An :class:`Estimate` carrying this density's provenance."""
         return Estimate(
-            value=per_probe.mean(axis=0),
+            value=value,
             stderr=stderr,
             num_matvecs=self.num_matvecs,
             seed=self.seed,
             method="slq",
             wall_time=self.wall_time,
-            samples=per_probe,
-            settings={"normalised": "(1/P) tr H^j"},
-        )
-
-    def trace(self) -> Estimate:
-        """``tr H ~ P * (1/n_v) sum_l v_l^T H v_l`` with stderr across probes."""
-        m = self.moments(1)
-        return Estimate(
-            value=float(self.num_params * m.value[0]),
-            stderr=float(self.num_params * m.stderr[0]),
-            num_matvecs=self.num_matvecs,
-            seed=self.seed,
-            method="slq",
-            wall_time=self.wall_time,
-            samples=self.num_params * m.samples[:, 0],
+            samples=samples,
+            settings=settings,
         )
 
     def lla_criteria(self, n: float = 0.5) -> LLACriteria:
@@ -274,9 +265,7 @@ def spectral_density(
     check_distribution(distribution)
     n = op.shape[0]
     gen = make_generator(seed)
-    V0 = sample_probes(
-        n, num_probes, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device, normalize=True
-    )
+    V0 = draw(op, num_probes, distribution, gen, normalize=True)
     decomposition = lanczos(
         op, num_steps, v0=V0, seed=gen, distribution=distribution, restart_on_breakdown=False, keep_basis=False
     )

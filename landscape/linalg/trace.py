@@ -19,22 +19,23 @@ All three only multiply the operator with blocks of probe vectors (one data pass
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Literal
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from landscape.linalg.probes import (
-    Distribution,
-    SeedLike,
-    check_distribution,
-    make_generator,
-    sample_probes,
-    seed_record,
+from landscape.linalg._common import (
+    Provenance,
+    apply_in_blocks,
+    check_budget,
+    default_block_size,
+    deflated_sketch,
+    draw,
+    mean_and_stderr,
+    probe_blocks,
+    to_numpy,
 )
+from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator
 from landscape.linalg.results import Estimate
 from landscape.operators.base import CurvatureOperator
 
@@ -42,24 +43,14 @@ TraceMethod = Literal["hutch++", "hutchinson", "xtrace"]
 TRACE_METHODS: tuple[str, ...] = ("hutch++", "hutchinson", "xtrace")
 
 
-def apply_in_blocks(op: CurvatureOperator, V: Tensor, block_size: int | None) -> Tensor:
-    """``op @ V`` in column blocks of at most ``block_size`` (all at once when ``None``) to bound memory."""
-    if block_size is None or V.shape[1] <= block_size:
-        return op @ V
-    return torch.cat([op @ V[:, i : i + block_size] for i in range(0, V.shape[1], block_size)], dim=1)
-
-
-def mean_and_stderr(samples: np.ndarray) -> tuple[float, float]:
-    """Sample mean and its standard error ``std(ddof=1) / sqrt(s)`` (``nan`` for one sample)."""
-    s = samples.size
-    mean = float(np.mean(samples))
-    stderr = float(np.std(samples, ddof=1) / math.sqrt(s)) if s > 1 else float("nan")
-    return mean, stderr
-
-
-def _check_budget(num_matvecs: int, minimum: int, method: str) -> None:
-    if not isinstance(num_matvecs, int) or num_matvecs < minimum:
-        raise ValueError(f"{method} needs num_matvecs >= {minimum}, got {num_matvecs!r}")
+def _start(
+    op: CurvatureOperator, seed: SeedLike, num_matvecs: int, minimum: int, name: str, distribution: str
+) -> tuple[Provenance, torch.Generator]:
+    """Check the budget, then the distribution; start counting matvecs and return the probe generator."""
+    prov = Provenance(op, seed)
+    check_budget(num_matvecs, minimum, name)
+    check_distribution(distribution)
+    return prov, make_generator(seed)
 
 
 def hutchinson(
@@ -79,36 +70,26 @@ def hutchinson(
     ``stderr <= max(atol, rtol * |estimate|)`` (a standard-error rule; never "the running mean stopped moving").
     ``num_matvecs`` is then the maximum. Blocks default to 50 probes (``block_size``).
     """
-    t0 = time.perf_counter()
-    _check_budget(num_matvecs, 1, "hutchinson")
-    check_distribution(distribution)
-    n = op.shape[0]
-    gen = make_generator(seed)
+    prov, gen = _start(op, seed, num_matvecs, 1, "hutchinson", distribution)
     adaptive = rtol is not None or atol is not None
-    bs = block_size or min(num_matvecs, 50)
-    before = op.num_matvecs
-    chunks: list[Tensor] = []
+    bs = default_block_size(block_size, num_matvecs)
+    chunks = []
     taken = 0
     stopped_early = False
-    while taken < num_matvecs:
-        b = min(bs, num_matvecs - taken)
-        Z = sample_probes(n, b, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device)
+    for Z in probe_blocks(op, num_matvecs, bs, distribution, gen):
         chunks.append(((op @ Z) * Z).sum(dim=0).double())
-        taken += b
+        taken += Z.shape[1]
         if adaptive and taken >= min_samples and taken < num_matvecs:
-            mean, stderr = mean_and_stderr(torch.cat(chunks).cpu().numpy())
+            mean, stderr = mean_and_stderr(to_numpy(chunks))
             if stderr <= max(atol or 0.0, (rtol or 0.0) * abs(mean)):
                 stopped_early = True
                 break
-    samples = torch.cat(chunks).cpu().numpy()
+    samples = to_numpy(chunks)
     value, stderr = mean_and_stderr(samples)
-    return Estimate(
-        value=value,
-        stderr=stderr,
-        num_matvecs=op.num_matvecs - before,
-        seed=seed_record(seed),
+    return prov.estimate(
+        value,
+        stderr,
         method="hutchinson",
-        wall_time=time.perf_counter() - t0,
         samples=samples,
         settings={
             "distribution": distribution,
@@ -135,31 +116,17 @@ def hutchpp(
     ``k + g`` columns with ``g = m - 2k``. The sketch part is exact, so ``stderr`` is the Hutchinson standard error
     of the deflated residual samples (``samples``).
     """
-    t0 = time.perf_counter()
-    _check_budget(num_matvecs, 3, "hutch++")
-    check_distribution(distribution)
-    n = op.shape[0]
-    gen = make_generator(seed)
-    k = min(num_matvecs // 3, n)
-    g = num_matvecs - 2 * k
-    before = op.num_matvecs
-    S = sample_probes(n, k, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device)
-    G = sample_probes(n, g, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device)
-    Q, _ = torch.linalg.qr(apply_in_blocks(op, S, block_size))
-    G = G - Q @ (Q.T @ G)
-    Z = apply_in_blocks(op, torch.cat([Q, G], dim=1), block_size)
-    exact = float((Q * Z[:, :k]).sum().double())
-    samples = (G * Z[:, k:]).sum(dim=0).double().cpu().numpy()
+    prov, gen = _start(op, seed, num_matvecs, 3, "hutch++", distribution)
+    sk = deflated_sketch(op, num_matvecs, distribution, gen, block_size)
+    exact = float((sk.Q * sk.HQ).sum().double())
+    samples = (sk.deflated * sk.HG).sum(dim=0).double().cpu().numpy()
     residual, stderr = mean_and_stderr(samples)
-    return Estimate(
-        value=exact + residual,
-        stderr=stderr,
-        num_matvecs=op.num_matvecs - before,
-        seed=seed_record(seed),
+    return prov.estimate(
+        exact + residual,
+        stderr,
         method="hutch++",
-        wall_time=time.perf_counter() - t0,
         samples=samples,
-        settings={"distribution": distribution, "block_size": block_size, "sketch_size": k, "num_residual": g},
+        settings={"distribution": distribution, "block_size": block_size, **sk.sizes()},
     )
 
 
@@ -189,14 +156,10 @@ def xtrace(
     deficient, ``rank(H) < s`` and the projection onto ``range(Y)`` already carries the whole trace: that exact value
     is returned with ``stderr = 0``.
     """
-    t0 = time.perf_counter()
-    _check_budget(num_matvecs, 4, "xtrace")
-    check_distribution(distribution)
+    prov, gen = _start(op, seed, num_matvecs, 4, "xtrace", distribution)
     n = op.shape[0]
-    gen = make_generator(seed)
     s = min(num_matvecs // 2, n)
-    before = op.num_matvecs
-    Om = sample_probes(n, s, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device)
+    Om = draw(op, s, distribution, gen)
     Y = apply_in_blocks(op, Om, block_size)
     Q, R = torch.linalg.qr(Y)
     Z = apply_in_blocks(op, Q, block_size)
@@ -231,16 +194,7 @@ def xtrace(
         samples = (projected + uHu).double().cpu().numpy()
         value, stderr = mean_and_stderr(samples)
         settings["rank_deficient"] = False
-    return Estimate(
-        value=value,
-        stderr=stderr,
-        num_matvecs=op.num_matvecs - before,
-        seed=seed_record(seed),
-        method="xtrace",
-        wall_time=time.perf_counter() - t0,
-        samples=samples,
-        settings=settings,
-    )
+    return prov.estimate(value, stderr, method="xtrace", samples=samples, settings=settings)
 
 
 def trace(

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import math
-import random
 
-import numpy as np
 import pytest
 import torch
 
 from landscape.linalg import FrobeniusEstimate, frobenius_norm
 from landscape.operators.base import MatrixOperator
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_blas_thread():
-    # The test matrices are tiny: BLAS threads only add spin-wait contention on a shared 2-core runner.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.linalg.helpers import assert_same_rng_state, global_rng_state
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +46,8 @@ def test_exact_for_a_scaled_identity():
 
 def test_same_seed_bit_identical_and_global_rng_untouched(dense):
     op, _ = dense
-    before = torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate()
+    before = global_rng_state()
     a = frobenius_norm(op, num_matvecs=20, seed=3)
     b = frobenius_norm(op, num_matvecs=20, seed=3)
     assert a.value == b.value and a.stderr == b.stderr
-    assert torch.equal(before[0], torch.get_rng_state())
-    assert np.array_equal(before[1], np.random.get_state()[1]) and before[2] == random.getstate()
+    assert_same_rng_state(before)

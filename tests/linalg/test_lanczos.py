@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import warnings
 
 import numpy as np
@@ -11,25 +10,7 @@ import torch
 
 from landscape.linalg import ConvergenceWarning, lanczos, sample_probes, top_eigen
 from landscape.operators.base import MatrixOperator
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_blas_thread():
-    # The test matrices are tiny: BLAS threads only add spin-wait contention on a shared 2-core runner.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def operator_with_spectrum(lam, seed: int = 0) -> tuple[MatrixOperator, torch.Tensor]:
-    lam = torch.as_tensor(lam, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(lam.numel(), lam.numel(), generator=g, dtype=torch.float64))
-    H = (Q * lam) @ Q.T
-    H = 0.5 * (H + H.T)
-    return MatrixOperator(H), H
-
+from tests.linalg.helpers import assert_same_rng_state, global_rng_state, operator_with_spectrum
 
 # Distinct, separated extremes on both ends; the most negative eigenvalue is second in magnitude so "LM" mixes signs.
 SPECTRUM = np.concatenate([[-9.5, -6.0, -5.5, -5.1, -4.8], np.linspace(-4.0, 5.0, 190), [7.2, 7.7, 8.3, 9.0, 10.0]])
@@ -175,12 +156,11 @@ def test_same_seed_is_bit_identical():
 
 def test_global_rng_untouched():
     op, _ = operator_with_spectrum(SPECTRUM)
-    before = torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate()
+    before = global_rng_state()
     top_eigen(op, 2, seed=1)
     lanczos(op, 10, num_probes=2, seed=1)
     top_eigen(op, 2, seed=torch.Generator().manual_seed(3))
-    assert torch.equal(before[0], torch.get_rng_state())
-    assert np.array_equal(before[1], np.random.get_state()[1]) and before[2] == random.getstate()
+    assert_same_rng_state(before)
 
 
 def test_results_are_frozen():

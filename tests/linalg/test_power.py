@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
 
 from landscape.linalg import ConvergenceWarning, power_iteration, top_eigen
-from landscape.operators.base import MatrixOperator
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_blas_thread():
-    # The test matrices are tiny: BLAS threads only add spin-wait contention on a shared 2-core runner.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def operator_with_spectrum(lam, seed: int = 0) -> tuple[MatrixOperator, torch.Tensor]:
-    lam = torch.as_tensor(lam, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(lam.numel(), lam.numel(), generator=g, dtype=torch.float64))
-    H = (Q * lam) @ Q.T
-    return MatrixOperator(0.5 * (H + H.T)), 0.5 * (H + H.T)
-
+from tests.linalg.helpers import assert_same_rng_state, global_rng_state, operator_with_spectrum
 
 # Ratios lambda_{i+1} / lambda_i = 0.8 at the top: ~100 iterations per pair for a 1e-9 relative residual.
 SPECTRUM = np.concatenate([[-2.0], np.linspace(-1.5, 3.0, 95), [4.096, 5.12, 6.4, 8.0], [10.0]])
@@ -75,9 +55,8 @@ def test_power_warm_start_from_eigenvectors_converges_at_once():
 
 def test_power_is_deterministic_and_leaves_global_rng_alone():
     op, _ = operator_with_spectrum(SPECTRUM)
-    before = torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate()
+    before = global_rng_state()
     a = power_iteration(op, 2, seed=4, max_matvecs=500)
     b = power_iteration(op, 2, seed=4, max_matvecs=500)
     assert np.array_equal(a.values, b.values) and torch.equal(a.vectors, b.vectors)
-    assert torch.equal(before[0], torch.get_rng_state())
-    assert np.array_equal(before[1], np.random.get_state()[1]) and before[2] == random.getstate()
+    assert_same_rng_state(before)

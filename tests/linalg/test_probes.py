@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import math
-import random
 
-import numpy as np
 import pytest
 import torch
 
 from landscape.linalg import make_generator, sample_probes
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_blas_thread():
-    # The test matrices are tiny: BLAS threads only add spin-wait contention on a shared 2-core runner.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def global_rng_state():
-    return torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate()
-
-
-def assert_same_rng_state(before) -> None:
-    after = global_rng_state()
-    assert torch.equal(before[0], after[0])
-    assert np.array_equal(before[1], after[1])
-    assert before[2] == after[2]
+from tests.linalg.helpers import assert_same_rng_state, global_rng_state
 
 
 def test_rademacher_entries_are_plus_minus_one():

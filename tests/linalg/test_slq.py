@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 
 import matplotlib
 import numpy as np
@@ -11,27 +10,9 @@ import pytest
 import torch
 
 from landscape.linalg import SpectralDensity, lanczos, sample_probes, spectral_density
-from landscape.operators.base import MatrixOperator
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_blas_thread():
-    # The test matrices are tiny: BLAS threads only add spin-wait contention on a shared 2-core runner.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from tests.linalg.helpers import assert_same_rng_state, global_rng_state, operator_with_spectrum
 
 matplotlib.use("Agg")
-
-
-def operator_with_spectrum(lam, seed: int = 0) -> tuple[MatrixOperator, torch.Tensor]:
-    lam = torch.as_tensor(lam, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(lam.numel(), lam.numel(), generator=g, dtype=torch.float64))
-    H = (Q * lam) @ Q.T
-    return MatrixOperator(0.5 * (H + H.T)), 0.5 * (H + H.T)
 
 
 # A Hessian-like spectrum: a bulk near zero with some negative curvature and a few outliers.
@@ -173,12 +154,11 @@ def test_plot_draws_on_given_axes_with_log_option(hessian_like):
 
 def test_same_seed_bit_identical_and_global_rng_untouched(hessian_like):
     op, _ = hessian_like
-    before = torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate()
+    before = global_rng_state()
     a = spectral_density(op, num_probes=3, num_steps=10, seed=4)
     b = spectral_density(op, num_probes=3, num_steps=10, seed=4)
     assert np.array_equal(a.nodes, b.nodes) and np.array_equal(a.weights, b.weights)
-    assert torch.equal(before[0], torch.get_rng_state())
-    assert np.array_equal(before[1], np.random.get_state()[1]) and before[2] == random.getstate()
+    assert_same_rng_state(before)
 
 
 def test_one_probe_has_nan_stderr_not_zero(hessian_like):

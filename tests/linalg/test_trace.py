@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
 
 from landscape.linalg import trace
-from landscape.operators.base import MatrixOperator
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_blas_thread():
-    # The test matrices are tiny: BLAS threads only add spin-wait contention on a shared 2-core runner.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def operator_with_spectrum(lam, seed: int = 0) -> tuple[MatrixOperator, torch.Tensor]:
-    lam = torch.as_tensor(lam, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(lam.numel(), lam.numel(), generator=g, dtype=torch.float64))
-    H = (Q * lam) @ Q.T
-    return MatrixOperator(0.5 * (H + H.T)), 0.5 * (H + H.T)
+from tests.linalg.helpers import assert_same_rng_state, global_rng_state, operator_with_spectrum
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +138,13 @@ def test_blocking_does_not_change_the_probes(indefinite):
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
 def test_same_seed_bit_identical_and_global_rng_untouched(indefinite, method):
     op, _ = indefinite
-    before = torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate()
+    before = global_rng_state()
     a = trace(op, method=method, num_matvecs=40, seed=11)
     b = trace(op, method=method, num_matvecs=40, seed=11)
     g = trace(op, method=method, num_matvecs=40, seed=torch.Generator().manual_seed(11))
     assert a.value == b.value and a.stderr == b.stderr and a.value == g.value
     assert a.seed == 11 and g.seed is None
-    assert torch.equal(before[0], torch.get_rng_state())
-    assert np.array_equal(before[1], np.random.get_state()[1]) and before[2] == random.getstate()
+    assert_same_rng_state(before)
 
 
 def test_bad_arguments_are_rejected(indefinite):

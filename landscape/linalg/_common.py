@@ -1,0 +1,140 @@
+"""Building blocks shared by the estimators: probe blocks drawn for an operator, blocked products, the Hutch++-style
+deflated sketch, sample statistics and the provenance (matvecs, seed, wall time) every result records."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landscape.linalg.probes import Distribution, sample_probes, seed_record
+from landscape.linalg.results import Estimate
+from landscape.operators.base import CurvatureOperator
+
+DEFAULT_BLOCK_SIZE = 50
+
+
+def draw(
+    op: CurvatureOperator, k: int, distribution: Distribution, gen: torch.Generator, *, normalize: bool = False
+) -> Tensor:
+    """``k`` probes from ``gen`` as the columns of an ``(n, k)`` tensor in the operator's dtype and device."""
+    return sample_probes(
+        op.shape[0], k, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device, normalize=normalize
+    )
+
+
+def default_block_size(block_size: int | None, num_matvecs: int) -> int:
+    """Probes per operator application of the streaming estimators: ``block_size`` or ``min(m, 50)``."""
+    return block_size or min(num_matvecs, DEFAULT_BLOCK_SIZE)
+
+
+def probe_blocks(
+    op: CurvatureOperator, num_probes: int, block_size: int, distribution: Distribution, gen: torch.Generator
+) -> Iterator[Tensor]:
+    """Yield ``num_probes`` probes in blocks of at most ``block_size`` columns, each drawn only when asked for (so
+    stopping early draws nothing more from ``gen``)."""
+    taken = 0
+    while taken < num_probes:
+        b = min(block_size, num_probes - taken)
+        yield draw(op, b, distribution, gen)
+        taken += b
+
+
+def apply_in_blocks(op: CurvatureOperator, V: Tensor, block_size: int | None) -> Tensor:
+    """``op @ V`` in column blocks of at most ``block_size`` (all at once when ``None``) to bound memory."""
+    if block_size is None or V.shape[1] <= block_size:
+        return op @ V
+    return torch.cat([op @ V[:, i : i + block_size] for i in range(0, V.shape[1], block_size)], dim=1)
+
+
+def check_budget(num_matvecs: int, minimum: int, name: str) -> None:
+    if not isinstance(num_matvecs, int) or num_matvecs < minimum:
+        raise ValueError(f"{name} needs num_matvecs >= {minimum}, got {num_matvecs!r}")
+
+
+def mean_and_stderr(samples: np.ndarray) -> tuple[float, float]:
+    """Sample mean and its standard error ``std(ddof=1) / sqrt(s)`` (``nan`` for one sample)."""
+    s = samples.size
+    mean = float(np.mean(samples))
+    stderr = float(np.std(samples, ddof=1) / math.sqrt(s)) if s > 1 else float("nan")
+    return mean, stderr
+
+
+def to_numpy(chunks: list[Tensor]) -> np.ndarray:
+    """Concatenate per-block float64 sample tensors into one numpy vector."""
+    return torch.cat(chunks).cpu().numpy()
+
+
+class Sketch(NamedTuple):
+    """``Q = orth(H S)``, the residual probes ``G`` and their deflation ``(I - QQ^T) G``, and ``H Q``,
+    ``H (I - QQ^T) G``."""
+
+    Q: Tensor
+    G: Tensor
+    deflated: Tensor
+    HQ: Tensor
+    HG: Tensor
+
+    def sizes(self) -> dict[str, int]:
+        """``sketch_size`` ``k`` and ``num_residual`` ``g`` for a result's settings."""
+        return {"sketch_size": self.Q.shape[1], "num_residual": self.G.shape[1]}
+
+
+def deflated_sketch(
+    op: CurvatureOperator,
+    num_matvecs: int,
+    distribution: Distribution,
+    gen: torch.Generator,
+    block_size: int | None,
+) -> Sketch:
+    """The Hutch++ split of a budget ``m``: ``k = min(m // 3, n)`` sketch columns ``S`` give ``Q = orth(H S)``
+    (``k`` matvecs), then ``H [Q, (I - QQ^T) G]`` is one block of ``k + g`` columns with ``g = m - 2k`` probes."""
+    k = min(num_matvecs // 3, op.shape[0])
+    S = draw(op, k, distribution, gen)
+    G = draw(op, num_matvecs - 2 * k, distribution, gen)
+    Q, _ = torch.linalg.qr(apply_in_blocks(op, S, block_size))
+    deflated = G - Q @ (Q.T @ G)
+    HZ = apply_in_blocks(op, torch.cat([Q, deflated], dim=1), block_size)
+    return Sketch(Q, G, deflated, HZ[:, :k], HZ[:, k:])
+
+
+class Provenance:
+    """Start of one estimator call: counts the operator's matvecs and the wall time from here, records the seed."""
+
+    def __init__(self, op: CurvatureOperator, seed: Any) -> None:
+        self.t0 = time.perf_counter()
+        self.op = op
+        self.seed = seed
+        self.before = op.num_matvecs
+
+    @property
+    def num_matvecs(self) -> int:
+        return self.op.num_matvecs - self.before
+
+    def fields(self) -> dict[str, Any]:
+        """``num_matvecs``, ``seed`` (``None`` for a generator) and ``wall_time`` of a result."""
+        return {
+            "num_matvecs": self.num_matvecs,
+            "seed": seed_record(self.seed),
+            "wall_time": time.perf_counter() - self.t0,
+        }
+
+    def estimate(
+        self,
+        value: Any,
+        stderr: Any,
+        *,
+        method: str,
+        samples: Any,
+        settings: dict[str, Any],
+        cls: type[Estimate] = Estimate,
+        **extra: Any,
+    ) -> Estimate:
+        """An :class:`Estimate` (or subclass ``cls`` with ``extra`` fields) carrying this call's provenance."""
+        fields = self.fields()
+        return cls(value=value, stderr=stderr, method=method, samples=samples, settings=settings, **fields, **extra)
