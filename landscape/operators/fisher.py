@@ -13,7 +13,7 @@ from collections.abc import Callable
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from landscape.operators.problem_operator import ProblemOperator, dict_to_block, vector_product_loop
+from landscape.operators.problem_operator import BlockDict, ProblemOperator, vector_product_loop
 from landscape.problem import PreparedBatch
 
 
@@ -41,11 +41,10 @@ class EmpiricalFisherOperator(ProblemOperator):
 
         return directional, lambda u: pullback(u / n)[0]
 
-    def _product_fisher(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _product_fisher(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         directional, pullback = self._fisher_fns(forward, batch)
         return vector_product_loop(lambda v: pullback(directional(v)), self.problem, V)
 
-    def _product_fisher_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _product_fisher_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         directional, pullback = self._fisher_fns(forward, batch)
-        r = vmap(pullback)(vmap(directional, randomness="same")(self.problem.unflatten(V)))
-        return dict_to_block(self.problem, r, V.shape[1], V)
+        return vmap(pullback)(vmap(directional, randomness="same")(self.problem.unflatten(V)))

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from landscape.operators.problem_operator import ProblemOperator, dict_to_block, vector_product_loop
+from landscape.operators.problem_operator import BlockDict, ProblemOperator, vector_product_loop
 from landscape.problem import PreparedBatch
 
 
@@ -50,12 +50,11 @@ class GGNOperator(ProblemOperator):
 
         return jac, out_hess, lambda u: pullback(u)[0]
 
-    def _product_ggn(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _product_ggn(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         jac, out_hess, pullback = self._ggn_fns(forward, batch)
         return vector_product_loop(lambda v: pullback(out_hess(jac(v))), self.problem, V)
 
-    def _product_ggn_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _product_ggn_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         jac, out_hess, pullback = self._ggn_fns(forward, batch)
         JV = vmap(jac, randomness="same")(self.problem.unflatten(V))
-        r = vmap(pullback)(out_hess(JV, batched=True))
-        return dict_to_block(self.problem, r, V.shape[1], V)
+        return vmap(pullback)(out_hess(JV, batched=True))

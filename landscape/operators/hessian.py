@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from landscape.operators.problem_operator import ProblemOperator, dict_to_block, vector_product_loop
+from landscape.operators.problem_operator import BlockDict, ProblemOperator, stack_columns, vector_product_loop
 from landscape.problem import PreparedBatch, Problem, warn_unused
 
 DEFAULT_GRAPH_MEMORY = 2 * 1024**3
@@ -83,9 +83,10 @@ class HessianOperator(ProblemOperator):
         at: Tensor | None = None,
         engine: str = "auto",
         block: str = "auto",
+        max_block: int = 16,
         graph_memory_limit: int = DEFAULT_GRAPH_MEMORY,
     ):
-        super().__init__(problem, at=at, engine=engine, block=block)
+        super().__init__(problem, at=at, engine=engine, block=block, max_block=max_block)
         self.graph_memory_limit = int(graph_memory_limit)
         self._graphs: dict[int, _GradientGraph] = {}
         self._graph_bytes = 0
@@ -125,19 +126,16 @@ class HessianOperator(ProblemOperator):
     def _prepare_batch(self, forward: Callable, i: int, batch: PreparedBatch) -> None:
         self._graph(forward, i, batch)
 
-    def _product_double_backward(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _product_double_backward(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         g, kept = self._graph(forward, i, batch)
         k = V.shape[1]
-        cols = []
-        for j in range(k):
-            r = g.product(self.problem.unflatten(V[:, j]), retain=kept or j < k - 1, batched=False)
-            cols.append(dict_to_block(self.problem, {n: t[None] for n, t in r.items()}, 1, V)[:, 0])
-        return torch.stack(cols, dim=1)
+        return stack_columns(
+            [g.product(self.problem.unflatten(V[:, j]), retain=kept or j < k - 1, batched=False) for j in range(k)]
+        )
 
-    def _product_double_backward_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _product_double_backward_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         g, kept = self._graph(forward, i, batch)
-        r = g.product(self.problem.unflatten(V), retain=kept, batched=True)
-        return dict_to_block(self.problem, r, V.shape[1], V)
+        return g.product(self.problem.unflatten(V), retain=kept, batched=True)
 
     # -------------------------------------------------------------- forward over reverse
     def _hvp_fn(self, forward: Callable, batch: PreparedBatch) -> Callable:
@@ -151,22 +149,21 @@ class HessianOperator(ProblemOperator):
 
         return hvp
 
-    def _product_forward_over_reverse(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _product_forward_over_reverse(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         return vector_product_loop(self._hvp_fn(forward, batch), self.problem, V)
 
     def _product_forward_over_reverse_batched(
         self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor
-    ) -> Tensor:
-        r = vmap(self._hvp_fn(forward, batch), randomness="same")(self.problem.unflatten(V))
-        return dict_to_block(self.problem, r, V.shape[1], V)
+    ) -> BlockDict:
+        return vmap(self._hvp_fn(forward, batch), randomness="same")(self.problem.unflatten(V))
 
     # -------------------------------------------------------------- data passes
-    def _batches(self, k: int):
-        # When every batch's graph is cached and the chosen strategy uses them, the data need not be loaded again.
+    def _batches(self, widths: set[int]):
+        # When every batch's graph is cached and the chosen strategies use them, the data need not be loaded again.
         if (
             self._num_batches is not None
             and len(self._graphs) == self._num_batches
-            and self.chosen.get(k, "").startswith("double_backward")
+            and all(self.chosen.get(w, "").startswith("double_backward") for w in widths)
         ):
             return ((i, None) for i in range(self._num_batches))
         return self._counting_batches()

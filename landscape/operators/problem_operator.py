@@ -12,9 +12,11 @@ from torch import Tensor
 from landscape.operators.base import CurvatureOperator
 from landscape.problem import ParamDict, PreparedBatch, Problem, check_finite
 
+BlockDict = dict[str, Tensor]
 
-def dict_to_block(problem: Problem, tensors: dict[str, Tensor | None], k: int, like: Tensor) -> Tensor:
-    """Dict of ``(k, *shape)`` tensors (``None`` = zero) -> ``(n, k)`` block."""
+
+def dict_to_block(problem: Problem, tensors: BlockDict, k: int, like: Tensor) -> Tensor:
+    """Dict of ``(k, *shape)`` tensors (missing or ``None`` = zero) -> ``(n, k)`` block."""
     cols = []
     for name, numel in zip(problem.param_names, problem.param_numels, strict=True):
         t = tensors.get(name)
@@ -22,8 +24,20 @@ def dict_to_block(problem: Problem, tensors: dict[str, Tensor | None], k: int, l
     return torch.cat(cols, dim=1).T
 
 
+def accumulate(total: BlockDict, part: BlockDict) -> None:
+    """``total += part`` per parameter, in place (the parts are fresh tensors the operator owns)."""
+    for name, t in part.items():
+        if t is None:
+            continue
+        if name in total:
+            total[name].add_(t)
+        else:
+            total[name] = t
+
+
 SWITCH_MARGIN = 1.25
 MEASURE_ROUNDS = 2
+DEFAULT_MAX_BLOCK = 16
 
 
 class ProblemOperator(CurvatureOperator):
@@ -33,11 +47,20 @@ class ProblemOperator(CurvatureOperator):
     ``engine="auto"`` the fastest strategy for each block width is measured on the first batch of the first
     product of that width and used from then on (the measurement's result is used, so nothing is wasted but the
     candidates' repeated work on one batch). ``block`` restricts how a block of vectors is multiplied: ``"loop"``
-    (column by column) or ``"batched"`` (one vmapped/batched call). Results agree between strategies to rounding;
+    (column by column) or ``"batched"`` (one vmapped/batched call); blocks wider than ``max_block`` are cut into
+    chunks of at most that many columns, all within the same data pass. Results agree between strategies to rounding;
     for bit-identical re-runs fix ``engine`` and ``block`` (the choice is recorded in :meth:`describe`).
     """
 
-    def __init__(self, problem: Problem, *, at: Tensor | None = None, engine: str = "auto", block: str = "auto"):
+    def __init__(
+        self,
+        problem: Problem,
+        *,
+        at: Tensor | None = None,
+        engine: str = "auto",
+        block: str = "auto",
+        max_block: int = DEFAULT_MAX_BLOCK,
+    ):
         super().__init__(problem.num_params, problem.dtype, problem.device)
         self.problem = problem
         self.params = problem.params_dict(at)
@@ -47,8 +70,11 @@ class ProblemOperator(CurvatureOperator):
             raise ValueError(f"engine must be 'auto' or one of {engines}, got {engine!r}")
         if block not in ("auto", "loop", "batched"):
             raise ValueError(f"block must be 'auto', 'loop' or 'batched', got {block!r}")
+        if max_block < 1:
+            raise ValueError(f"max_block must be >= 1, got {max_block}")
         self.engine = engine
         self.block = block
+        self.max_block = int(max_block)
         self.chosen: dict[int, str] = {}
         self.timings: dict[int, dict[str, float]] = {}
         self.failures: dict[int, dict[str, str]] = {}
@@ -64,34 +90,42 @@ class ProblemOperator(CurvatureOperator):
             return single
         return [s for s in names if s.endswith("_batched")] if self.block == "batched" else names
 
-    def _run(self, name: str, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _run(self, name: str, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
+        """One batch's contribution as a dict of ``(k, *shape)`` tensors."""
         return getattr(self, f"_product_{name}")(forward, i, batch, V)
 
     def _matmat(self, V: Tensor) -> Tensor:
-        k = V.shape[1]
-        out = torch.zeros_like(V)
+        # Wide blocks go through in chunks of at most max_block columns (bounded memory for vmapped strategies),
+        # all within one pass over the data.
+        chunks = list(torch.split(V, self.max_block, dim=1))
+        totals: list[BlockDict] = [{} for _ in chunks]
         with self.problem.evaluation() as forward:
-            for i, batch in self._batches(k):
-                if k not in self.chosen:
-                    out += self._measure(k, forward, i, batch, V)
-                else:
-                    out += self._run(self.chosen[k], forward, i, batch, V)
-        return check_finite(out, "curvature-vector product", -1)
+            for i, batch in self._batches({C.shape[1] for C in chunks}):
+                for C, total in zip(chunks, totals, strict=True):
+                    w = C.shape[1]
+                    if w not in self.chosen:
+                        accumulate(total, self._measure(w, forward, i, batch, C))
+                    else:
+                        accumulate(total, self._run(self.chosen[w], forward, i, batch, C))
+        out = torch.cat([dict_to_block(self.problem, t, C.shape[1], V) for C, t in zip(chunks, totals, strict=True)], 1)
+        # A sum is non-finite iff some entry is (barring overflow), and costs less than an elementwise check.
+        check_finite(out.sum(), "curvature-vector product", -1)
+        return out
 
-    def _batches(self, k: int):
+    def _batches(self, widths: set[int]):
         return enumerate(self.problem.batches())
 
-    def _measure(self, k: int, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _measure(self, k: int, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         candidates = self._candidates(k)
         times: dict[str, float] = {}
         failures: dict[str, str] = {}
         result = None
         # Two interleaved rounds, keeping each candidate's fastest time: one timing on a busy machine can be off by
-        # several times. A candidate already 3x slower than the best after the first round is not timed again.
+        # several times. Only close calls (within 1.5x of the best after the first round) are timed again.
         for round_ in range(MEASURE_ROUNDS):
             best = min(times.values(), default=math.inf)
             for name in candidates:
-                if name in failures or (round_ > 0 and times[name] > 3 * best):
+                if name in failures or (round_ > 0 and (name not in times or times[name] > 1.5 * best)):
                     continue
                 self._prepare_batch(forward, i, batch)
                 t0 = time.perf_counter()
@@ -126,10 +160,13 @@ class ProblemOperator(CurvatureOperator):
         }
 
 
-def vector_product_loop(fn: Callable[[ParamDict], dict], problem: Problem, V: Tensor) -> Tensor:
-    """Apply a per-vector product ``fn(v_dict) -> dict`` to each column of ``V``."""
-    cols = []
-    for j in range(V.shape[1]):
-        r = fn(problem.unflatten(V[:, j]))
-        cols.append(dict_to_block(problem, {n: t[None] for n, t in r.items() if t is not None}, 1, V)[:, 0])
-    return torch.stack(cols, dim=1)
+def vector_product_loop(fn: Callable[[ParamDict], dict], problem: Problem, V: Tensor) -> BlockDict:
+    """Apply a per-vector product ``fn(v_dict) -> dict`` to each column of ``V``; dict of ``(k, *shape)``."""
+    return stack_columns([fn(problem.unflatten(V[:, j])) for j in range(V.shape[1])])
+
+
+def stack_columns(cols: list[dict]) -> BlockDict:
+    """Per-vector result dicts -> one dict of ``(k, *shape)`` tensors (``None`` entries dropped)."""
+    if len(cols) == 1:
+        return {n: t.unsqueeze(0) for n, t in cols[0].items() if t is not None}
+    return {n: torch.stack([c[n] for c in cols]) for n, t in cols[0].items() if t is not None}

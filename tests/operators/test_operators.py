@@ -71,6 +71,15 @@ def test_auto_engine_matches_and_records_choice(name):
     assert (name == "mse") == bool(op.failures[1])
 
 
+def test_wide_blocks_are_chunked_within_one_pass():
+    case = make_case("mlp")
+    H = reference_hessian(case)
+    op = L.hessian(problem_of(case), max_block=4)
+    V = probes(H.shape[0], 11)
+    assert rel(op @ V, H @ V) < RTOL
+    assert set(op.chosen) == {4, 3} and op.num_matvecs == 11
+
+
 def test_graph_cache_limit_gives_same_products():
     case = make_case("mlp")
     H = reference_hessian(case)
