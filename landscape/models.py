@@ -173,6 +173,7 @@ def small_resnet(
     skip: bool = True,
     batchnorm: bool = True,
     seed: int = 0,
+    stem_stride: int = 1,
 ) -> nn.Sequential:
     """A CIFAR-style residual network: stem conv, three stages of basic blocks, global pooling, linear head.
 
@@ -193,8 +194,11 @@ def small_resnet(
         Insert ``BatchNorm2d`` after every conv (the convs then have no bias).
     seed:
         Seed of the weight initialisation.
+    stem_stride:
+        Stride of the stem convolution (2 quarters the cost of every later layer).
     """
     for name, value in (
+        ("stem_stride", stem_stride),
         ("in_channels", in_channels),
         ("num_classes", num_classes),
         ("width", width),
@@ -203,7 +207,7 @@ def small_resnet(
         _positive(name, value)
 
     def build() -> nn.Sequential:
-        layers: list[nn.Module] = [_conv_block(in_channels, width, 1, batchnorm)]
+        layers: list[nn.Module] = [_conv_block(in_channels, width, stem_stride, batchnorm)]
         c_in = width
         for stage, c_out in enumerate((width, 2 * width, 4 * width)):
             for block in range(num_blocks):
@@ -222,9 +226,10 @@ def w1_mlp(seed: int = 0) -> nn.Sequential:
 
 
 def w2_cnn(seed: int = 0) -> nn.Sequential:
-    """Benchmark workload W2: residual CNN with BatchNorm for 3x32x32 inputs, 10 classes (116,035 parameters).
+    """Benchmark workload W2: residual CNN with BatchNorm for 3x32x32 inputs, 10 classes (121,390 parameters).
 
-    ``small_resnet(width=13, num_blocks=2)``: a 14-layer residual network whose width is chosen to land close
-    to the 120k parameters of W1, so the two workloads differ in architecture rather than size.
+    ``small_resnet(width=20, num_blocks=1, stem_stride=2)``: an 8-layer residual network (stages at 16x16, 8x8,
+    4x4) close to W1's size, so the two workloads differ in architecture rather than size, and cheap enough that
+    a full-data gradient on 512 images takes a fraction of a second on 2 CPU cores.
     """
-    return small_resnet(3, 10, width=13, num_blocks=2, skip=True, batchnorm=True, seed=seed)
+    return small_resnet(3, 10, width=20, num_blocks=1, skip=True, batchnorm=True, seed=seed, stem_stride=2)
