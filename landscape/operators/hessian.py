@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from landscape.operators.problem_operator import BlockDict, ProblemOperator, stack_columns, vector_product_loop
+from landscape.operators.problem_operator import SCRATCH, BlockDict, ProblemOperator, stack_columns, vector_product_loop
 from landscape.problem import PreparedBatch, Problem, warn_unused
 
 DEFAULT_GRAPH_MEMORY = 2 * 1024**3
@@ -93,6 +93,7 @@ class HessianOperator(ProblemOperator):
         self._cache_closed = graph_memory_limit <= 0
         self._warned_unused = False
         self._num_batches: int | None = None
+        self._scratch: _GradientGraph | None = None
 
     def _strategies(self) -> list[tuple[str, str]]:
         return [
@@ -112,6 +113,8 @@ class HessianOperator(ProblemOperator):
         g = self._graphs.get(i)
         if g is not None:
             return g, True
+        if i == SCRATCH:
+            return self._scratch, True
         g = _GradientGraph(self.problem, forward, self.params, batch, measure=not self._cache_closed)
         if not self._warned_unused:
             warn_unused(g.unused)
@@ -123,8 +126,17 @@ class HessianOperator(ProblemOperator):
         self._cache_closed = True
         return g, False
 
+    def _measure(self, k: int, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
+        try:
+            return super()._measure(k, forward, i, batch, V)
+        finally:
+            self._scratch = None  # the measurement slice's graph is not needed again
+
     def _prepare_batch(self, forward: Callable, i: int, batch: PreparedBatch) -> None:
-        self._graph(forward, i, batch)
+        if i == SCRATCH:
+            self._scratch = _GradientGraph(self.problem, forward, self.params, batch, measure=False)
+        else:
+            self._graph(forward, i, batch)
 
     def _product_double_backward(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         g, kept = self._graph(forward, i, batch)
@@ -159,14 +171,16 @@ class HessianOperator(ProblemOperator):
 
     # -------------------------------------------------------------- data passes
     def _batches(self, widths: set[int]):
-        # When every batch's graph is cached and the chosen strategies use them, the data need not be loaded again.
         if (
             self._num_batches is not None
             and len(self._graphs) == self._num_batches
             and all(self.chosen.get(w, "").startswith("double_backward") for w in widths)
         ):
-            return ((i, None) for i in range(self._num_batches))
+            return None
         return self._counting_batches()
+
+    def _cached_batches(self):
+        return ((i, None) for i in range(self._num_batches))
 
     def _counting_batches(self):
         n = 0

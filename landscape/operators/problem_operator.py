@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -38,6 +39,9 @@ def accumulate(total: BlockDict, part: BlockDict) -> None:
 SWITCH_MARGIN = 1.25
 MEASURE_ROUNDS = 2
 DEFAULT_MAX_BLOCK = 16
+MEASURE_SAMPLES = 128
+MEASURE_COLUMNS = 8
+SCRATCH = -1  # batch index of the measurement slice: its one-off state (a gradient graph) is never cached
 
 
 class ProblemOperator(CurvatureOperator):
@@ -84,11 +88,14 @@ class ProblemOperator(CurvatureOperator):
         raise NotImplementedError
 
     def _candidates(self, k: int) -> list[str]:
+        """Strategies to try for width ``k``, preferred first: batched ones lead for blocks, since one batched call
+        per block is what makes blocks pay."""
         names = [s for e, s in self._strategies() if self.engine in ("auto", e)]
         single = [s for s in names if not s.endswith("_batched")]
+        batched = [s for s in names if s.endswith("_batched")]
         if k == 1 or self.block == "loop":
             return single
-        return [s for s in names if s.endswith("_batched")] if self.block == "batched" else names
+        return batched if self.block == "batched" else batched + single
 
     def _run(self, name: str, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         """One batch's contribution as a dict of ``(k, *shape)`` tensors."""
@@ -99,44 +106,58 @@ class ProblemOperator(CurvatureOperator):
         # all within one pass over the data.
         chunks = list(torch.split(V, self.max_block, dim=1))
         totals: list[BlockDict] = [{} for _ in chunks]
-        with self.problem.evaluation() as forward:
-            for i, batch in self._batches({C.shape[1] for C in chunks}):
+        batches = self._batches({C.shape[1] for C in chunks})
+        with self.problem.evaluation() if batches is not None else contextlib.nullcontext() as forward:
+            for i, batch in batches if batches is not None else self._cached_batches():
                 for C, total in zip(chunks, totals, strict=True):
                     w = C.shape[1]
                     if w not in self.chosen:
                         accumulate(total, self._measure(w, forward, i, batch, C))
                     else:
                         accumulate(total, self._run(self.chosen[w], forward, i, batch, C))
-        out = torch.cat([dict_to_block(self.problem, t, C.shape[1], V) for C, t in zip(chunks, totals, strict=True)], 1)
+        blocks = [dict_to_block(self.problem, t, C.shape[1], V) for C, t in zip(chunks, totals, strict=True)]
+        out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
         # A sum is non-finite iff some entry is (barring overflow), and costs less than an elementwise check.
         check_finite(out.sum(), "curvature-vector product", -1)
         return out
 
     def _batches(self, widths: set[int]):
+        """``(index, batch)`` pairs to multiply with, or ``None`` when everything needed is cached (then neither
+        the data nor the model is touched and :meth:`_cached_batches` gives the indices)."""
         return enumerate(self.problem.batches())
 
+    def _cached_batches(self):
+        raise NotImplementedError
+
     def _measure(self, k: int, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
+        """Time the candidates, remember the fastest for width ``k``, return this batch's product by it.
+
+        Timing runs on a slice of the batch (``MEASURE_SAMPLES`` samples, or an eighth of a larger batch) and on
+        at most ``MEASURE_COLUMNS`` columns, extrapolated to the full width (a loop over columns on one column):
+        the one-off cost stays a small fraction of a product even for wide blocks on big batches. Two interleaved
+        rounds keep each candidate's fastest time, since one timing on a busy machine can be off by several times;
+        only close calls (within 1.5x of the best after the first round) are timed again.
+        """
         candidates = self._candidates(k)
+        m = min(batch.size, max(MEASURE_SAMPLES, batch.size // 8))
+        sub = PreparedBatch(batch.inputs[:m], batch.targets[:m], batch.weight * m / batch.size, m)
         times: dict[str, float] = {}
         failures: dict[str, str] = {}
-        result = None
-        # Two interleaved rounds, keeping each candidate's fastest time: one timing on a busy machine can be off by
-        # several times. Only close calls (within 1.5x of the best after the first round) are timed again.
         for round_ in range(MEASURE_ROUNDS):
             best = min(times.values(), default=math.inf)
             for name in candidates:
                 if name in failures or (round_ > 0 and (name not in times or times[name] > 1.5 * best)):
                     continue
-                self._prepare_batch(forward, i, batch)
+                width = min(k, 1 if not name.endswith("_batched") else MEASURE_COLUMNS)
+                self._prepare_batch(forward, SCRATCH, sub)
                 t0 = time.perf_counter()
                 try:
-                    r = self._run(name, forward, i, batch, V)
+                    self._run(name, forward, SCRATCH, sub, V[:, :width])
                 except RuntimeError as err:  # a transform torch cannot apply to this model/loss
                     failures[name] = str(err).splitlines()[0]
                     continue
-                times[name] = min(times.get(name, math.inf), time.perf_counter() - t0)
-                result = r if result is None else result
-        if result is None:
+                times[name] = min(times.get(name, math.inf), (time.perf_counter() - t0) * k / width)
+        if not times:
             raise RuntimeError(f"no engine could multiply with this operator: {failures}")
         self.timings[k] = times
         self.failures[k] = failures
@@ -145,10 +166,13 @@ class ProblemOperator(CurvatureOperator):
         best = min(times, key=times.get)
         first = next(c for c in candidates if c in times)
         self.chosen[k] = best if times[best] * SWITCH_MARGIN < times[first] else first
-        return result
+        return self._run(self.chosen[k], forward, i, batch, V)
 
     def _prepare_batch(self, forward: Callable, i: int, batch: PreparedBatch) -> None:
-        """One-off work per batch that is not part of a product's steady-state cost (e.g. a cached graph)."""
+        """One-off work per batch that is not part of a product's steady-state cost (e.g. a cached graph).
+
+        ``i == SCRATCH`` marks the measurement slice, whose state must replace the previous slice's, not be cached.
+        """
 
     def describe(self) -> dict:
         return {
