@@ -40,7 +40,7 @@ SWITCH_MARGIN = 1.25
 MEASURE_ROUNDS = 2
 DEFAULT_MAX_BLOCK = 16
 MEASURE_SAMPLES = 128
-MEASURE_COLUMNS = 8
+MEASURE_COLUMNS = 16
 SCRATCH = -1  # batch index of the measurement slice: its one-off state (a gradient graph) is never cached
 
 
@@ -132,7 +132,8 @@ class ProblemOperator(CurvatureOperator):
     def _measure(self, k: int, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         """Time the candidates, remember the fastest for width ``k``, return this batch's product by it.
 
-        Timing runs on a slice of the batch (``MEASURE_SAMPLES`` samples, or an eighth of a larger batch) and on
+        Every candidate is first warmed up, untimed, on two samples (a failing one is dropped here). Timing runs
+        on a slice of the batch (``MEASURE_SAMPLES`` samples, or an eighth of a larger batch) and on
         at most ``MEASURE_COLUMNS`` columns, extrapolated to the full width (a loop over columns on one column):
         the one-off cost stays a small fraction of a product even for wide blocks on big batches. Two interleaved
         rounds keep each candidate's fastest time, since one timing on a busy machine can be off by several times;
@@ -143,6 +144,15 @@ class ProblemOperator(CurvatureOperator):
         sub = PreparedBatch(batch.inputs[:m], batch.targets[:m], batch.weight * m / batch.size, m)
         times: dict[str, float] = {}
         failures: dict[str, str] = {}
+        # An untimed warm-up on two samples first: a strategy's first call pays one-off costs (torch.func's
+        # dispatch set-up, allocator growth) that would otherwise count against it.
+        tiny = PreparedBatch(batch.inputs[:2], batch.targets[:2], batch.weight * min(2, m) / batch.size, min(2, m))
+        for name in candidates:
+            self._prepare_batch(forward, SCRATCH, tiny)
+            try:
+                self._run(name, forward, SCRATCH, tiny, V[:, : min(k, 2)])
+            except RuntimeError as err:  # a transform torch cannot apply to this model/loss
+                failures[name] = str(err).splitlines()[0]
         for round_ in range(MEASURE_ROUNDS):
             best = min(times.values(), default=math.inf)
             for name in candidates:
@@ -151,11 +161,7 @@ class ProblemOperator(CurvatureOperator):
                 width = min(k, 1 if not name.endswith("_batched") else MEASURE_COLUMNS)
                 self._prepare_batch(forward, SCRATCH, sub)
                 t0 = time.perf_counter()
-                try:
-                    self._run(name, forward, SCRATCH, sub, V[:, :width])
-                except RuntimeError as err:  # a transform torch cannot apply to this model/loss
-                    failures[name] = str(err).splitlines()[0]
-                    continue
+                self._run(name, forward, SCRATCH, sub, V[:, :width])
                 times[name] = min(times.get(name, math.inf), (time.perf_counter() - t0) * k / width)
         if not times:
             raise RuntimeError(f"no engine could multiply with this operator: {failures}")
