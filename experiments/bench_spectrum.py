@@ -111,6 +111,19 @@ def count(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def count_calls(obj, attr: str, cost=lambda *args: 1) -> list[int]:
+    """Wrap ``obj.attr`` so each call adds ``cost(*args)`` to the returned one-element counter."""
+    calls = [0]
+    orig = getattr(obj, attr)
+
+    def counted(*args):
+        calls[0] += cost(*args)
+        return orig(*args)
+
+    setattr(obj, attr, counted)
+    return calls
+
+
 @contextlib.contextmanager
 def seeded(seed: int):
     """Peers draw from the global RNG: seed it for them, and restore it afterwards."""
@@ -423,14 +436,7 @@ def bench_top(ctx: Ctx) -> None:
         model = copy.deepcopy(w.model)
         with seeded(1):
             h = pyh_hessian(model, ctx.criterion, dataloader=w.batches, cuda=False)
-            calls = [0]
-            orig = h.dataloader_hv_product
-
-            def counted(v):
-                calls[0] += 1
-                return orig(v)
-
-            h.dataloader_hv_product = counted
+            calls = count_calls(h, "dataloader_hv_product")
             t0 = time.perf_counter()
             vals, _ = h.eigenvalues(top_n=5)
             dt = time.perf_counter() - t0
@@ -453,14 +459,7 @@ def bench_top(ctx: Ctx) -> None:
 
         model = copy.deepcopy(w.model).eval()
         op = he.HessianOperator(model, w.batches, he.supervised_loss(ctx.criterion), full_dataset=True)
-        calls = [0]
-        orig = op.matvec
-
-        def counted(v):
-            calls[0] += 1
-            return orig(v)
-
-        op.matvec = counted
+        calls = count_calls(op, "matvec")
         t0 = time.perf_counter()
         if mode == "lanczos":
             r = he.lanczos(op, k=5, seed=1)
@@ -631,14 +630,7 @@ def bench_trace_peers(ctx: Ctx) -> None:
 
     def eigenthings_trace(method: str) -> Row:
         op, he = eigenthings_op()
-        calls = [0]
-        orig = op.matvec
-
-        def counted(v):
-            calls[0] += 1
-            return orig(v)
-
-        op.matvec = counted
+        calls = count_calls(op, "matvec")
         t0 = time.perf_counter()
         budget = n if method == "hutchinson" else 3 * (n // 3)
         r = he.trace(op, num_matvecs=budget, method=method, seed=1)
@@ -670,14 +662,7 @@ def bench_trace_peers(ctx: Ctx) -> None:
             target = curvlinops.HessianLinearOperator(
                 model, ctx.criterion, params, w.batches, check_deterministic=False
             )
-            calls = [0]
-            orig = target._matmat
-
-            def counted(X):
-                calls[0] += X[0].shape[-1]
-                return orig(X)
-
-            target._matmat = counted
+            calls = count_calls(target, "_matmat", lambda X: X[0].shape[-1])
             label_op = "HessianLinearOperator"
         fn = {
             "hutchinson": curvlinops.hutchinson_trace,
@@ -780,14 +765,7 @@ def bench_density(ctx: Ctx) -> None:
             try:
                 with seeded(1):
                     h = pyh_hessian(model, ctx.criterion, dataloader=w.batches, cuda=False)
-                    calls = [0]
-                    orig = h.dataloader_hv_product
-
-                    def counted(v):
-                        calls[0] += 1
-                        return orig(v)
-
-                    h.dataloader_hv_product = counted
+                    calls = count_calls(h, "dataloader_hv_product")
                     t0 = time.perf_counter()
                     nodes, weights = h.density(iter=m, n_v=nv)
                     dt = time.perf_counter() - t0
@@ -813,14 +791,7 @@ def bench_density(ctx: Ctx) -> None:
         else:
             model = copy.deepcopy(w.model).eval()
             op = he.HessianOperator(model, w.batches, he.supervised_loss(ctx.criterion), full_dataset=True)
-        calls = [0]
-        orig = op.matvec
-
-        def counted(v):
-            calls[0] += 1
-            return orig(v)
-
-        op.matvec = counted
+        calls = count_calls(op, "matvec")
         t0 = time.perf_counter()
         r = he.spectral_density(op, num_runs=nv, lanczos_steps=m, seed=1)
         dt = time.perf_counter() - t0
@@ -842,14 +813,7 @@ def bench_density(ctx: Ctx) -> None:
         model = copy.deepcopy(w.model).eval()
         params = [p for p in model.parameters() if p.requires_grad]
         H = curvlinops.HessianLinearOperator(model, ctx.criterion, params, w.batches, check_deterministic=False)
-        calls = [0]
-        orig = H._matmat
-
-        def counted(X):
-            calls[0] += X[0].shape[-1]
-            return orig(X)
-
-        H._matmat = counted
+        calls = count_calls(H, "_matmat", lambda X: X[0].shape[-1])
         with seeded(1):
             t0 = time.perf_counter()
             grid, dens = curvlinops.lanczos_approximate_spectrum(H, ncv=m, num_repeats=nv)
