@@ -891,6 +891,8 @@ def print_goals(ctxs: list[Ctx], studies: list[TraceStudy]) -> None:
             if r.section == "top5" and r.method.startswith("landscape top_eigen lanczos") and not r.failed
         ]
         ok = [r for r in cands if r.error is not None and r.error <= GOAL_TOP5_ERR and r.hvps <= GOAL_TOP5_HVPS]
+        if not cands:
+            continue  # the top-eigenvalue section did not run
         if ok:
             best = min(ok, key=lambda r: r.hvps)
             print(
@@ -998,6 +1000,9 @@ def main() -> None:
         "--seeds", type=int, default=None, help="seeds per trace setting (default: SYN 20, W1 5, W2 3; quick: 3, 2, 1)"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--sections", default="top,trace,peers,density", help="comma-separated subset of top,trace,peers,density"
+    )
     parser.add_argument("--w2-samples", type=int, default=None, help="W2 images (default 128; specified: 512)")
     parser.add_argument("--w2-size", type=int, default=None, help="W2 image side (default 8; specified: 32)")
     args = parser.parse_args()
@@ -1031,6 +1036,7 @@ def main() -> None:
     except Exception as err:  # noqa: BLE001
         print(f"hessian-eigenthings unavailable: {short_err(err)}")
 
+    sections = set(args.sections.split(","))
     start = time.perf_counter()
     ctxs: list[Ctx] = []
     studies: list[TraceStudy] = []
@@ -1047,13 +1053,17 @@ def main() -> None:
             print("reference failed; skipping workload:\n" + traceback.format_exc(limit=4))
             ctxs.pop()
             continue
-        bench_top(ctx)
-        try:
-            studies.extend(bench_trace(ctx))
-        except Exception:  # noqa: BLE001
-            print("trace study failed:\n" + traceback.format_exc(limit=4))
-        bench_trace_peers(ctx)
-        bench_density(ctx)
+        if "top" in sections:
+            bench_top(ctx)
+        if "trace" in sections:
+            try:
+                studies.extend(bench_trace(ctx))
+            except Exception:  # noqa: BLE001
+                print("trace study failed:\n" + traceback.format_exc(limit=4))
+        if "peers" in sections:
+            bench_trace_peers(ctx)
+        if "density" in sections:
+            bench_density(ctx)
         print(f"\n{name} done in {time.perf_counter() - t_w:.0f} s", flush=True)
 
     print_tables(ctxs, studies)
