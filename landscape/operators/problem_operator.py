@@ -47,10 +47,10 @@ SCRATCH = -1  # batch index of the measurement slice: its one-off state (a gradi
 class ProblemOperator(CurvatureOperator):
     """A curvature operator of a problem's full-data loss at a fixed point ``w`` (a copy taken at construction).
 
-    Subclasses provide named strategies ``(forward, batch_index, batch, V) -> (n, k)`` contributions; with
-    ``engine="auto"`` the fastest strategy for each block width is measured on the first batch of the first
-    product of that width and used from then on (the measurement's result is used, so nothing is wasted but the
-    candidates' repeated work on one batch). ``block`` restricts how a block of vectors is multiplied: ``"loop"``
+    Subclasses provide named strategies ``_product_<name>(forward, batch_index, batch, V)`` returning one batch's
+    contribution as a dict of ``(k, *shape)`` tensors; with ``engine="auto"`` the fastest strategy for each block
+    width is measured (see :meth:`_measure`) on the first batch of the first product of that width and used from
+    then on. ``block`` restricts how a block of vectors is multiplied: ``"loop"``
     (column by column) or ``"batched"`` (one vmapped/batched call); blocks wider than ``max_block`` are cut into
     chunks of at most that many columns, all within the same data pass. Results agree between strategies to rounding;
     for bit-identical re-runs fix ``engine`` and ``block`` (the choice is recorded in :meth:`describe`).
