@@ -24,7 +24,6 @@ def test_mlp_learns_digits_in_200_steps():
     model = mlp(64, (32,), 10, seed=0)
     log = train(model, X, y, steps=200, lr=0.1, batch_size=64, seed=0)
     assert accuracy(model, X_te, y_te) > 0.9
-    assert log.wall_time > 0  # recorded; speed is measured by the experiments, not asserted in tests
     assert log.final_loss < 0.2 < log.losses[0]
 
 
