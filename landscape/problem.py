@@ -17,6 +17,7 @@ import fnmatch
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -333,15 +334,16 @@ class Problem:
                 def forward(params: ParamDict, inputs: Tensor) -> Tensor:
                     return functional_call(module, {**fixed, **params}, (inputs,), strict=False)
 
-                each = _EachInput(module)
+                within_module = _Within(module)
 
-                def forward_each(params: ParamDict, inputs: Sequence[Tensor]) -> list[Tensor]:
-                    # One re-parametrisation for all inputs: cheaper than forward() per batch when a forward pass
-                    # is short (a loss surface evaluates thousands of parameter sets).
+                def within(params: ParamDict, body: Callable[[nn.Module], Any]) -> Any:
+                    # One re-parametrisation held for the whole of ``body(module)``: every call of ``module`` in it
+                    # sees ``params``, including values written into those tensors in place. A loss surface
+                    # evaluates thousands of points whose forward passes may take a few milliseconds.
                     state = {f"inner.{k}": v for k, v in {**fixed, **params}.items()}
-                    return functional_call(each, state, (list(inputs),), strict=False)
+                    return functional_call(within_module, state, (body,), strict=False)
 
-                forward.each = forward_each
+                forward.within = within
                 yield forward
         finally:
             for m, training in saved_modes:
@@ -420,15 +422,16 @@ class Problem:
         )
 
 
-class _EachInput(nn.Module):
-    """Runs the wrapped module on each of several inputs (a container only: the wrapped module is not changed)."""
+class _Within(nn.Module):
+    """Calls ``body(inner)`` (a container only: the wrapped module is not changed). Under ``functional_call`` the
+    inner module stays re-parametrised for the whole body."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
 
-    def forward(self, inputs: list[Tensor]) -> list[Tensor]:
-        return [self.inner(x) for x in inputs]
+    def forward(self, body: Callable[[nn.Module], Any]) -> Any:
+        return body(self.inner)
 
 
 def check_finite(value: Tensor, what: str, batch_index: int) -> Tensor:

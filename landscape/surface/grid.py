@@ -12,6 +12,7 @@ Linear interpolation (Goodfellow, Vinyals, Saxe 2015) is ``L((1 - a) w_a + a w_b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -139,70 +140,141 @@ DEFAULT_CHUNK = 64
 AUTO_CANDIDATES = (1, 4, 16)
 # A batched candidate must be this much faster per point than the previous choice to be picked.
 AUTO_MARGIN = 1.1
+# Default cap on what a group of points evaluated together through vmap may hold (stacked parameters + activations).
+DEFAULT_MEMORY_BUDGET = 1 << 30
 
-PointMaker = Callable[[np.ndarray], ParamDict]
+
+@dataclass(frozen=True)
+class _Points:
+    """The grid points of one run, written into preallocated tensors rather than built anew.
+
+    ``fill(i, out)`` writes the parameter set of flat grid point ``i`` (C order of the grid) into the tensors of
+    ``out`` (shapes of ``template``) in place; entries that are not selected parameters (interpolated buffers)
+    override the model's own state in the forward pass.
+    """
+
+    template: ParamDict
+    fill: Callable[[int, ParamDict], None]
+
+    def buffers(self, k: int | None = None) -> ParamDict:
+        """Tensors for one point (``k=None``) or ``k`` stacked points (leading dimension ``k``)."""
+        if k is None:
+            return {n: torch.empty_like(t) for n, t in self.template.items()}
+        return {n: t.new_empty((k, *t.shape)) for n, t in self.template.items()}
+
+    def stacked(self, idx: np.ndarray) -> ParamDict:
+        out = self.buffers(len(idx))
+        for j, i in enumerate(idx):
+            self.fill(int(i), {n: t[j] for n, t in out.items()})
+        return out
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.template.values())
 
 
 @dataclass(frozen=True)
 class _Plan:
     """How grid points are evaluated: ``batch_points`` per forward (``vmap`` over stacked parameters when > 1),
-    ``chunk`` points per pass over the data, and the timings an ``"auto"`` choice was based on."""
+    ``chunk`` points per pass over the data, the timings an ``"auto"`` choice was based on, and the memory estimate
+    behind a cap on ``batch_points``."""
 
     batch_points: int
     chunk: int
     timings: dict[int, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
 
 
-def _forward_points(problem: Problem, forward: Callable, params: ParamDict, inputs: Tensor, stacked: bool) -> Tensor:
-    """Outputs ``(P, ...)`` of the points in ``params``: one plain forward, or ``vmap`` over the stacked leading dim.
+def _forward_stacked(problem: Problem, forward: Callable, params: ParamDict, inputs: Tensor) -> Tensor:
+    """Outputs ``(P, ...)`` of the stacked points in ``params`` through ``vmap`` over the leading dimension.
 
     In train mode dropout draws independent masks per point (``randomness="different"``).
     """
-    if not stacked:
-        return forward(params, inputs).unsqueeze(0)
     randomness = "different" if problem.mode == "train" else "error"
     return torch.vmap(lambda p: forward(p, inputs), randomness=randomness)(params)
 
 
-def _point_losses(problem: Problem, outputs: Tensor, batch) -> Tensor:
-    """Weighted batch loss of every point: ``w_b L_b`` per row of ``outputs``, as ``problem.loss()`` computes it."""
-    return torch.stack([batch.weight * problem.loss_fn(o, batch.targets) for o in outputs])
+def _activation_bytes(problem: Problem, points: _Points) -> int:
+    """Bytes of every module's output in one forward pass of one point on the first batch: an upper bound of the
+    activation memory a point adds to a ``vmap`` group (outputs are freed as the forward pass goes on)."""
+    first = next(iter(problem.batches()))
+    seen = [0]
+
+    def count(_module: nn.Module, _args: Any, output: Any) -> None:
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, Tensor):
+                seen[0] += t.numel() * t.element_size()
+
+    buffers = points.buffers()
+    points.fill(0, buffers)
+    with torch.no_grad(), problem.evaluation() as forward:
+
+        def once(module: nn.Module) -> None:
+            hooks = [m.register_forward_hook(count) for m in module.modules()]
+            try:
+                module(first.inputs)
+            finally:
+                for h in hooks:
+                    h.remove()
+
+        forward.within(buffers, once)
+    return seen[0]
 
 
-def _select(maker: PointMaker, idx: np.ndarray, batch_points: int) -> ParamDict:
-    params = maker(idx)
-    return {n: t[0] for n, t in params.items()} if batch_points == 1 else params
-
-
-def _plan(problem: Problem, maker: PointMaker, num_points: int, batch_points: int | str, chunk: int | None) -> _Plan:
-    """Resolve ``batch_points`` (``"auto"``: time each candidate per point on the first batch, keep the fastest)."""
-    if batch_points == "auto":
-        timings: dict[int, float] = {}
-        first = next(iter(problem.batches()))
-        best = 1
-        with torch.no_grad(), problem.evaluation() as forward:
-            for p in AUTO_CANDIDATES:
-                if p > max(1, num_points):
-                    break
-                idx = np.arange(p) % max(num_points, 1)
-                params = _select(maker, idx, p)
-                _forward_points(problem, forward, params, first.inputs, p > 1)  # warm-up
-                reps = max(1, 16 // p)
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    _forward_points(problem, forward, params, first.inputs, p > 1)
-                timings[p] = (time.perf_counter() - t0) / (reps * p)
-                if timings[p] * AUTO_MARGIN < timings[best]:
-                    best = p
-        return _Plan(best, chunk or max(DEFAULT_CHUNK, best), timings)
-    if isinstance(batch_points, bool) or not isinstance(batch_points, int) or batch_points < 1:
+def _plan(
+    problem: Problem,
+    points: _Points,
+    num_points: int,
+    batch_points: int | str,
+    chunk: int | None,
+    memory_budget: int | None,
+) -> _Plan:
+    """Resolve ``batch_points``: cap it to what fits ``memory_budget``; ``"auto"`` times each candidate per point on
+    the first batch and keeps the fastest."""
+    auto = batch_points == "auto"
+    if not auto and (isinstance(batch_points, bool) or not isinstance(batch_points, int) or batch_points < 1):
         raise ValueError(f"batch_points must be a positive int or 'auto', got {batch_points!r}")
-    return _Plan(batch_points, chunk or max(DEFAULT_CHUNK, batch_points))
+    if memory_budget is not None and (isinstance(memory_budget, bool) or memory_budget <= 0):
+        raise ValueError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
+    largest = max(AUTO_CANDIDATES) if auto else batch_points
+    memory: dict[str, Any] = {}
+    if largest > 1 and memory_budget is not None:
+        per_point = points.nbytes() + _activation_bytes(problem, points)
+        fits = max(1, int(memory_budget // per_point))
+        memory = {"budget_bytes": int(memory_budget), "bytes_per_point": int(per_point), "points_that_fit": fits}
+        if not auto and batch_points > fits:
+            memory["batch_points_requested"] = batch_points
+            batch_points = fits
+    if not auto:
+        return _Plan(batch_points, chunk or max(DEFAULT_CHUNK, batch_points), memory=memory)
+    limit = memory.get("points_that_fit", max(AUTO_CANDIDATES))
+    timings: dict[int, float] = {}
+    first = next(iter(problem.batches()))
+    best = 1
+    with torch.no_grad(), problem.evaluation() as forward:
+        for p in AUTO_CANDIDATES:
+            if p > max(1, num_points) or p > limit:
+                break
+            idx = np.arange(p) % max(num_points, 1)
+            reps = max(1, 16 // p)
+            if p == 1:
+                buffers = points.buffers()
+                points.fill(0, buffers)
+                run = functools.partial(forward.within, buffers, lambda m: m(first.inputs))
+            else:
+                run = functools.partial(_forward_stacked, problem, forward, points.stacked(idx), first.inputs)
+            run()  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                run()
+            timings[p] = (time.perf_counter() - t0) / (reps * p)
+            if timings[p] * AUTO_MARGIN < timings[best]:
+                best = p
+    return _Plan(best, chunk or max(DEFAULT_CHUNK, best), timings, memory)
 
 
 def _evaluate(
     problem: Problem,
-    maker: PointMaker,
+    points: _Points,
     shape: tuple[int, ...],
     accuracy: bool,
     plan: _Plan,
@@ -213,14 +285,14 @@ def _evaluate(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Full-data loss (and accuracy) at every grid point not yet ``done``.
 
-    ``maker(idx)`` builds the parameter dict of the flat grid points ``idx`` (C order of ``shape``), every tensor
-    with a leading dimension ``len(idx)``; entries that are not selected parameters (interpolated buffers) override
-    the model's own state in the forward pass. Points go ``plan.batch_points`` at a time through every batch of the
-    data (their parameters are built once per group); results are handed over ``plan.chunk`` points at a time. The
-    loss of a point sums ``w_b L_b`` over batches in data order exactly as :meth:`Problem.loss` does, so with
-    ``batch_points=1`` a point equal to the current parameters reproduces ``problem.loss()`` bit for bit.
-    ``on_chunk(idx, loss, accuracy)`` is called after every chunk (a cache stores it there); ``initial`` holds values
-    already computed.
+    One point at a time (``plan.batch_points == 1``), the module is re-parametrised once for the whole run with a
+    single preallocated parameter set that every point is written into in place, and called directly: per point
+    there is no allocation and no re-parametrisation, only the forward passes. Groups of points go through
+    ``vmap`` over stacked parameter sets, built once per group and reused for every batch. The loss of a point sums
+    ``w_b L_b`` over batches in data order exactly as :meth:`Problem.loss` does, so one point at a time a point equal
+    to the current parameters reproduces ``problem.loss()`` bit for bit. Results are handed over ``plan.chunk``
+    points at a time: ``on_chunk(idx, loss, accuracy)`` is called after every chunk (a cache stores it there);
+    ``initial`` holds values already computed.
     """
     num_points = int(np.prod(shape))
     losses = np.full(num_points, np.nan)
@@ -230,40 +302,76 @@ def _evaluate(
         if initial[1] is not None:
             accs[:] = initial[1].reshape(-1)
     todo = np.arange(num_points) if done is None else np.flatnonzero(~done.reshape(-1))
-    classification = accuracy
+    flags = {"accuracy": accuracy}
     total_samples = problem.num_samples
-    bp = plan.batch_points
-    # In-memory data are the Problem's own tensors (no copy); a loader is read batch by batch.
-    held = list(problem.batches()) if problem.in_memory and bp == 1 else None
-    with torch.no_grad(), problem.evaluation() as forward:
+    # In-memory data are the Problem's own tensors (no copy), prepared once; a loader is read pass by pass.
+    held = list(problem.batches()) if problem.in_memory else None
+
+    def data():
+        return held if held is not None else problem.batches()
+
+    # Per-chunk results are written into two tensors allocated once: nothing small outlives a point, which keeps
+    # the allocator from fragmenting (on CPU, per-point result tensors kept for a chunk grew the RSS by ~25 MB).
+    chunk_loss = torch.empty(plan.chunk, dtype=problem.dtype, device=problem.device)
+    chunk_correct = torch.zeros(plan.chunk, dtype=torch.int64, device=problem.device)
+
+    def tally(outputs: Tensor, b, slot: int | slice, first: bool, stacked: bool) -> None:
+        """Add batch ``b``'s weighted loss (and correct count) of ``outputs`` into the chunk's ``slot``."""
+        if stacked:  # leading point dimension
+            loss = torch.stack([b.weight * problem.loss_fn(o, b.targets) for o in outputs])
+        else:
+            loss = b.weight * problem.loss_fn(outputs, b.targets)
+        if first:
+            chunk_loss[slot] = loss
+        else:
+            chunk_loss[slot] += loss
+        if flags["accuracy"]:
+            if _is_classification(outputs[0] if stacked else outputs, b.targets):
+                hits = (outputs.argmax(dim=-1) == b.targets).sum(dim=-1)
+                if first:
+                    chunk_correct[slot] = hits
+                else:
+                    chunk_correct[slot] += hits
+            else:
+                flags["accuracy"] = False
+
+    def run(group: Callable[[np.ndarray, slice], None]) -> None:
+        bp = plan.batch_points
         for start in range(0, todo.size, plan.chunk):
             idx = todo[start : start + plan.chunk]
-            total = torch.zeros(idx.size, dtype=problem.dtype, device=problem.device)
-            correct = torch.zeros(idx.size, dtype=torch.int64, device=problem.device)
             for g in range(0, idx.size, bp):
-                sub = idx[g : g + bp]
-                params = _select(maker, sub, bp)  # built once per group of points, reused for every batch
-                if held is not None:  # one point, data in memory: one re-parametrisation for all batches
-                    pairs = zip(held, forward.each(params, [b.inputs for b in held]), strict=True)
-                    batch_outputs = ((b, o.unsqueeze(0)) for b, o in pairs)
-                else:
-                    batch_outputs = (
-                        (b, _forward_points(problem, forward, params, b.inputs, bp > 1)) for b in problem.batches()
-                    )
-                for b, outputs in batch_outputs:
-                    total[g : g + sub.size] += _point_losses(problem, outputs, b)
-                    if classification:
-                        if _is_classification(outputs[0], b.targets):
-                            correct[g : g + sub.size] += (outputs.argmax(dim=-1) == b.targets).sum(dim=1)
-                        else:
-                            classification = False
-            losses[idx] = total.double().cpu().numpy()
-            # Where the loss is NaN/inf the outputs are too: their argmax is meaningless, so no accuracy either.
-            accs[idx] = np.where(np.isfinite(losses[idx]), correct.cpu().numpy() / total_samples, np.nan)
+                group(idx[g : g + bp], slice(g, min(g + bp, idx.size)))
+            losses[idx] = chunk_loss[: idx.size].double().cpu().numpy()
+            if flags["accuracy"]:
+                correct = chunk_correct[: idx.size].cpu().numpy()
+                # Where the loss is NaN/inf the outputs are too: their argmax is meaningless, so no accuracy either.
+                accs[idx] = np.where(np.isfinite(losses[idx]), correct / total_samples, np.nan)
             if on_chunk is not None:
-                on_chunk(idx, losses[idx], accs[idx] if classification else None)
+                on_chunk(idx, losses[idx], accs[idx] if flags["accuracy"] else None)
+
+    with torch.no_grad(), problem.evaluation() as forward:
+        if plan.batch_points == 1:
+            buffers = points.buffers()
+
+            def in_place(module: nn.Module) -> None:
+                def one(sub: np.ndarray, slot: slice) -> None:
+                    points.fill(int(sub[0]), buffers)
+                    for k, b in enumerate(data()):
+                        tally(module(b.inputs), b, slot.start, k == 0, stacked=False)
+
+                run(one)
+
+            forward.within(buffers, in_place)
+        else:
+
+            def stacked(sub: np.ndarray, slot: slice) -> None:
+                params = points.stacked(sub)  # built once per group of points, reused for every batch
+                for k, b in enumerate(data()):
+                    tally(_forward_stacked(problem, forward, params, b.inputs), b, slot, k == 0, stacked=True)
+
+            run(stacked)
     _warn_non_finite(losses, shape)
-    return losses.reshape(shape), (accs.reshape(shape) if classification else None)
+    return losses.reshape(shape), (accs.reshape(shape) if flags["accuracy"] else None)
 
 
 def _warn_non_finite(losses: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -292,6 +400,25 @@ def _check_directions(problem: Problem, directions: Directions) -> Tensor:
     return vectors
 
 
+def _surface_points(problem: Problem, vectors: Tensor, coords: np.ndarray) -> _Points:
+    """Points ``w + a_1 d_1 + ... + a_k d_k`` of a surface, written per parameter straight from the model's own
+    tensors (no flat copy of ``w``) with one fused ``w_p + a_j d_jp`` per direction on contiguous slices (no
+    temporary). At ``a = 0`` every offset is exactly zero, so the origin reproduces ``problem.loss()`` bit for bit.
+    ``coords`` holds the grid's coordinates, one row per flat grid point."""
+    named = dict(problem.model.named_parameters())
+    origin = {n: named[n].detach().to(device=problem.device, dtype=problem.dtype) for n in problem.param_names}
+    pieces = [problem.unflatten(v) for v in vectors]  # views: direction j's slice of each parameter
+
+    def fill(i: int, out: ParamDict) -> None:
+        a = [float(x) for x in coords[i]]
+        for n, t in out.items():
+            torch.add(origin[n], pieces[0][n], alpha=a[0], out=t)
+            for j in range(1, len(a)):
+                t.add_(pieces[j][n], alpha=a[j])
+
+    return _Points(origin, fill)
+
+
 def _run_settings(span: Sequence[float], resolution: int, plan: _Plan, directions: dict, problem: Problem) -> dict:
     return {
         "span": (float(span[0]), float(span[1])),
@@ -299,6 +426,7 @@ def _run_settings(span: Sequence[float], resolution: int, plan: _Plan, direction
         "batch_points": plan.batch_points,
         "chunk": plan.chunk,
         "auto_timings": {str(k): v for k, v in plan.timings.items()},
+        "memory": plan.memory,
         "directions": directions,
         "problem": problem.describe(),
     }
@@ -313,6 +441,7 @@ def surface(
     accuracy: bool = True,
     batch_points: int | str = 1,
     chunk: int | None = None,
+    memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
     cache: Cache | str | os.PathLike[str] | None = None,
 ) -> Surface:
     """Loss over the grid ``w + c_{i_1} d_1 + ... + c_{i_k} d_k`` around the Problem's current parameters.
@@ -338,6 +467,11 @@ def surface(
         stacks ``k`` perturbed parameter sets and runs ``torch.vmap`` over them (activation memory ``k`` times a
         forward's; it pays on small models whose forward does not keep the cores busy); ``"auto"`` times 1, 4 and 16
         on the first batch and keeps the fastest. Values agree with one-by-one evaluation to rounding.
+    memory_budget : int or None
+        Bytes a group of ``batch_points > 1`` points may hold: stacked parameter sets plus activations (every
+        module's output bytes in one forward pass of the first batch, an upper bound), measured once. A larger
+        ``batch_points`` is lowered to what fits (``settings["memory"]`` records the estimate and the request);
+        ``None``: no cap. One point at a time needs a single parameter set beyond the model's own.
     chunk : int, optional
         Grid points per committed chunk (default ``max(64, batch_points)``): the resume granularity with ``cache``.
     cache : Cache or path, optional
@@ -356,35 +490,22 @@ def surface(
     num = vectors.shape[0]
     coords = _grid(span, resolution, exact=(0.0,))
     shape = (resolution,) * num
-    w = problem.params_vector()
-    grid = torch.as_tensor(
-        np.stack(np.meshgrid(*([coords] * num), indexing="ij"), axis=-1).reshape(-1, num),
-        dtype=problem.dtype,
-        device=problem.device,
-    )
-
-    def maker(idx: np.ndarray) -> ParamDict:
-        # w + a @ D in one fused kernel; a single point becomes views of one flat vector (no copies). At a = 0 the
-        # offset is exactly zero, so the origin reproduces problem.loss() bit for bit.
-        flat = torch.addmm(w.unsqueeze(0), grid[torch.as_tensor(idx)], vectors)
-        if flat.shape[0] == 1:
-            return {n: t.unsqueeze(0) for n, t in problem.unflatten(flat[0]).items()}
-        return problem.unflatten(flat.T)
-
+    grid = np.stack(np.meshgrid(*([coords] * num), indexing="ij"), axis=-1).reshape(-1, num)
+    points = _surface_points(problem, vectors, grid)
     dir_settings = {"kind": directions.kind, "seed": directions.seed, **directions.settings}
     if cache is None:
-        plan = _plan(problem, maker, grid.shape[0], batch_points, chunk)
-        loss, acc = _evaluate(problem, maker, shape, accuracy, plan)
+        plan = _plan(problem, points, grid.shape[0], batch_points, chunk, memory_budget)
+        loss, acc = _evaluate(problem, points, shape, accuracy, plan)
         settings = _run_settings(span, resolution, plan, dir_settings, problem)
     else:
         loss, acc, settings = _cached_surface(
             problem,
-            maker,
+            points,
             vectors,
             coords,
             shape,
             accuracy,
-            (span, resolution, batch_points, chunk),
+            (span, resolution, batch_points, chunk, memory_budget),
             dir_settings,
             cache,
         )
@@ -395,7 +516,7 @@ def surface(
 
 def _cached_surface(
     problem: Problem,
-    maker: PointMaker,
+    points: _Points,
     vectors: Tensor,
     coords: np.ndarray,
     shape: tuple[int, ...],
@@ -405,7 +526,7 @@ def _cached_surface(
     cache: Cache | str | os.PathLike[str],
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """:func:`surface` through a resumable cache entry: evaluate only the points not yet done, commit per chunk."""
-    span, resolution, batch_points, chunk = options
+    span, resolution, batch_points, chunk, memory_budget = options
     directions_array = vectors.detach().cpu().numpy()
     config = {
         "span": [float(span[0]), float(span[1])],
@@ -435,10 +556,10 @@ def _cached_surface(
             def store_chunk(idx: np.ndarray, losses: np.ndarray, accs: np.ndarray | None) -> None:
                 entry.write(idx, loss=losses, accuracy=np.full(idx.size, np.nan) if accs is None else accs)
 
-            plan = _plan(problem, maker, int(np.prod(shape)), batch_points, chunk)
+            plan = _plan(problem, points, int(np.prod(shape)), batch_points, chunk, memory_budget)
             initial = (entry.values("loss"), entry.values("accuracy"))
             loss, acc = _evaluate(
-                problem, maker, shape, accuracy, plan, done=done, on_chunk=store_chunk, initial=initial
+                problem, points, shape, accuracy, plan, done=done, on_chunk=store_chunk, initial=initial
             )
             settings = _run_settings(span, resolution, plan, dir_settings, problem)
             entry.finish({"settings": settings})
@@ -478,6 +599,7 @@ def interpolate(
     *,
     accuracy: bool = True,
     batch_points: int | str = 1,
+    memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
 ) -> Surface:
     """Loss along the line ``(1 - a) w_a + a w_b`` between two models (Goodfellow, Vinyals, Saxe 2015).
 
@@ -500,6 +622,8 @@ def interpolate(
         Also compute the accuracy when the targets are integer class labels.
     batch_points : int or "auto"
         As for :func:`surface`.
+    memory_budget : int or None
+        As for :func:`surface`.
 
     Returns
     -------
@@ -512,13 +636,15 @@ def interpolate(
     _check_same_architecture(problem, state_a, state_b)
     coords = _grid(span, resolution, exact=(0.0, 1.0))
 
-    def maker(idx: np.ndarray) -> ParamDict:
+    def fill(i: int, out: ParamDict) -> None:
         # (1 - a) x + a y rather than x + a (y - x): exact at both a = 0 and a = 1.
-        alphas = [float(a) for a in coords[idx]]
-        return {n: torch.stack([(1.0 - a) * state_a[n] + a * state_b[n] for a in alphas]) for n in state_a}
+        a = float(coords[i])
+        for n, t in out.items():
+            torch.mul(state_a[n], 1.0 - a, out=t).add_(state_b[n], alpha=a)
 
-    plan = _plan(problem, maker, resolution, batch_points, None)
-    loss, acc = _evaluate(problem, maker, (resolution,), accuracy, plan)
+    points = _Points(state_a, fill)
+    plan = _plan(problem, points, resolution, batch_points, None, memory_budget)
+    loss, acc = _evaluate(problem, points, (resolution,), accuracy, plan)
     delta = (problem.flatten(state_b) - problem.flatten(state_a)).unsqueeze(0)
     buffers = sorted(n for n, _ in problem.model.named_buffers() if n in state_a)
     dir_settings = {"params": list(problem.param_names), "buffers_interpolated": buffers}
