@@ -77,7 +77,7 @@ def full_loss(model: nn.Module, batches, loss_fn) -> float:
         return float(sum(len(y) / n * loss_fn(model(x), y) for x, y in batches))
 
 
-def worker(name: str, method: str, cfg: dict, state: str) -> dict:
+def worker(name: str, method: str, cfg: dict, state: str, repeats: int) -> dict:
     w = build(name, cfg, trained=False)
     w.model.load_state_dict(torch.load(state, weights_only=True))
     w.model.eval()
@@ -87,17 +87,16 @@ def worker(name: str, method: str, cfg: dict, state: str) -> dict:
     directions = filter_normalized(problem, 2, seed=0)
     _ = problem.num_samples
     base = reset_peak()  # nothing has run a forward pass yet in this process: both measurements start cold
-    t0 = time.perf_counter()
-    detail = ""
-    if method == "forward":
-        for _ in range(5):
-            full_loss(w.model, w.batches, loss_fn)
-        detail = "5 full-data forward passes (the memory baseline)"
-    elif method.startswith("landscape"):
-        bp = {"landscape": 1, "landscape bp=4": 4, "landscape bp=16": 16, "landscape auto": "auto"}[method]
-        s = surface(problem, directions, span=(-1.0, 1.0), resolution=res, batch_points=bp)
-        detail = f"batch_points {s.settings['batch_points']}; centre loss {s.loss[res // 2, res // 2]:.6f}"
-    else:
+
+    def run() -> str:
+        if method == "forward":
+            for _ in range(5):
+                full_loss(w.model, w.batches, loss_fn)
+            return "5 full-data forward passes (the memory baseline)"
+        if method.startswith("landscape"):
+            bp = {"landscape": 1, "landscape bp=4": 4, "landscape bp=16": 16, "landscape auto": "auto"}[method]
+            s = surface(problem, directions, span=(-1.0, 1.0), resolution=res, batch_points=bp)
+            return f"batch_points {s.settings['batch_points']}; centre loss {s.loss[res // 2, res // 2]:.6f}"
         import loss_landscapes
         from loss_landscapes.metrics import Metric
 
@@ -110,18 +109,37 @@ def worker(name: str, method: str, cfg: dict, state: str) -> dict:
         grid = loss_landscapes.random_plane(
             w.model, FullLoss(), distance=1.0, steps=res, normalization="filter", deepcopy_model=True
         )
-        detail = f"grid {grid.shape}; centre value {grid[res // 2, res // 2]:.6f} (not the model's loss)"
-    elapsed = time.perf_counter() - t0
+        return f"grid {grid.shape}; centre value {grid[res // 2, res // 2]:.6f} (not the model's loss)"
+
+    def forward_time() -> float:
+        times = []
+        for _ in range(21):
+            t1 = time.perf_counter()
+            full_loss(w.model, w.batches, loss_fn)
+            times.append(time.perf_counter() - t1)
+        return statistics.median(times)
+
+    # Cold run: the memory figure (growth of the peak RSS above the start) and the first timing.
+    t0 = time.perf_counter()
+    detail = run()
+    elapsed = [time.perf_counter() - t0]
     peak = peak_mb() - base
-    times = []
-    for _ in range(7):
-        t1 = time.perf_counter()
-        full_loss(w.model, w.batches, loss_fn)
-        times.append(time.perf_counter() - t1)
+    points = 5 if method == "forward" else res * res
+    forwards = [forward_time()]
+    # Further runs, each followed by its own forward timing: the ratio is the median of the per-run ratios, which
+    # keeps a load spike on a shared machine from deciding the figure.
+    for _ in range(1, repeats if method != "forward" else 1):
+        t0 = time.perf_counter()
+        run()
+        elapsed.append(time.perf_counter() - t0)
+        forwards.append(forward_time())
+    ratios = [e / points / f for e, f in zip(elapsed, forwards, strict=True)]
     return {
-        "forward_s": statistics.median(times),
-        "method_s": elapsed,
-        "points": 5 if method == "forward" else res * res,
+        "forward_s": statistics.median(forwards),
+        "method_s": statistics.median(elapsed),
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "points": points,
         "peak_mb": peak,
         "loss": full_loss(w.model, w.batches, loss_fn),
         "detail": detail,
@@ -139,12 +157,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--resolution", type=int, default=21)
     ap.add_argument("--workloads", default="W1,W2")
+    ap.add_argument(
+        "--repeats", type=int, default=0, help="surfaces per method (default: 5 on W1, 1 on W2); median ratio"
+    )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "METHOD", "STATE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     cfg = config(args)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], cfg, args.worker[2])))
+        print(json.dumps(worker(args.worker[0], args.worker[1], cfg, args.worker[2], args.repeats)))
         return
 
     print("# landscape surface benchmark: time per grid point / one full-data forward pass, peak memory")
@@ -163,7 +184,8 @@ def main() -> None:
             print(f"## {w.description}", flush=True)
             forward_peak = None
             for method in ["forward", *args.methods.split(",")]:
-                cmd = [sys.executable, __file__, "--worker", name, method, state]
+                repeats = args.repeats or (5 if name == "W1" else 1)
+                cmd = [sys.executable, __file__, "--worker", name, method, state, "--repeats", str(repeats)]
                 if args.quick:
                     cmd.append("--quick")
                 else:
@@ -177,12 +199,12 @@ def main() -> None:
                     forward_peak = r["peak_mb"]
                     print(f"  forward pass: peak memory +{forward_peak:.1f} MB above the start", flush=True)
                     continue
-                r["ratio"] = r["method_s"] / r["points"] / r["forward_s"]
                 r["mem_ratio"] = r["peak_mb"] / forward_peak if forward_peak else float("nan")
                 r["forward_peak"] = forward_peak or float("nan")
                 rows.append((name, method, r))
                 print(
-                    f"  {method:16s} {r['ratio']:.3f}x a forward per point ({r['method_s']:.1f} s for {r['points']} "
+                    f"  {method:16s} {r['ratio']:.3f}x a forward per point (runs: "
+                    f"{', '.join(f'{x:.3f}' for x in r['ratios'])}; {r['method_s']:.1f} s for {r['points']} "
                     f"points, forward {1e3 * r['forward_s']:.1f} ms); peak memory +{r['peak_mb']:.1f} MB "
                     f"({r['mem_ratio']:.2f}x the forward's); {r['detail']}",
                     flush=True,

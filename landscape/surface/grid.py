@@ -315,25 +315,17 @@ def _evaluate(
     chunk_loss = torch.empty(plan.chunk, dtype=problem.dtype, device=problem.device)
     chunk_correct = torch.zeros(plan.chunk, dtype=torch.int64, device=problem.device)
 
-    def tally(outputs: Tensor, b, slot: int | slice, first: bool, stacked: bool) -> None:
-        """Add batch ``b``'s weighted loss (and correct count) of ``outputs`` into the chunk's ``slot``."""
-        if stacked:  # leading point dimension
-            loss = torch.stack([b.weight * problem.loss_fn(o, b.targets) for o in outputs])
-        else:
-            loss = b.weight * problem.loss_fn(outputs, b.targets)
-        if first:
-            chunk_loss[slot] = loss
-        else:
-            chunk_loss[slot] += loss
+    def tally(outputs: Tensor, b, total: Tensor | None, hits: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Add batch ``b``'s weighted loss (and correct count) of ``outputs`` (leading point dimension)."""
+        loss = torch.stack([b.weight * problem.loss_fn(o, b.targets) for o in outputs])
+        total = loss if total is None else total + loss
         if flags["accuracy"]:
-            if _is_classification(outputs[0] if stacked else outputs, b.targets):
-                hits = (outputs.argmax(dim=-1) == b.targets).sum(dim=-1)
-                if first:
-                    chunk_correct[slot] = hits
-                else:
-                    chunk_correct[slot] += hits
+            if _is_classification(outputs[0], b.targets):
+                correct = (outputs.argmax(dim=-1) == b.targets).sum(dim=-1)
+                hits = correct if hits is None else hits + correct
             else:
                 flags["accuracy"] = False
+        return total, hits
 
     def run(group: Callable[[np.ndarray, slice], None]) -> None:
         bp = plan.batch_points
@@ -355,9 +347,23 @@ def _evaluate(
 
             def in_place(module: nn.Module) -> None:
                 def one(sub: np.ndarray, slot: slice) -> None:
+                    # The stacked path's arithmetic without its stacking: per batch the forward pass, its
+                    # weighted loss and correct count; the point's totals go into the chunk once.
                     points.fill(int(sub[0]), buffers)
-                    for k, b in enumerate(data()):
-                        tally(module(b.inputs), b, slot.start, k == 0, stacked=False)
+                    total = hits = None
+                    for b in data():
+                        outputs = module(b.inputs)
+                        loss = b.weight * problem.loss_fn(outputs, b.targets)
+                        total = loss if total is None else total + loss
+                        if flags["accuracy"]:
+                            if _is_classification(outputs, b.targets):
+                                correct = (outputs.argmax(dim=-1) == b.targets).sum()
+                                hits = correct if hits is None else hits + correct
+                            else:
+                                flags["accuracy"] = False
+                    chunk_loss[slot.start] = total
+                    if flags["accuracy"]:
+                        chunk_correct[slot.start] = hits
 
                 run(one)
 
@@ -366,8 +372,12 @@ def _evaluate(
 
             def stacked(sub: np.ndarray, slot: slice) -> None:
                 params = points.stacked(sub)  # built once per group of points, reused for every batch
-                for k, b in enumerate(data()):
-                    tally(_forward_stacked(problem, forward, params, b.inputs), b, slot, k == 0, stacked=True)
+                total = hits = None
+                for b in data():
+                    total, hits = tally(_forward_stacked(problem, forward, params, b.inputs), b, total, hits)
+                chunk_loss[slot] = total
+                if flags["accuracy"]:
+                    chunk_correct[slot] = hits
 
             run(stacked)
     _warn_non_finite(losses, shape)
