@@ -321,3 +321,67 @@ def test_diverging_points_are_kept_as_gaps_with_a_warning():
     assert np.isnan(s.accuracy[0]) and np.all(np.isfinite(s.accuracy[2:]))
     assert s.loss[2] == problem.loss()
     plt.close(s.plot(log_levels=True).figure)  # the gap does not stop the plot
+
+
+def test_memory_budget_caps_vmap_groups_and_keeps_values():
+    problem = _problem(make_case("mlp"))
+    d = filter_normalized(problem, 2, seed=2)
+    one = surface(problem, d, span=(-0.5, 0.5), resolution=5)
+    free = surface(problem, d, span=(-0.5, 0.5), resolution=5, batch_points=16, memory_budget=None)
+    assert free.settings["batch_points"] == 16 and free.settings["memory"] == {}
+    param_bytes = sum(p.numel() * p.element_size() for p in problem.model.parameters())
+    probe = surface(problem, d, span=(-0.5, 0.5), resolution=3, batch_points=2)
+    per_point = probe.settings["memory"]["bytes_per_point"]
+    # A point holds a parameter set plus at least the model's output on the first batch.
+    first = next(iter(problem.batches()))
+    with torch.no_grad():
+        output = problem.model(first.inputs)
+    out_bytes = output.numel() * output.element_size()
+    assert per_point >= param_bytes + out_bytes
+    capped = surface(problem, d, span=(-0.5, 0.5), resolution=5, batch_points=16, memory_budget=3.5 * per_point)
+    memory = capped.settings["memory"]
+    assert capped.settings["batch_points"] == 3 and memory["points_that_fit"] == 3
+    assert memory["batch_points_requested"] == 16 and memory["bytes_per_point"] == per_point
+    np.testing.assert_allclose(capped.loss, one.loss, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(free.loss, one.loss, rtol=1e-10, atol=1e-12)
+    auto = surface(problem, d, span=(-0.5, 0.5), resolution=5, batch_points="auto", memory_budget=5 * per_point)
+    assert set(auto.settings["auto_timings"]) == {"1", "4"}  # 16 points do not fit: not even tried
+    tiny = surface(problem, d, span=(-0.5, 0.5), resolution=3, batch_points=4, memory_budget=1)
+    assert tiny.settings["batch_points"] == 1  # never below one point
+    for bad in (0, -5, True):
+        with pytest.raises(ValueError, match="memory_budget"):
+            surface(problem, d, resolution=3, batch_points=4, memory_budget=bad)
+
+
+def test_a_data_loader_gives_the_same_surface_as_tensors():
+    case = make_case("cnn_bn_eval")
+    problem = _problem(case)
+    X = torch.cat([x for x, _ in case.batches()])
+    y = torch.cat([t for _, t in case.batches()])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=len(case.batches()[0][1]))
+    streamed = Problem(case.model, case.loss_fn, loader, mode=case.mode)
+    assert not streamed.in_memory
+    d = filter_normalized(problem, 2, seed=3)
+    for bp in (1, 3):
+        a = surface(problem, d, span=(-0.5, 0.5), resolution=3, batch_points=bp)
+        b = surface(streamed, d, span=(-0.5, 0.5), resolution=3, batch_points=bp)
+        np.testing.assert_allclose(b.loss, a.loss, rtol=1e-12, atol=0)
+
+
+def test_an_error_part_way_leaves_the_model_as_it_was():
+    case = make_case("mlp")
+    calls = {"n": 0}
+
+    def failing(outputs, targets):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise RuntimeError("boom")
+        return case.loss_fn(outputs, targets)
+
+    problem = Problem(case.model, failing, case.batches())
+    before = _state(case.model)
+    params_before = {n: p for n, p in case.model.named_parameters()}
+    with pytest.raises(RuntimeError, match="boom"):
+        surface(problem, filter_normalized(problem, 2, seed=0), resolution=5)
+    _assert_same_state(before, _state(case.model))
+    assert all(p is params_before[n] for n, p in case.model.named_parameters())
