@@ -10,9 +10,10 @@ For W1 and W2 (``experiments/workloads.py``) a ``resolution x resolution`` surfa
 Each method runs in a fresh subprocess that loads the trained weights (no backward pass ever runs there) and runs
 the method ``--repeats`` times (default 5 on W1, 1 on W2), each run followed by a timing of the full-data forward
 pass (median of 21); the figure is the median of the per-run ratios time per grid point / forward time, so a load
-spike on a shared machine does not decide it. Peak memory: the kernel's peak-RSS mark (``VmHWM``) is reset to the current RSS before the forward
-passes and again before the method (``/proc/self/clear_refs``), so each growth above its own starting RSS is
-measured on its own; the ratio is method growth / forward growth (activations, parameter copies, outputs).
+spike on a shared machine does not decide it. Peak memory (first run, cold): the kernel's peak-RSS mark (``VmHWM``)
+is reset to the current RSS before the forward passes and again before the method (``/proc/self/clear_refs``), so
+each growth above its own starting RSS is measured on its own; the ratio is method growth / forward growth
+(activations, parameter copies, outputs).
 
 Usage::
 
