@@ -17,6 +17,7 @@ Run: python experiments/batch_size_scaling.py   ->  figures/batch_size_scaling.p
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import time
@@ -43,7 +44,9 @@ RTOL = 1.03
 NUM_BATCHES = 32
 
 
-def sgd_is_stable(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int, lr: float, loss0: float) -> bool:
+def sgd_is_stable(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int, lr: float, loss0: float, steps: int = STEPS
+) -> bool:
     """Whether plain SGD at ``lr`` keeps the full-data loss finite and below ``BLOWUP * loss0`` for every seed."""
     n = len(X)
     loss_fn = nn.CrossEntropyLoss()
@@ -52,7 +55,7 @@ def sgd_is_stable(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.0)
         gen = torch.Generator().manual_seed(seed)
         step = 0
-        while step < STEPS:
+        while step < steps:
             perm = torch.randperm(n, generator=gen) if batch_size < n else torch.arange(n)
             for start in range(0, n - batch_size + 1, batch_size):
                 idx = perm[start : start + batch_size]
@@ -64,21 +67,30 @@ def sgd_is_stable(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size
                 if not math.isfinite(full) or full > BLOWUP * loss0:
                     return False
                 step += 1
-                if step == STEPS:
+                if step == steps:
                     break
     return True
 
 
-def max_stable_lr(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int, guess: float, loss0: float):
+def max_stable_lr(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    guess: float,
+    loss0: float,
+    steps: int = STEPS,
+    rtol: float = RTOL,
+):
     """Bisection (in log space) for the largest stable learning rate, starting from a bracket around ``guess``."""
     lo, hi = guess / 4, guess * 4
-    while not sgd_is_stable(model, X, y, batch_size, lo, loss0):
+    while not sgd_is_stable(model, X, y, batch_size, lo, loss0, steps):
         lo, hi = lo / 4, lo
-    while sgd_is_stable(model, X, y, batch_size, hi, loss0):
+    while sgd_is_stable(model, X, y, batch_size, hi, loss0, steps):
         lo, hi = hi, hi * 4
-    while hi / lo > RTOL:
+    while hi / lo > rtol:
         mid = math.sqrt(lo * hi)
-        if sgd_is_stable(model, X, y, batch_size, mid, loss0):
+        if sgd_is_stable(model, X, y, batch_size, mid, loss0, steps):
             lo = mid
         else:
             hi = mid
@@ -86,6 +98,14 @@ def max_stable_lr(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="3 batch sizes, short runs, coarse bisection: CI smoke test")
+    ap.add_argument("--out", type=Path, default=OUT, help="folder for the figures")
+    args = ap.parse_args()
+    batch_sizes, steps, rtol, num_batches = (
+        ((16, 64), 20, 1.5, 8) if args.smoke else (BATCH_SIZES, STEPS, RTOL, NUM_BATCHES)
+    )
+    out = args.out
     torch.set_num_threads(1)
     start = time.perf_counter()
     X, y = data.digits(split="train", seed=0, dtype=torch.float64)
@@ -95,11 +115,11 @@ def main() -> None:
     problem = Problem(model, nn.CrossEntropyLoss(), (X, y), batch_size=512)
     loss0 = problem.loss()
 
-    report = lr_batch_scaling(problem, [*BATCH_SIZES, n], num_batches=NUM_BATCHES, seed=0, noise_pairs=64)
+    report = lr_batch_scaling(problem, [*batch_sizes, n], num_batches=num_batches, seed=0, noise_pairs=64)
     predicted = report.spectral_lr
     measured, brackets = [], []
     for B, guess in zip(report.batch_sizes, predicted, strict=True):
-        lr, bracket = max_stable_lr(model, X, y, int(B), float(guess), loss0)
+        lr, bracket = max_stable_lr(model, X, y, int(B), float(guess), loss0, steps, rtol)
         measured.append(lr)
         brackets.append(bracket)
     measured = np.array(measured)
@@ -112,7 +132,7 @@ def main() -> None:
     print()
     print(
         "| batch size | measured max lr | predicted 2/E lambda_max(H_B) | ratio measured/predicted "
-        f"| 2/max over {NUM_BATCHES} batches | ratio measured/(2/max) | linear rule |"
+        f"| 2/max over {num_batches} batches | ratio measured/(2/max) | linear rule |"
     )
     print("|---|---|---|---|---|---|---|")
     linear, worst = report.linear_rule(), report.worst_batch_lr
@@ -123,8 +143,8 @@ def main() -> None:
             f"{measured[i] / predicted[i]:.3f} | {worst[i]:.4g} | {measured[i] / worst[i]:.3f} | {linear[i]:.4g} |"
         )
     print(
-        f"\nstability: {len(SEEDS)} seeds x {STEPS} plain SGD steps, unstable if the full loss is not finite or > "
-        f"{BLOWUP:g} x {loss0:.4f}; bisection to a bracket ratio < {RTOL}. ({time.perf_counter() - start:.0f} s)"
+        f"\nstability: {len(SEEDS)} seeds x {steps} plain SGD steps, unstable if the full loss is not finite or > "
+        f"{BLOWUP:g} x {loss0:.4f}; bisection to a bracket ratio < {rtol}. ({time.perf_counter() - start:.0f} s)"
     )
 
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2))
@@ -159,10 +179,10 @@ def main() -> None:
         color="C1",
         mfc="none",
         ms=7,
-        label=rf"$2/\max\,\lambda_{{\max}}(H_B)$ over {NUM_BATCHES} batches",
+        label=rf"$2/\max\,\lambda_{{\max}}(H_B)$ over {num_batches} batches",
     )
     ax.plot(grid, report.fitted_lr(grid), "-", color="C0", lw=1, label=r"$2/(a + b\,x(B))$ fit")
-    guide = grid[grid <= BATCH_SIZES[-1]]
+    guide = grid[grid <= batch_sizes[-1]]
     ax.plot(
         guide, measured[0] * guide / B[0], ":", color="gray", lw=1, label=r"slope-1 guide through B = 8 ($\propto B$)"
     )
@@ -185,9 +205,9 @@ def main() -> None:
     axes[1].set_title(r"top eigenvalue of the minibatch Hessian")
     fig.suptitle(f"MLP on digits (n = {n}): measured vs predicted", fontsize="medium")
     fig.tight_layout()
-    OUT.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
-        save(fig, OUT / f"batch_size_scaling.{ext}", dpi=150)
+        save(fig, out / f"batch_size_scaling.{ext}", dpi=150)
 
 
 if __name__ == "__main__":
