@@ -8,7 +8,7 @@ For W1 and W2 (``experiments/workloads.py``) a ``resolution x resolution`` surfa
   that evaluates the same full-data loss (size-weighted over the 4 batches, under ``torch.no_grad``).
 
 Each method runs in a fresh subprocess that loads the trained weights (no backward pass ever runs there) and runs
-the method ``--repeats`` times (default 5 on W1, 1 on W2), each run followed by a timing of the full-data forward
+the method ``--repeats`` times (default 11 on W1, 1 on W2), each run followed by a timing of the full-data forward
 pass (median of 21); the figure is the median of the per-run ratios time per grid point / forward time, so a load
 spike on a shared machine does not decide it. Peak memory (first run, cold): the kernel's peak-RSS mark (``VmHWM``)
 is reset to the current RSS before the forward passes and again before the method (``/proc/self/clear_refs``), so
@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=21)
     ap.add_argument("--workloads", default="W1,W2")
     ap.add_argument(
-        "--repeats", type=int, default=0, help="surfaces per method (default: 5 on W1, 1 on W2); median ratio"
+        "--repeats", type=int, default=0, help="surfaces per method (default: 11 on W1, 1 on W2); median ratio"
     )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "METHOD", "STATE"), help=argparse.SUPPRESS)
@@ -188,7 +188,7 @@ def main() -> None:
             print(f"## {w.description}", flush=True)
             forward_peak = None
             for method in ["forward", *args.methods.split(",")]:
-                repeats = args.repeats or (5 if name == "W1" else 1)
+                repeats = args.repeats or (11 if name == "W1" else 1)
                 cmd = [sys.executable, __file__, "--worker", name, method, state, "--repeats", str(repeats)]
                 if args.quick:
                     cmd.append("--quick")
