@@ -7,6 +7,7 @@ analyses (``spectrum``, ``roughness``, ``surface``) -> plots (``plot``) -> CLI; 
 
 from landscape.cache import Cache, CacheError, CacheLockedError
 from landscape.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model
+from landscape.distributed import DistributedError, ShardInfo
 from landscape.layerwise import LayerwiseCurvature, layerwise_curvature
 from landscape.linalg import (
     ConvergenceWarning,
@@ -88,6 +89,8 @@ __all__ = [
     "keskar_sharpness",
     "sam_sharpness",
     "sharpness",
+    "DistributedError",
+    "ShardInfo",
     "Cache",
     "CacheError",
     "CacheLockedError",

@@ -169,7 +169,9 @@ def key_for(problem: Any, kind: str, config: Mapping[str, Any]) -> str:
     state = {**problem._fixed_state(), **problem.params_dict()}
     full = {
         "kind": str(kind),
-        "problem": problem.describe(),
+        # Without the ranks and shard sizes of a data-parallel run: the data fingerprint describes the whole data
+        # set, so a result computed with one number of ranks is reused (a surface resumed) with another.
+        "problem": {k: v for k, v in problem.describe().items() if k != "distributed"},
         "model": repr(problem.model),
         "loss": _loss_description(problem.loss_fn),
         "config": dict(config),

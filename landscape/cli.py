@@ -2,16 +2,29 @@
 
 With no model, commands run on a built-in default: a small MLP trained for a few seconds on scikit-learn's
 shipped digits data, so ``landscape spectrum`` works on a fresh machine with no arguments.
+
+Every analysis command builds the Problem from the shared options, checks that the data fit the model, answers
+from ``--out/landscape.h5`` when the same model, data and settings were analysed before (content keys, never file
+names), shows progress bars on stderr when it is a terminal (never with ``--quiet``), writes ``COMMAND.json`` and
+its figures into ``--out`` and prints a one-screen summary with error bars (``--json``: the JSON instead). Errors a
+user can act on are one line on stderr with exit code 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
+import hashlib
 import importlib
+import io
 import json
+import os
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +35,7 @@ from torch import nn
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss}
+CACHE_FILE = "landscape.h5"
 
 
 class UserError(click.ClickException):
@@ -30,18 +44,37 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _import_factory(spec: str, what: str) -> Callable:
     if ":" not in spec:
         raise UserError(f"--{what} {spec!r} must look like 'package.module:factory'")
     module_name, attr = spec.split(":", 1)
+    # As `python -m` does: modules in the working directory are importable from the console script too.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise UserError(f"--{what} {spec!r}: cannot import module {module_name!r} ({err})") from err
     try:
-        return getattr(module, attr)
+        factory = getattr(module, attr)
     except AttributeError as err:
         raise UserError(f"--{what} {spec!r}: module {module_name!r} has no attribute {attr!r}") from err
+    if not callable(factory):
+        raise UserError(f"--{what} {spec!r}: {attr!r} is a {type(factory).__name__}, not a callable factory")
+    return factory
+
+
+def _call_factory(spec: str, what: str) -> Any:
+    factory = _import_factory(spec, what)
+    try:
+        return factory()
+    except Exception as err:
+        raise UserError(f"--{what} {spec!r}: calling it failed ({type(err).__name__}: {_first_line(err)})") from err
 
 
 def _builtin_data(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,15 +89,20 @@ def _builtin_data(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _load_data(spec: str, seed: int) -> Any:
     if ":" in spec:
-        return _import_factory(spec, "data")()
+        return _call_factory(spec, "data")
     return _builtin_data(spec, seed)
 
 
-def _default_model(X: torch.Tensor, y: torch.Tensor, seed: int, quiet: bool) -> nn.Module:
+def _builtin_architecture(X: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
     from landscape.models import mlp
+
+    return mlp(in_features=X.shape[1], hidden=(32,), out_features=int(y.max()) + 1, seed=seed)
+
+
+def _default_model(X: torch.Tensor, y: torch.Tensor, seed: int, quiet: bool) -> nn.Module:
     from landscape.training import train
 
-    model = mlp(in_features=X.shape[1], hidden=(32,), out_features=int(y.max()) + 1, seed=seed)
+    model = _builtin_architecture(X, y, seed)
     log = train(model, X, y, steps=300, lr=0.05, batch_size=64, seed=seed)
     if not quiet:
         click.echo(
@@ -89,7 +127,7 @@ def _load_model(
             if not (isinstance(data, tuple) and len(data) == 2):
                 raise UserError("the built-in model needs tensor data (X, y): pass --model for other data")
             return _default_model(data[0].flatten(1), data[1], seed, quiet)
-        model = _import_factory(model_spec, "model")()
+        model = _call_factory(model_spec, "model")
         if not isinstance(model, nn.Module):
             raise UserError(f"--model {model_spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
         if checkpoint is not None:
@@ -97,6 +135,11 @@ def _load_model(
         return model
     except (CheckpointError, FileNotFoundError) as err:
         raise UserError(str(err)) from err
+
+
+def _progress(quiet: bool) -> bool:
+    """Progress bars only for a person watching: stderr is a terminal and ``--quiet`` was not given."""
+    return not quiet and sys.stderr.isatty()
 
 
 def common_options(fn: Callable) -> Callable:
@@ -140,10 +183,11 @@ def common_options(fn: Callable) -> Callable:
             type=click.Path(file_okay=False),
             default="landscape-out",
             show_default=True,
-            help="Directory for results and figures.",
+            help="Directory for results, figures and the result cache landscape.h5.",
         ),
+        click.option("--no-cache", is_flag=True, help=f"Neither read nor write --out/{CACHE_FILE}."),
         click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a summary."),
-        click.option("--quiet", is_flag=True, help="No progress output."),
+        click.option("--quiet", is_flag=True, help="No progress bars or training messages."),
         click.option("--debug", is_flag=True, help="Show full tracebacks."),
     ]
     for option in reversed(options):
@@ -151,26 +195,48 @@ def common_options(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(**kwargs):
+        from landscape import distributed
+        from landscape.cache import CacheError
+
         debug = kwargs.pop("debug")
         try:
+            if distributed.get_rank() > 0:
+                # Under torchrun only rank 0 prints and writes (and owns the cache); the others compute alongside
+                # it, following its cache decisions, into a scratch directory.
+                with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
+                    return fn(**{**kwargs, "out": scratch, "no_cache": True, "quiet": True, "as_json": False})
             return fn(**kwargs)
-        except (click.ClickException, click.exceptions.Exit):
+        except click.ClickException as err:
+            if debug and err.__cause__ is not None:
+                traceback.print_exception(err.__cause__)
+            raise
+        except click.exceptions.Exit:
             raise
         except Exception as err:  # one clear line for the user; the traceback under --debug
             if debug:
                 raise
-            raise UserError(f"{type(err).__name__}: {err}") from err
+            if isinstance(err, CacheError):  # paths relative to the working directory, as the user typed them
+                raise UserError(_first_line(err).replace(os.getcwd() + os.sep, "")) from err
+            raise UserError(f"{type(err).__name__}: {_first_line(err)}") from err
 
     return wrapper
 
 
 def build_problem(model_spec, checkpoint, unsafe_load, data_spec, batch_size, loss, params, mode, dtype, seed, quiet):
+    """The Problem of the shared options (model, checkpoint, data, loss, params, mode, dtype)."""
+    from landscape import distributed
     from landscape.problem import Problem
 
     data = _load_data(data_spec, seed)
     model = _load_model(model_spec, checkpoint, data, seed, quiet, unsafe_load)
     if isinstance(data, tuple) and len(data) == 2 and model_spec is None:
         data = (data[0].flatten(1), data[1])
+    if distributed.get_world_size() > 1:
+        # Under torchrun: one model (rank 0's bits) and a contiguous shard of tensor data per rank; a loader
+        # factory must shard itself (DistributedSampler with shuffle=False).
+        distributed.broadcast_module(model)
+        if isinstance(data, tuple) and len(data) == 2:
+            data = distributed.shard(data)
     return Problem(
         model,
         LOSSES[loss](),
@@ -182,19 +248,193 @@ def build_problem(model_spec, checkpoint, unsafe_load, data_spec, batch_size, lo
     )
 
 
-def _emit(result: dict, summary: str, as_json: bool, out: Path, name: str) -> None:
+def _first_layer(model: nn.Module) -> str:
+    """What the first layer with a fixed input width expects, for error messages ('' if none is found)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            return f"; its first layer {name!r} is a Linear layer expecting inputs of shape (N, {module.in_features})"
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            dims = ", ..." * (module.weight.ndim - 2)
+            return (
+                f"; its first layer {name!r} is a {type(module).__name__} expecting inputs of shape "
+                f"(N, {module.in_channels}{dims})"
+            )
+    return ""
+
+
+def check_data_fits(problem) -> None:
+    """One forward pass and loss on the first batch, so that data the model cannot take fail with one clear line.
+
+    Raises
+    ------
+    UserError
+        The forward pass or the loss fails: the message gives the input/target shapes and what the model expects.
+    """
+    first = next(iter(problem.batches()), None)
+    if first is None:
+        raise UserError("--data yields no batches: the data are empty")
+    shape = tuple(first.inputs.shape) if isinstance(first.inputs, torch.Tensor) else type(first.inputs).__name__
+    try:
+        with torch.no_grad(), problem.evaluation() as forward:
+            outputs = forward(problem.params_dict(), first.inputs)
+    except Exception as err:
+        raise UserError(
+            f"the data do not fit the model: the first batch has inputs of shape {shape} and the forward pass fails "
+            f"({_first_line(err)}){_first_layer(problem.model)}"
+        ) from err
+    try:
+        problem.loss_fn(outputs, first.targets)
+    except Exception as err:
+        targets = tuple(first.targets.shape) if isinstance(first.targets, torch.Tensor) else "?"
+        raise UserError(
+            f"the data do not fit the model and loss: outputs of shape {tuple(outputs.shape)} and targets of shape "
+            f"{targets} make {type(problem.loss_fn).__name__} fail ({_first_line(err)}); check --loss and --data"
+        ) from err
+
+
+# ---------------------------------------------------------------------------------------------------- result cache
+def _state_sha(model: nn.Module) -> str:
+    from landscape.cache import content_key
+
+    return content_key(params=dict(model.state_dict()), data_fingerprint="", config={}, version="")
+
+
+def _identity(problem) -> dict[str, str]:
+    """Short fingerprints saying whose result an entry is: architecture, weights (with buffers) and data."""
+    return {
+        "architecture": hashlib.sha256(repr(problem.model).encode()).hexdigest()[:16],
+        "parameters": _state_sha(problem.model)[:16],
+        "data": problem.data_fingerprint()[:16],
+    }
+
+
+@contextlib.contextmanager
+def _opened_store(out: Path, no_cache: bool) -> Iterator[Any]:
+    """The result cache ``out/landscape.h5`` (held, with its write lock, for the whole command), or ``None``."""
+    if no_cache:
+        yield None
+        return
+    from landscape.cache import Cache
+
+    with Cache(out / CACHE_FILE) as store:
+        yield store
+
+
+class _Record:
+    """A command's result stored in the cache under a content key of the problem and the command's settings.
+
+    The payload is the JSON result and the summary; the attributes record whose result it is (:func:`_identity`)
+    and the settings, so an entry that does not match the current run can be explained instead of being reused.
+    """
+
+    def __init__(self, store: Any, problem: Any, name: str, config: dict[str, Any]):
+        self.store = store
+        self.name = name
+        self.kind = f"cli-{name}"
+        self.config = config
+        self.identity = _identity(problem) if store is not None else {}
+        self.key = store.key_for(problem, self.kind, config) if store is not None else None
+        self.entry = store.get(self.key) if store is not None else None
+
+    @property
+    def hit(self) -> bool:
+        return self.entry is not None
+
+    def load(self) -> tuple[dict[str, Any], str]:
+        payload = json.loads(self.entry.arrays["payload"].tobytes().decode())
+        return payload["result"], payload["summary"]
+
+    def save(self, result: dict[str, Any], summary: str) -> None:
+        if self.store is None or self.hit:
+            return
+        text = json.dumps({"result": result, "summary": summary}, default=_jsonable)
+        payload = np.frombuffer(text.encode(), dtype=np.uint8)
+        self.store.put(self.key, self.kind, {"payload": payload}, {"identity": self.identity, "config": self.config})
+
+    def mismatches(self) -> list[str]:
+        """One phrase per other stored result of this command: its key and why it does not answer this run."""
+        import h5py
+
+        if self.store is None:
+            return []
+        phrases = []
+        with h5py.File(self.store.path, "r", locking=False) as f:
+            for key, group in f["entries"].items():
+                if key == self.key or group.attrs.get("_kind") != self.kind:
+                    continue
+                identity = json.loads(group.attrs.get("identity", "{}"))
+                config = json.loads(group.attrs.get("config", "{}"))
+                labels = {"architecture": "another architecture", "parameters": "other weights", "data": "other data"}
+                why = [label for what, label in labels.items() if identity.get(what) != self.identity[what]]
+                if not why:
+                    changed = sorted(k for k in set(config) | set(self.config) if config.get(k) != self.config.get(k))
+                    why = [
+                        "other settings ("
+                        + ", ".join(f"{k} {config.get(k)!r} vs {self.config.get(k)!r}" for k in changed[:4])
+                        + ")"
+                        if changed
+                        else "another loss, mode, dtype or parameter selection"
+                    ]
+                phrases.append(f"{key[:12]} created {group.attrs.get('created', '?')}: {', '.join(why)}")
+        return phrases
+
+    def notice(self) -> None:
+        """Say on stderr that ``--out`` holds results of this command for another model, data or settings."""
+        phrases = self.mismatches()
+        if phrases:
+            click.echo(
+                f"note: {os.path.relpath(self.store.path)} holds {len(phrases)} earlier {self.name} result(s) that "
+                f"do not match this run ({'; '.join(phrases[:3])}{'; ...' if len(phrases) > 3 else ''}): they are "
+                "kept, and this result is computed and stored beside them",
+                err=True,
+            )
+
+
+def _answer(
+    store: Any, problem: Any, name: str, config: dict[str, Any], compute: Callable[[], tuple[dict, str]]
+) -> tuple[dict[str, Any], str, bool]:
+    """``(result, summary, from_cache)``: the stored answer of this exact run, or ``compute()`` stored for next time."""
+    record = _Record(store, problem, name, config)
+    hit = record.hit
+    if problem.dist is not None:  # data-parallel: rank 0 alone holds the cache, every rank follows its answer
+        hit = problem.dist.broadcast_object(hit, "broadcast of a cache lookup")
+    if hit:  # on ranks > 0 (no cache of their own) an empty answer, never shown
+        result, summary = record.load() if record.hit else ({}, "")
+        return result, summary, record.hit
+    if store is not None:
+        record.notice()
+    result, summary = compute()
+    record.save(result, summary)
+    return result, summary, False
+
+
+def _emit(
+    result: dict, summary: str, as_json: bool, out: Path, name: str, from_cache: bool, t0: float, store: Any
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    result = {**result, "from_cache": from_cache}
     (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=_jsonable))
     if as_json:
         click.echo(json.dumps(result, indent=2, default=_jsonable))
+        return
+    elapsed = time.perf_counter() - t0
+    if from_cache:
+        summary += (
+            f"\nanswered from the cache {out / CACHE_FILE} in {elapsed:.1f} s (pass --no-cache, or delete the file, to "
+            "recompute)"
+        )
     else:
-        click.echo(summary)
+        summary += f"\nresults: {out / (name + '.json')}" + (f", cache {out / CACHE_FILE}" if store is not None else "")
+        summary += f" ({elapsed:.1f} s in all)"
+    click.echo(summary)
 
 
 def _jsonable(x: Any) -> Any:
     if isinstance(x, (np.generic,)):
         return x.item()
     if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, torch.Tensor):
         return x.tolist()
     return str(x)
 
@@ -209,46 +449,11 @@ def main() -> None:
     """landscape: Hessian spectra, traces, densities and loss surfaces of PyTorch models."""
 
 
-@main.command()
-@common_options
-@click.option("--top-k", type=int, default=5, show_default=True, help="Number of top eigenvalues.")
-@click.option("--probes", type=int, default=8, show_default=True, help="SLQ probes.")
-@click.option("--steps", type=int, default=40, show_default=True, help="Lanczos steps per probe.")
-@click.option("--subsets", type=int, default=None, help="Also measure the spread over this many data subsets.")
-@_operator_option
-def spectrum(top_k, probes, steps, subsets, operator, out, as_json, quiet, **kw):
-    """Top eigenvalues, trace, Frobenius norm and spectral density from one Krylov pass."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from landscape.spectrum import spectrum as run_spectrum
-
-    t0 = time.perf_counter()
-    problem = build_problem(quiet=quiet, **kw)
-    result = run_spectrum(
-        problem, k=top_k, num_probes=probes, num_steps=steps, subsets=subsets, operator=operator, seed=kw["seed"]
-    )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    result.density.plot(ax=axes[0])
-    result.density.plot(ax=axes[1], log=True)
-    for v in result.eigenvalues:
-        axes[1].axvline(v, color="C3", lw=0.6, ls="--")
-    axes[1].set_title("log scale, top eigenvalues dashed")
-    fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(out / f"density.{ext}", dpi=150)
-    plt.close(fig)
-    summary = result.summary() + f"\ndensity plot: {out / 'density.png'} (total {time.perf_counter() - t0:.1f} s)"
-    _emit(result.to_dict(), summary, as_json, out, "spectrum")
-
-
 def _setup(kw: dict, quiet: bool):
-    """The Problem from the shared options (model, data, loss, params, mode, dtype)."""
-    return build_problem(quiet=quiet, **kw)
+    """The Problem from the shared options (model, data, loss, params, mode, dtype), checked on the first batch."""
+    problem = build_problem(quiet=quiet, **kw)
+    check_data_fits(problem)
+    return problem
 
 
 def _operator(problem, operator: str):
@@ -272,36 +477,106 @@ def _pm(value: float, stderr: float) -> str:
 
 @main.command()
 @common_options
+@click.option("--top-k", type=int, default=5, show_default=True, help="Number of top eigenvalues.")
+@click.option("--probes", type=int, default=8, show_default=True, help="SLQ probes.")
+@click.option("--steps", type=int, default=40, show_default=True, help="Lanczos steps per probe.")
+@click.option("--subsets", type=int, default=None, help="Also measure the spread over this many data subsets.")
+@_operator_option
+def spectrum(top_k, probes, steps, subsets, operator, out, no_cache, as_json, quiet, **kw):
+    """Top eigenvalues, trace, Frobenius norm and spectral density from one Krylov pass."""
+    from landscape.spectrum import spectrum as run_spectrum
+
+    t0 = time.perf_counter()
+    plt = _pyplot()
+    problem = _setup(kw, quiet)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "k": top_k,
+        "probes": probes,
+        "steps": steps,
+        "subsets": subsets,
+        "operator": operator,
+        "seed": kw["seed"],
+    }
+    with _opened_store(out, no_cache) as store:
+        record = _Record(store, problem, "spectrum", config)
+        if store is not None and not record.hit:
+            record.notice()
+        result = run_spectrum(
+            problem,
+            k=top_k,
+            num_probes=probes,
+            num_steps=steps,
+            subsets=subsets,
+            operator=operator,
+            seed=kw["seed"],
+            cache=store,
+            progress=_progress(quiet),
+        )
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        result.density.plot(ax=axes[0])
+        result.density.plot(ax=axes[1], log=True)
+        for v in result.eigenvalues:
+            axes[1].axvline(v, color="C3", lw=0.6, ls="--")
+        axes[1].set_title("log scale, top eigenvalues dashed")
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            fig.savefig(out / f"density.{ext}", dpi=150)
+        plt.close(fig)
+        summary = result.summary() + f"\ndensity plot: {out / 'density.png'}"
+        record.save({"spectrum": True}, "")
+        _emit(result.to_dict(), summary, as_json, out, "spectrum", record.hit, t0, store)
+
+
+@main.command()
+@common_options
 @click.option("--top-k", type=int, default=3, show_default=True, help="Number of top eigenvalues.")
 @click.option("--tol", type=float, default=1e-4, show_default=True, help="Relative residual tolerance.")
 @click.option("--max-matvecs", type=int, default=None, help="Budget of operator products.")
 @_operator_option
-def eigen(top_k, tol, max_matvecs, operator, out, as_json, quiet, **kw):
+def eigen(top_k, tol, max_matvecs, operator, out, no_cache, as_json, quiet, **kw):
     """Top-k eigenvalues of the Hessian (or GGN) with Ritz residuals and error bounds (Lanczos)."""
     from landscape.linalg import top_eigen
 
+    t0 = time.perf_counter()
     problem = _setup(kw, quiet)
-    op = _operator(problem, operator)
-    res = top_eigen(op, k=top_k, tol=tol, max_matvecs=max_matvecs, seed=kw["seed"])
-    result = {
-        "operator": operator,
-        "num_params": int(op.shape[0]) if hasattr(op, "shape") else None,
-        "eigenvalues": res.values.tolist(),
-        "residuals": res.residuals.tolist(),
-        "error_bounds": res.error_bounds.tolist(),
-        "converged": [bool(c) for c in res.converged],
-        "num_matvecs": res.num_matvecs,
-        "num_steps": res.num_steps,
-        "method": res.method,
-        "which": res.which,
-        "tol": res.tol,
-        "seed": res.seed,
-        "wall_time": res.wall_time,
-    }
-    lines = [f"top {top_k} {operator} eigenvalues ({res.method}, {res.num_matvecs} products, {res.wall_time:.2f} s):"]
-    for i, (v, r, b, c) in enumerate(zip(res.values, res.residuals, res.error_bounds, res.converged, strict=True), 1):
-        lines.append(f"  lambda_{i} = {_pm(v, b)}  (residual {r:.2g}{'' if c else ', NOT converged'})")
-    _emit(result, "\n".join(lines), as_json, Path(out), "eigen")
+    out = Path(out)
+
+    def compute() -> tuple[dict, str]:
+        op = _operator(problem, operator)
+        res = top_eigen(op, k=top_k, tol=tol, max_matvecs=max_matvecs, seed=kw["seed"], progress=_progress(quiet))
+        result = {
+            "operator": operator,
+            "num_params": int(op.shape[0]),
+            "eigenvalues": res.values.tolist(),
+            "residuals": res.residuals.tolist(),
+            "error_bounds": res.error_bounds.tolist(),
+            "converged": [bool(c) for c in res.converged],
+            "num_matvecs": res.num_matvecs,
+            "num_steps": res.num_steps,
+            "method": res.method,
+            "which": res.which,
+            "tol": res.tol,
+            "seed": res.seed,
+            "wall_time": res.wall_time,
+        }
+        lines = [
+            f"top {top_k} {operator} eigenvalues of {int(op.shape[0]):,} parameters ({res.method}, "
+            f"{res.num_matvecs} products, {res.wall_time:.2f} s, seed {res.seed}):"
+        ]
+        for i, (v, r, b, c) in enumerate(
+            zip(res.values, res.residuals, res.error_bounds, res.converged, strict=True), 1
+        ):
+            lines.append(f"  lambda_{i} = {_pm(v, b)}  (Ritz residual {r:.2g}{'' if c else ', NOT converged'})")
+        lines.append("(+- is the Ritz error bound min(r, r^2 / gap))")
+        return result, "\n".join(lines)
+
+    config = {"k": top_k, "tol": tol, "max_matvecs": max_matvecs, "operator": operator, "seed": kw["seed"]}
+    out.mkdir(parents=True, exist_ok=True)
+    with _opened_store(out, no_cache) as store:
+        result, summary, hit = _answer(store, problem, "eigen", config, compute)
+        _emit(result, summary, as_json, out, "eigen", hit, t0, store)
 
 
 @main.command(name="trace")
@@ -314,30 +589,70 @@ def eigen(top_k, tol, max_matvecs, operator, out, as_json, quiet, **kw):
 )
 @click.option("--num-matvecs", type=int, default=60, show_default=True, help="Budget of operator products.")
 @_operator_option
-def trace_cmd(method, num_matvecs, operator, out, as_json, quiet, **kw):
+def trace_cmd(method, num_matvecs, operator, out, no_cache, as_json, quiet, **kw):
     """Trace of the Hessian (or GGN): exact where supported, else a stochastic estimate with its standard error."""
     from landscape.linalg import trace
 
+    t0 = time.perf_counter()
     problem = _setup(kw, quiet)
-    est = trace(_operator(problem, operator), method=method, num_matvecs=num_matvecs, seed=kw["seed"])
-    result = {
-        "operator": operator,
-        "value": float(est.value),
-        "stderr": float(est.stderr),
-        "method": est.method,
-        "requested": method,
-        "note": est.settings.get("note", ""),
-        "num_matvecs": est.num_matvecs,
-        "seed": est.seed,
-        "wall_time": est.wall_time,
-    }
-    summary = (
-        f"trace of the {operator}: {_pm(float(est.value), float(est.stderr))}\n"
-        f"method: {est.method} (requested {method}), {est.num_matvecs} products, {est.wall_time:.2f} s"
+    out = Path(out)
+
+    def compute() -> tuple[dict, str]:
+        est = trace(
+            _operator(problem, operator),
+            method=method,
+            num_matvecs=num_matvecs,
+            seed=kw["seed"],
+            progress=_progress(quiet),
+        )
+        result = {
+            "operator": operator,
+            "value": float(est.value),
+            "stderr": float(est.stderr),
+            "method": est.method,
+            "requested": method,
+            "note": est.settings.get("note", ""),
+            "num_matvecs": est.num_matvecs,
+            "seed": est.seed,
+            "wall_time": est.wall_time,
+        }
+        summary = (
+            f"trace of the {operator}: {_pm(float(est.value), float(est.stderr))}"
+            f" ({'exact' if est.method == 'exact' else 'standard error'})\n"
+            f"method: {est.method} (requested {method}), {est.num_matvecs} products, {est.wall_time:.2f} s"
+            + ("" if est.seed is None else f", seed {est.seed}")
+        )
+        if result["note"]:
+            summary += f"\nnote: {result['note']}"
+        return result, summary
+
+    config = {"method": method, "num_matvecs": num_matvecs, "operator": operator, "seed": kw["seed"]}
+    out.mkdir(parents=True, exist_ok=True)
+    with _opened_store(out, no_cache) as store:
+        result, summary, hit = _answer(store, problem, "trace", config, compute)
+        _emit(result, summary, as_json, out, "trace", hit, t0, store)
+
+
+def _density_plot(result: dict, path: Path) -> None:
+    from landscape.linalg.slq import SpectralDensity
+
+    plt = _pyplot()
+    dens = SpectralDensity(
+        nodes=np.asarray(result["nodes"], dtype=np.float64),
+        weights=np.asarray(result["weights"], dtype=np.float64),
+        num_params=int(result["num_params"]),
+        sigma=float(result["sigma"]),
+        steps=np.asarray(result["steps"], dtype=np.int64),
+        num_matvecs=int(result["num_matvecs"]),
+        seed=result["seed"],
+        wall_time=float(result["wall_time"]),
     )
-    if result["note"]:
-        summary += f"\nnote: {result['note']}"
-    _emit(result, summary, as_json, Path(out), "trace")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    dens.plot(ax=axes[0])
+    dens.plot(ax=axes[1], log=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
 
 
 @main.command()
@@ -345,47 +660,50 @@ def trace_cmd(method, num_matvecs, operator, out, as_json, quiet, **kw):
 @click.option("--probes", type=int, default=4, show_default=True, help="SLQ probes.")
 @click.option("--steps", type=int, default=30, show_default=True, help="Lanczos steps per probe.")
 @_operator_option
-def density(probes, steps, operator, out, as_json, quiet, **kw):
+def density(probes, steps, operator, out, no_cache, as_json, quiet, **kw):
     """Spectral density by stochastic Lanczos quadrature; writes density.png."""
     from landscape.linalg import spectral_density
 
-    plt = _pyplot()
+    t0 = time.perf_counter()
     problem = _setup(kw, quiet)
-    dens = spectral_density(_operator(problem, operator), num_probes=probes, num_steps=steps, seed=kw["seed"])
-    tr = dens.trace()
-    nodes = dens.nodes[np.arange(dens.nodes.shape[1])[None, :] < dens.steps[:, None]]
     out = Path(out)
+
+    def compute() -> tuple[dict, str]:
+        dens = spectral_density(
+            _operator(problem, operator), num_probes=probes, num_steps=steps, seed=kw["seed"], progress=_progress(quiet)
+        )
+        tr = dens.trace()
+        result = {
+            "operator": operator,
+            "num_params": dens.num_params,
+            "support": [dens.lambda_min, dens.lambda_max],
+            "trace": float(tr.value),
+            "trace_stderr": float(tr.stderr),
+            "sigma": dens.sigma,
+            "num_probes": probes,
+            "num_steps": steps,
+            "steps": dens.steps.tolist(),
+            "nodes": dens.nodes.tolist(),
+            "weights": dens.weights.tolist(),
+            "num_matvecs": dens.num_matvecs,
+            "seed": dens.seed,
+            "wall_time": dens.wall_time,
+        }
+        summary = (
+            f"{operator} spectral density of {dens.num_params:,} parameters: support "
+            f"[{dens.lambda_min:.4g}, {dens.lambda_max:.4g}], {probes} probes x {steps} steps, sigma {dens.sigma:.3g}\n"
+            f"trace from the quadrature: {_pm(float(tr.value), float(tr.stderr))} (probe stderr)\n"
+            f"{dens.num_matvecs} products, {dens.wall_time:.2f} s, seed {dens.seed}"
+        )
+        return result, summary
+
+    config = {"probes": probes, "steps": steps, "operator": operator, "seed": kw["seed"]}
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    dens.plot(ax=axes[0])
-    dens.plot(ax=axes[1], log=True)
-    fig.tight_layout()
-    fig.savefig(out / "density.png", dpi=150)
-    plt.close(fig)
-    result = {
-        "operator": operator,
-        "num_params": dens.num_params,
-        "support": [float(nodes.min()), float(nodes.max())],
-        "trace": float(tr.value),
-        "trace_stderr": float(tr.stderr),
-        "sigma": dens.sigma,
-        "num_probes": probes,
-        "num_steps": steps,
-        "steps": dens.steps.tolist(),
-        "nodes": dens.nodes.tolist(),
-        "weights": dens.weights.tolist(),
-        "num_matvecs": dens.num_matvecs,
-        "seed": dens.seed,
-        "wall_time": dens.wall_time,
-        "plot": str(out / "density.png"),
-    }
-    summary = (
-        f"{operator} spectral density of {dens.num_params:,} parameters: support [{nodes.min():.4g}, {nodes.max():.4g}]"
-        f", {probes} probes x {steps} steps, sigma {dens.sigma:.3g}\n"
-        f"trace from the quadrature: {_pm(float(tr.value), float(tr.stderr))}\n"
-        f"density plot: {out / 'density.png'}"
-    )
-    _emit(result, summary, as_json, out, "density")
+    with _opened_store(out, no_cache) as store:
+        result, summary, hit = _answer(store, problem, "density", config, compute)
+        _density_plot(result, out / "density.png")
+        result = {**result, "plot": str(out / "density.png")}
+        _emit(result, summary + f"\ndensity plot: {out / 'density.png'}", as_json, out, "density", hit, t0, store)
 
 
 @main.command(name="surface")
@@ -394,53 +712,210 @@ def density(probes, steps, operator, out, as_json, quiet, **kw):
 @click.option("--directions-seed", type=int, default=None, help="Seed of the directions (default --seed).")
 @click.option("--span", type=float, default=1.0, show_default=True, help="Coordinates cover [-span, span].")
 @click.option("--resolution", type=click.IntRange(2, None), default=11, show_default=True)
-@click.option("--no-cache", is_flag=True, help="Do not read or write --out/landscape.h5.")
-def surface_cmd(num_directions, directions_seed, span, resolution, no_cache, out, as_json, quiet, **kw):
+def surface_cmd(num_directions, directions_seed, span, resolution, out, no_cache, as_json, quiet, **kw):
     """Loss along 1 or 2 filter-normalised random directions; cached in --out/landscape.h5, plotted to surface.png."""
     from landscape.surface import filter_normalized, surface
 
+    t0 = time.perf_counter()
     plt = _pyplot()
     problem = _setup(kw, quiet)
     seed = kw["seed"] if directions_seed is None else directions_seed
     dirs = filter_normalized(problem, num=num_directions, seed=seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = None if no_cache else out / "landscape.h5"
-    surf = surface(problem, dirs, span=(-span, span), resolution=resolution, cache=cache)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    surf.plot("line" if num_directions == 1 else "contour", ax)
+    config = {"directions": num_directions, "directions_seed": seed, "span": span, "resolution": resolution}
+    with _opened_store(out, no_cache) as store:
+        record = _Record(store, problem, "surface", config)
+        if store is not None and not record.hit:
+            record.notice()
+        surf = surface(problem, dirs, span=(-span, span), resolution=resolution, cache=store, progress=_progress(quiet))
+        fig, ax = plt.subplots(figsize=(5, 4))
+        surf.plot("line" if num_directions == 1 else "contour", ax)
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            fig.savefig(out / f"surface.{ext}", dpi=150)
+        plt.close(fig)
+        centre = tuple(int(np.argmin(np.abs(c))) for c in surf.coords)
+        from_cache = int(surf.settings.get("cache", {}).get("points_from_cache", 0))
+        result = {
+            "directions": num_directions,
+            "directions_seed": seed,
+            "span": [-span, span],
+            "resolution": resolution,
+            "coords": [c.tolist() for c in surf.coords],
+            "loss": surf.loss.tolist(),
+            "accuracy": None if surf.accuracy is None else surf.accuracy.tolist(),
+            "min_loss": float(np.nanmin(surf.loss)),
+            "max_loss": float(np.nanmax(surf.loss)),
+            "centre_loss": float(surf.loss[centre]),
+            "num_points": int(surf.loss.size),
+            "points_from_cache": from_cache,
+            "cache": None if store is None else str(store.path),
+            "wall_time": surf.wall_time,
+            "plot": str(out / "surface.png"),
+        }
+        accuracy = ""
+        if surf.accuracy is not None:
+            accuracy = f"accuracy: centre {100 * float(surf.accuracy[centre]):.1f}%, " + (
+                f"min {100 * float(np.nanmin(surf.accuracy)):.1f}%\n"
+            )
+        summary = (
+            f"loss surface, {num_directions} filter-normalised direction(s) (seed {seed}), {resolution} points per "
+            f"direction on [{-span:g}, {span:g}], mode {problem.mode}\n"
+            f"loss: min {result['min_loss']:.6g}, max {result['max_loss']:.6g}, centre {result['centre_loss']:.6g} "
+            "(exact full-data loss: no sampling error)\n"
+            f"{accuracy}"
+            f"{from_cache} of {surf.loss.size} points from the cache, {surf.wall_time:.2f} s\n"
+            f"plot: {out / 'surface.png'}"
+        )
+        record.save({"surface": True}, "")
+        _emit(result, summary, as_json, out, "surface", from_cache == surf.loss.size, t0, store)
+
+
+def _second_model(path: str, reference: nn.Module, unsafe_load: bool, option: str) -> nn.Module:
+    """The model of ``--from``/``--to``: a TorchScript file as it is, else a checkpoint loaded into a copy of the
+    reference architecture (whose missing/unexpected keys are listed if it does not fit)."""
+    from landscape.checkpoint import CheckpointError, is_torchscript, load_checkpoint, load_model
+
+    try:
+        if is_torchscript(path):
+            return load_model(path)
+        model = copy.deepcopy(reference)
+        load_checkpoint(model, path, weights_only=not unsafe_load)
+        return model
+    except (CheckpointError, FileNotFoundError) as err:
+        raise UserError(f"{option} {path}: {err}") from err
+
+
+def _interpolation_plot(result: dict, out: Path) -> None:
+    plt = _pyplot()
+    a = np.asarray(result["coords"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(a, result["loss"], color="C0", marker=".", label="loss")
+    ax.set_xlabel("a in (1 - a) w_from + a w_to")
+    ax.set_ylabel("loss", color="C0")
+    for x, label in ((0.0, "from"), (1.0, "to")):
+        ax.axvline(x, color="0.6", lw=0.8, ls="--")
+        ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8)
+    if result["accuracy"] is not None:
+        acc = np.asarray([np.nan if v is None else v for v in result["accuracy"]], dtype=float)
+        twin = ax.twinx()
+        twin.plot(a, 100 * acc, color="C1", ls=":", label="accuracy")
+        twin.set_ylabel("accuracy (%)", color="C1")
     fig.tight_layout()
-    fig.savefig(out / "surface.png", dpi=150)
+    for ext in ("png", "pdf"):
+        fig.savefig(out / f"interpolation.{ext}", dpi=150)
     plt.close(fig)
-    centre = tuple(int(np.argmin(np.abs(c))) for c in surf.coords)
-    cache_info = surf.settings.get("cache", {})
-    from_cache = int(cache_info.get("points_from_cache", 0))
-    result = {
-        "directions": num_directions,
-        "directions_seed": seed,
-        "span": [-span, span],
+
+
+@main.command(name="interpolate")
+@common_options
+@click.option(
+    "--from",
+    "from_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Start point a = 0 (a checkpoint for the --model architecture, or TorchScript); default: the model.",
+)
+@click.option("--from-init", is_flag=True, help="Start at a fresh --model factory() (built-in: its initialisation).")
+@click.option(
+    "--to",
+    "to_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="End point a = 1 (a checkpoint or TorchScript file); default: the model.",
+)
+@click.option("--span", nargs=2, type=float, default=(-0.5, 1.5), show_default=True, help="Range of a: LOW HIGH.")
+@click.option("--resolution", type=click.IntRange(2, None), default=41, show_default=True, help="Number of points.")
+def interpolate_cmd(from_path, from_init, to_path, span, resolution, out, no_cache, as_json, quiet, **kw):
+    """Loss and accuracy on the line (1 - a) w_from + a w_to between two models (BatchNorm statistics too)."""
+    from landscape.surface import interpolate
+
+    t0 = time.perf_counter()
+    if from_path is not None and from_init:
+        raise UserError("give either --from FILE or --from-init, not both")
+    if to_path is None and from_path is None and not from_init:
+        raise UserError("interpolate needs a second model: --to other.pt (or --from a.pt, or --from-init)")
+    if not span[0] < span[1]:
+        raise UserError(f"--span {span[0]:g} {span[1]:g}: LOW must be below HIGH")
+    problem = _setup(kw, quiet)
+    model = problem.model
+    model_label = kw["checkpoint"] or kw["model_spec"] or "the trained built-in MLP"
+    if from_init:
+        if kw["model_spec"] is None:
+            X, y = _load_data(kw["data_spec"], kw["seed"])
+            start = _builtin_architecture(X.flatten(1), y, kw["seed"])
+        else:
+            start = _call_factory(kw["model_spec"], "model")
+        from_label = "initialisation" if kw["model_spec"] is None else f"fresh {kw['model_spec']}()"
+    elif from_path is not None:
+        start, from_label = _second_model(from_path, model, kw["unsafe_load"], "--from"), from_path
+    else:
+        start, from_label = model, model_label
+    if to_path is not None:
+        end, to_label = _second_model(to_path, model, kw["unsafe_load"], "--to"), to_path
+    else:
+        end, to_label = model, model_label
+    out = Path(out)
+
+    def compute() -> tuple[dict, str]:
+        line = interpolate(problem, start, end, span=tuple(span), resolution=resolution, progress=_progress(quiet))
+        a = line.coords[0]
+        loss = line.loss
+        i0, i1 = int(np.argmin(np.abs(a))), int(np.argmin(np.abs(a - 1.0)))
+        inside = (a >= 0.0) & (a <= 1.0)
+        peak = int(np.flatnonzero(inside)[np.nanargmax(loss[inside])])
+        barrier = float(loss[peak] - max(loss[i0], loss[i1]))
+        buffers = line.directions.settings.get("buffers_interpolated", [])
+        result = {
+            "from": from_label,
+            "to": to_label,
+            "span": [float(span[0]), float(span[1])],
+            "resolution": resolution,
+            "coords": a.tolist(),
+            "loss": loss.tolist(),
+            "accuracy": None if line.accuracy is None else line.accuracy.tolist(),
+            "loss_from": float(loss[i0]),
+            "loss_to": float(loss[i1]),
+            "max_loss_between": float(loss[peak]),
+            "argmax_between": float(a[peak]),
+            "barrier": barrier,
+            "buffers_interpolated": buffers,
+            "mode": problem.mode,
+            "wall_time": line.wall_time,
+        }
+
+        def acc(i: int) -> str:
+            return "" if line.accuracy is None else f", accuracy {100 * float(line.accuracy[i]):.1f}%"
+
+        summary = (
+            f"linear interpolation (1 - a) w_from + a w_to, {resolution} points on [{span[0]:g}, {span[1]:g}], "
+            f"{problem.num_params:,} parameters and {len(buffers)} buffers (BatchNorm statistics) interpolated\n"
+            f"  from (a = {a[i0]:.3g}, {from_label}): loss {loss[i0]:.6g}{acc(i0)}\n"
+            f"  to   (a = {a[i1]:.3g}, {to_label}): loss {loss[i1]:.6g}{acc(i1)}\n"
+            f"  highest loss between them: {loss[peak]:.6g} at a = {a[peak]:.3g} (barrier {barrier:.4g} above the "
+            "higher end)\n"
+            f"exact full-data loss (no sampling error), mode {problem.mode}, {line.wall_time:.2f} s"
+        )
+        if a[i0] != 0.0 or a[i1] != 1.0:
+            summary += (
+                "\nnote: a = 0 or a = 1 is not a grid point; the defaults (span -0.5 1.5, 41 points) contain both"
+            )
+        return result, summary
+
+    config = {
+        "from": _state_sha(start),
+        "to": _state_sha(end),
+        "span": [float(span[0]), float(span[1])],
         "resolution": resolution,
-        "coords": [c.tolist() for c in surf.coords],
-        "loss": surf.loss.tolist(),
-        "accuracy": None if surf.accuracy is None else surf.accuracy.tolist(),
-        "min_loss": float(np.nanmin(surf.loss)),
-        "max_loss": float(np.nanmax(surf.loss)),
-        "centre_loss": float(surf.loss[centre]),
-        "num_points": int(surf.loss.size),
-        "points_from_cache": from_cache,
-        "cache": str(cache) if cache else None,
-        "wall_time": surf.wall_time,
-        "plot": str(out / "surface.png"),
     }
-    summary = (
-        f"loss surface, {num_directions} filter-normalised direction(s), {resolution} points per direction on "
-        f"[{-span:g}, {span:g}]\n"
-        f"loss: min {result['min_loss']:.6g}, max {result['max_loss']:.6g}, centre {result['centre_loss']:.6g}\n"
-        f"{from_cache} of {surf.loss.size} points from the cache"
-        + (f" ({cache})" if cache else "")
-        + f", {surf.wall_time:.2f} s\nplot: {out / 'surface.png'}"
-    )
-    _emit(result, summary, as_json, out, "surface")
+    out.mkdir(parents=True, exist_ok=True)
+    with _opened_store(out, no_cache) as store:
+        result, summary, hit = _answer(store, problem, "interpolate", config, compute)
+        _interpolation_plot(result, out)
+        result = {**result, "plot": str(out / "interpolation.png")}
+        summary += f"\nplot: {out / 'interpolation.png'}"
+        _emit(result, summary, as_json, out, "interpolate", hit, t0, store)
 
 
 @main.command(name="sharpness")
@@ -450,15 +925,39 @@ def surface_cmd(num_directions, directions_seed, span, resolution, no_cache, out
 @click.option("--num-samples", type=int, default=10, show_default=True, help="Average-sharpness draws.")
 @click.option("--num-matvecs", type=int, default=40, show_default=True, help="Trace/Frobenius budget (each).")
 @click.option("--keskar", is_flag=True, help="Also Keskar sharpness (slow: L-BFGS-B).")
-def sharpness_cmd(rho, steps, num_samples, num_matvecs, keskar, out, as_json, quiet, **kw):
+def sharpness_cmd(rho, steps, num_samples, num_matvecs, keskar, out, no_cache, as_json, quiet, **kw):
     """lambda_max, trace, Frobenius norm, SAM/ASAM and average sharpness (Keskar with --keskar)."""
     from landscape.sharpness import sharpness
 
+    t0 = time.perf_counter()
     problem = _setup(kw, quiet)
-    res = sharpness(
-        problem, rho, seed=kw["seed"], steps=steps, num_samples=num_samples, num_matvecs=num_matvecs, keskar=keskar
-    )
-    _emit(res.to_dict(), res.summary(), as_json, Path(out), "sharpness")
+    out = Path(out)
+
+    def compute() -> tuple[dict, str]:
+        res = sharpness(
+            problem,
+            rho,
+            seed=kw["seed"],
+            steps=steps,
+            num_samples=num_samples,
+            num_matvecs=num_matvecs,
+            keskar=keskar,
+            progress=_progress(quiet),
+        )
+        return res.to_dict(), res.summary()
+
+    config = {
+        "rho": rho,
+        "steps": steps,
+        "num_samples": num_samples,
+        "num_matvecs": num_matvecs,
+        "keskar": keskar,
+        "seed": kw["seed"],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with _opened_store(out, no_cache) as store:
+        result, summary, hit = _answer(store, problem, "sharpness", config, compute)
+        _emit(result, summary, as_json, out, "sharpness", hit, t0, store)
 
 
 @main.command(name="roughness")
@@ -466,13 +965,23 @@ def sharpness_cmd(rho, steps, num_samples, num_matvecs, keskar, out, as_json, qu
 @click.option("--num-directions", type=int, default=10, show_default=True)
 @click.option("--span", type=float, default=0.1, show_default=True)
 @click.option("--points", type=int, default=11, show_default=True)
-def roughness_cmd(num_directions, span, points, out, as_json, quiet, **kw):
+def roughness_cmd(num_directions, span, points, out, no_cache, as_json, quiet, **kw):
     """Roughness index along random filter-normalised directions (with its standard error)."""
     from landscape.roughness import roughness_index
 
+    t0 = time.perf_counter()
     problem = _setup(kw, quiet)
-    res = roughness_index(problem, num_directions, span, points, seed=kw["seed"])
-    _emit(res.to_dict(), res.summary(), as_json, Path(out), "roughness")
+    out = Path(out)
+
+    def compute() -> tuple[dict, str]:
+        res = roughness_index(problem, num_directions, span, points, seed=kw["seed"], progress=_progress(quiet))
+        return res.to_dict(), res.summary()
+
+    config = {"num_directions": num_directions, "span": span, "points": points, "seed": kw["seed"]}
+    out.mkdir(parents=True, exist_ok=True)
+    with _opened_store(out, no_cache) as store:
+        result, summary, hit = _answer(store, problem, "roughness", config, compute)
+        _emit(result, summary, as_json, out, "roughness", hit, t0, store)
 
 
 @main.command(name="stability")
@@ -481,15 +990,31 @@ def roughness_cmd(num_directions, span, points, out, as_json, quiet, **kw):
 @click.option("--lr", type=float, default=0.05, show_default=True)
 @click.option("--sgd-batch-size", type=int, default=None, help="Minibatch size for SGD (default: full batch).")
 @click.option("--momentum", type=float, default=0.0, show_default=True)
-def stability_cmd(optimizer, lr, sgd_batch_size, momentum, out, as_json, quiet, **kw):
+def stability_cmd(optimizer, lr, sgd_batch_size, momentum, out, no_cache, as_json, quiet, **kw):
     """Linear-stability criteria of an optimizer at a learning rate (exit code 0 whatever the verdict)."""
     from landscape.stability import OPTIMIZERS, stability
 
+    t0 = time.perf_counter()
     if optimizer not in OPTIMIZERS:
         raise UserError(f"--optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     problem = _setup(kw, quiet)
-    res = stability(problem, optimizer, lr, batch_size=sgd_batch_size, momentum=momentum, seed=kw["seed"])
-    _emit(res.to_dict(), res.summary(), as_json, Path(out), "stability")
+    out = Path(out)
+
+    def compute() -> tuple[dict, str]:
+        res = stability(problem, optimizer, lr, batch_size=sgd_batch_size, momentum=momentum, seed=kw["seed"])
+        return res.to_dict(), res.summary()
+
+    config = {
+        "optimizer": optimizer,
+        "lr": lr,
+        "sgd_batch_size": sgd_batch_size,
+        "momentum": momentum,
+        "seed": kw["seed"],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with _opened_store(out, no_cache) as store:
+        result, summary, hit = _answer(store, problem, "stability", config, compute)
+        _emit(result, summary, as_json, out, "stability", hit, t0, store)
 
 
 def _int_list(ctx, param, value: str) -> list[int]:
@@ -507,16 +1032,219 @@ def _int_list(ctx, param, value: str) -> list[int]:
 @click.option("--batch-sizes", default="32,128", show_default=True, callback=_int_list, help="Comma-separated.")
 @click.option("--num-batches", type=int, default=4, show_default=True, help="Minibatches per batch size.")
 @click.option("--scaling-optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
-def scaling_cmd(batch_sizes, num_batches, scaling_optimizer, out, as_json, quiet, **kw):
+def scaling_cmd(batch_sizes, num_batches, scaling_optimizer, out, no_cache, as_json, quiet, **kw):
     """How the minibatch Hessian's top eigenvalue and the maximal stable learning rate change with batch size."""
     from landscape.scaling import lr_batch_scaling
 
+    t0 = time.perf_counter()
     problem = _setup(kw, quiet)
-    res = lr_batch_scaling(problem, batch_sizes, optimizer=scaling_optimizer, num_batches=num_batches, seed=kw["seed"])
-    _emit(res.to_dict(), res.summary(), as_json, Path(out), "scaling")
+    out = Path(out)
+
+    def compute() -> tuple[dict, str]:
+        res = lr_batch_scaling(
+            problem,
+            batch_sizes,
+            optimizer=scaling_optimizer,
+            num_batches=num_batches,
+            seed=kw["seed"],
+            progress=_progress(quiet),
+        )
+        return res.to_dict(), res.summary()
+
+    config = {
+        "batch_sizes": list(batch_sizes),
+        "num_batches": num_batches,
+        "optimizer": scaling_optimizer,
+        "seed": kw["seed"],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with _opened_store(out, no_cache) as store:
+        result, summary, hit = _answer(store, problem, "scaling", config, compute)
+        _emit(result, summary, as_json, out, "scaling", hit, t0, store)
+
+
+@main.command(name="report")
+@common_options
+@click.option(
+    "--optimizer",
+    "optimizers",
+    multiple=True,
+    default=("sgd", "adam:0.001", "sam"),
+    show_default=True,
+    help="An optimizer setting to check, NAME or NAME:LR (repeatable); NAME in gd, sgd, heavy_ball, nesterov, adam, "
+    "adamw, sam.",
+)
+@click.option("--lr", type=float, default=0.05, show_default=True, help="Learning rate of --optimizer without :LR.")
+@click.option(
+    "--sgd-batch-size",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Minibatch size of the SGD check (and of the minibatches estimating Adam's second moment).",
+)
+@click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum of the stability check.")
+@click.option("--rho", type=float, default=0.05, show_default=True, help="SAM radius (stability and sharpness).")
+@click.option(
+    "--batch-sizes",
+    default="16,64,256",
+    show_default=True,
+    callback=_int_list,
+    help="Batch sizes of the scaling analysis (comma-separated; n is always added).",
+)
+@click.option("--num-batches", type=int, default=4, show_default=True, help="Minibatches per batch size.")
+@click.option("--top-k", type=int, default=5, show_default=True, help="Number of top eigenvalues.")
+@click.option("--probes", type=int, default=8, show_default=True, help="SLQ probes.")
+@click.option("--steps", type=int, default=40, show_default=True, help="Lanczos steps per probe.")
+@click.option("--span", type=float, default=1.0, show_default=True, help="The surface covers [-span, span]^2.")
+@click.option("--resolution", type=click.IntRange(2, None), default=21, show_default=True, help="Surface points/axis.")
+@click.option(
+    "--from",
+    "from_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also the interpolation from this checkpoint (or TorchScript file) to the model.",
+)
+@click.option(
+    "--from-init",
+    is_flag=True,
+    help="Also the interpolation from a fresh --model factory() (always done for the built-in model).",
+)
+@click.option("--title", default="Loss landscape report", show_default=True, help="Title of the page.")
+def report_cmd(
+    optimizers,
+    lr,
+    sgd_batch_size,
+    momentum,
+    rho,
+    batch_sizes,
+    num_batches,
+    top_k,
+    probes,
+    steps,
+    span,
+    resolution,
+    from_path,
+    from_init,
+    title,
+    out,
+    no_cache,
+    as_json,
+    quiet,
+    **kw,
+):
+    """Every analysis in one self-contained HTML page (--out/report.html, numbers in report.json).
+
+    Spectrum, 2D surface (and an interpolation), sharpness, roughness, the stability of each --optimizer setting and
+    the batch-size scaling; every result is cached in --out/landscape.h5, so a second run is fast.
+    """
+    from landscape.report import OptimizerSetting, analyse, collect_provenance, write_report
+
+    t0 = time.perf_counter()
+    if from_path is not None and from_init:
+        raise UserError("give either --from FILE or --from-init, not both")
+    try:
+        settings = [
+            OptimizerSetting.parse(o, lr=lr, batch_size=sgd_batch_size, momentum=momentum, rho=rho) for o in optimizers
+        ]
+    except ValueError as err:
+        raise UserError(f"--optimizer: {err}") from err
+    problem = _setup(kw, quiet)
+    check_data_fits(problem)
+    start = None
+    if from_path is not None:
+        start = _second_model(from_path, problem.model, kw["unsafe_load"], "--from")
+    elif kw["model_spec"] is None and kw["checkpoint"] is None:
+        X, y = _load_data(kw["data_spec"], kw["seed"])
+        start = _builtin_architecture(X.flatten(1), y, kw["seed"])
+    elif from_init and kw["model_spec"] is not None:
+        start = _call_factory(kw["model_spec"], "model")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = analyse(
+        problem,
+        optimizers=settings,
+        batch_sizes=batch_sizes,
+        num_batches=num_batches,
+        top_k=top_k,
+        num_probes=probes,
+        num_steps=steps,
+        span=span,
+        resolution=resolution,
+        interpolate_from=start,
+        rho=rho,
+        seed=kw["seed"],
+        cache=None if no_cache else out / CACHE_FILE,
+        log=None if quiet else lambda msg: click.echo(msg, err=True),
+    )
+    options = {
+        "model": kw["model_spec"] or "built-in MLP trained on the data",
+        "checkpoint": kw["checkpoint"],
+        "data": kw["data_spec"],
+        "batch_size": kw["batch_size"],
+        "loss": kw["loss"],
+        "params": list(kw["params"]) or "all trainable",
+        "optimizers": [vars(s) for s in settings],
+        "scaling_batch_sizes": list(batch_sizes),
+        "num_batches": num_batches,
+        "spectrum": {"top_k": top_k, "num_probes": probes, "num_steps": steps},
+        "surface": {"directions": "filter_normalized", "span": span, "resolution": resolution},
+        "interpolation_from": from_path or ("initialisation" if start is not None else None),
+        "rho": rho,
+        "cache": None if no_cache else {"path": str(out / CACHE_FILE), **results.cache},
+    }
+    provenance = collect_provenance(
+        problem,
+        model=options["model"],
+        seeds={"all estimators, directions and batches": kw["seed"]},
+        settings=options,
+        wall_times=results.wall_times,
+    )
+    path = write_report(out, results, provenance, title=title)
+    if as_json:
+        click.echo((out / "report.json").read_text())
+        return
+    lines = [f"report: {path}  (numbers: {out / 'report.json'})"]
+    if results.spectrum is not None:
+        tr = results.spectrum.trace
+        lines.append(f"lambda_max {results.spectrum.lambda_max:.6g}, trace {_pm(float(tr.value), float(tr.stderr))}")
+    for rep in results.stability:
+        lines.append(
+            f"{rep.optimizer} at lr {rep.lr:g}: {'STABLE' if rep.stable else 'UNSTABLE'} "
+            f"(max stable lr {rep.max_stable_lr:.4g})"
+        )
+    if not no_cache:
+        info = results.cache
+        lines.append(
+            f"cache {out / CACHE_FILE}: spectrum {'reused' if info.get('spectrum_from_cache') else 'computed'}, "
+            f"{info.get('surface_points_from_cache', 0)} of {info.get('surface_points', 0)} surface points reused"
+        )
+    lines.append(f"({time.perf_counter() - t0:.1f} s in all)")
+    click.echo("\n".join(lines))
+
+
+@main.command(name="demo")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="landscape-out",
+    show_default=True,
+    help="Directory for report.html, report.json and the cache landscape.h5.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def demo_cmd(out, seed, quiet):
+    """Train a small MLP on scikit-learn's digits for a few seconds and write the full HTML report (offline)."""
+    from landscape.report import run_demo
+
+    t0 = time.perf_counter()
+    path = run_demo(out, seed=seed, quiet=quiet)
+    click.echo(f"report: {path} ({time.perf_counter() - t0:.1f} s); open it in a browser (works offline)")
 
 
 def run() -> None:
+    from landscape import distributed
+
+    distributed.init()  # under torchrun with WORLD_SIZE > 1: the process group from its environment
     main(prog_name="landscape")
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscape.data import data_fingerprint
+from landscape.distributed import DataParallel, ShardInfo, combine_digests, resolve, shard_digest
 
 Batch = tuple[Tensor, Tensor]
 ParamDict = dict[str, Tensor]
@@ -92,6 +93,11 @@ class Problem:
         model's own.
     batch_size : int, optional
         Only for a tensor pair.
+    distributed : None, "auto", bool
+        Data-parallel over ``torch.distributed`` (:mod:`landscape.distributed`): each rank passes its own shard of
+        the data (uneven shards allowed); losses, gradients and curvature products are summed over ranks with the
+        batch weights taken over the *global* sample count, so every rank gets the full-data result. ``None`` or
+        ``"auto"`` (default): when a process group is initialised; ``True``: required; ``False``: never.
     """
 
     def __init__(
@@ -105,6 +111,7 @@ class Problem:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         batch_size: int | None = None,
+        distributed: bool | str | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -128,11 +135,15 @@ class Problem:
         self.num_params = sum(self.param_numels)
 
         self._data = self._normalise_data(data, batch_size)
+        self.dist: DataParallel | None = resolve(distributed)
         self._num_samples: int | None = None
+        self._shard: ShardInfo | None = None
         self._data_fingerprint: str | None = None
         # A stateless twin for train mode: BatchNorm without running statistics computes exactly the train-mode
         # function but never writes to buffers, which torch.func transforms (jvp, vmap) could not do anyway.
         self._train_twin: nn.Module | None = None
+        if self.dist is not None:
+            self._shard = self._gather_shard()
 
     # ------------------------------------------------------------------ parameters
     def _select_params(self, params: Sequence[str] | str | None) -> list[str]:
@@ -240,6 +251,27 @@ class Problem:
 
     @property
     def num_samples(self) -> int:
+        """Samples in the whole data set (summed over ranks when data-parallel)."""
+        shard = self.shard
+        return self.num_local_samples if shard is None else shard.num_samples
+
+    @property
+    def shard(self) -> ShardInfo | None:
+        """This rank's place in a data-parallel Problem (``None`` when not distributed)."""
+        return self._shard
+
+    def _gather_shard(self) -> ShardInfo:
+        # At construction, where every rank is sure to be: a lazy collective first reached on one rank only (say
+        # by data_fingerprint() on rank 0, which alone opens a cache) would hang. One gather brings the shard sizes
+        # and the per-shard digests of the data fingerprint.
+        local = (self.num_local_samples, shard_digest(self._data))
+        gathered = self.dist.all_gather_object(local, "gather of shard sizes and data fingerprints")
+        self._data_fingerprint = combine_digests(digest for _, digest in gathered)
+        return ShardInfo(self.dist.rank, self.dist.world_size, self.dist.backend, tuple(n for n, _ in gathered))
+
+    @property
+    def num_local_samples(self) -> int:
+        """Samples in the data this process holds (its shard when data-parallel)."""
         if self._num_samples is None:
             n = 0
             for i, batch in enumerate(self._data):
@@ -254,7 +286,10 @@ class Problem:
     def data_fingerprint(self) -> str:
         """Content hash of the data as given, batch by batch (:func:`landscape.data.data_fingerprint`).
 
-        Computed on first use and remembered: data mutated in place afterwards are not noticed.
+        Data-parallel, it describes the whole data set independently of the sharding: the per-rank sums of
+        per-sample hashes, gathered at construction, are combined (:func:`landscape.distributed.combine_digests`),
+        so it is the same on every rank and for any number of ranks. Computed on first use (data-parallel: at
+        construction) and remembered: data mutated in place afterwards are not noticed.
         """
         if self._data_fingerprint is None:
             self._data_fingerprint = data_fingerprint(self._data)
@@ -268,6 +303,7 @@ class Problem:
     def batches(self) -> Iterator[PreparedBatch]:
         """Yield every batch on the problem's device/dtype with its weight in the full-data loss."""
         total = self.num_samples
+        local = self.num_local_samples
         seen = 0
         for i, batch in enumerate(self._data):
             x, y = self._prepare(batch, i)
@@ -277,9 +313,9 @@ class Problem:
             seen += size
             weight = size / total if self.reduction == "mean" else 1.0
             yield PreparedBatch(x, y, weight, size)
-        if seen != total:
+        if seen != local:
             raise DataError(
-                f"the data changed size between passes ({total} then {seen} samples): use a loader with "
+                f"the data changed size between passes ({local} then {seen} samples): use a loader with "
                 "drop_last=False and a fixed dataset"
             )
 
@@ -302,6 +338,7 @@ class Problem:
             device=self.device,
             dtype=self.dtype,
             batch_size=batch_size,
+            distributed=self.dist is not None,
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -360,6 +397,8 @@ class Problem:
         with torch.no_grad(), self.evaluation() as forward:
             for i, b in enumerate(self.batches()):
                 total = total + check_finite(self.batch_loss(forward, params, b), "loss", i)
+        if self.dist is not None:
+            self.dist.all_reduce_(total, "all_reduce of the loss")
         return float(total)
 
     def loss_and_grad(self, at: Tensor | None = None) -> tuple[float, Tensor]:
@@ -378,6 +417,13 @@ class Problem:
                 gs = torch.autograd.grad(loss, leaves, allow_unused=True)
                 grad += self.flatten([torch.zeros_like(p) if g is None else g for p, g in zip(leaves, gs, strict=True)])
                 total += float(loss.detach())
+        if self.dist is not None:
+            # One all-reduce for both: the loss rides along as the last entry.
+            both = grad.new_empty(self.num_params + 1, dtype=torch.float64)
+            both[:-1] = grad
+            both[-1] = total
+            self.dist.all_reduce_(both, "all_reduce of loss and gradient")
+            return float(both[-1]), both[:-1].to(self.dtype)
         return total, grad
 
     def check_deterministic(self, *, rtol: float | None = None) -> None:
@@ -413,6 +459,7 @@ class Problem:
             "params": list(self.param_names),
             "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
             "reduction": self.reduction,
+            **({} if self.shard is None else {"distributed": self.shard.to_dict()}),
         }
 
     def __repr__(self) -> str:

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from landscape.operators import hessian
 from landscape.problem import Problem
+from landscape.progress import progress as progress_bar
 from landscape.surface.directions import Directions, filter_normalized, from_vectors
 from landscape.surface.grid import surface
 
@@ -247,6 +248,7 @@ def roughness_index(
     quadratic: bool = True,
     engine: str = "double_backward",
     chunk_size: int | None = None,
+    progress: bool = False,
 ) -> RoughnessIndex:
     """Roughness index of the loss along random filter-normalised directions (Wu, Du, Chen, Zhou).
 
@@ -280,6 +282,8 @@ def roughness_index(
         products) so that the same seed gives bit-identical curvatures; ``"auto"`` picks the fastest by timing.
     chunk_size : int, optional
         Directions per Hessian block product; by default as many as keep the block under 256 MiB (at most 16).
+    progress : bool
+        Show a progress bar over the directions on stderr.
 
     Returns
     -------
@@ -311,7 +315,7 @@ def roughness_index(
 
     coords = None
     curves = np.empty((num, points), dtype=np.float64)
-    for k in range(num):
+    for k in progress_bar(range(num), "roughness directions", progress, unit="direction"):
         # One direction per surface: each curve is a 1D surface under the Problem's mode policy.
         row = Directions(vectors[k : k + 1], dirs.kind, dirs.seed, {**dirs.settings, "row": k})
         s = surface(problem, row, span=(-span, span), resolution=points, accuracy=False)

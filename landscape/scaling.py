@@ -55,6 +55,7 @@ from torch import Tensor
 from landscape.linalg import ConvergenceWarning, top_eigen
 from landscape.operators import hessian
 from landscape.problem import DataError, Problem
+from landscape.progress import progress as progress_bar
 
 OPTIMIZERS = ("sgd", "adam")
 ENGINES = ("double_backward", "forward_over_reverse")
@@ -1022,6 +1023,7 @@ def lr_batch_scaling(
     noise: bool = True,
     noise_pairs: int = 32,
     engine: str = "double_backward",
+    progress: bool = False,
 ) -> ScalingReport:
     """How the batch Hessian's top eigenvalue, and with it the maximal stable learning rate, change with batch size.
 
@@ -1056,6 +1058,8 @@ def lr_batch_scaling(
         Small batches for the noise scale.
     engine : str
         Hessian-vector product engine.
+    progress : bool
+        Show a progress bar over the batch sizes on stderr.
 
     Returns
     -------
@@ -1084,7 +1088,8 @@ def lr_batch_scaling(
     sizes = requested if requested[-1] == n else [*requested, n]
 
     sharp = tuple(
-        batch_sharpness(problem, B, num_batches=num_batches, seed=seed, tol=tol, engine=engine) for B in sizes
+        batch_sharpness(problem, B, num_batches=num_batches, seed=seed, tol=tol, engine=engine)
+        for B in progress_bar(sizes, "batch sizes", progress, unit="batch size")
     )
     B_arr = np.asarray(sizes, dtype=np.int64)
     means = np.array([s.mean for s in sharp])

@@ -75,6 +75,7 @@ from landscape.linalg.probes import SeedLike, make_generator, sample_probes, see
 from landscape.linalg.results import EigenResult, Estimate, FrobeniusEstimate
 from landscape.operators import hessian
 from landscape.problem import Problem
+from landscape.progress import progress as progress_bar
 
 # A first-order gain rho ||T g||_q below FLAT_ULPS units of rounding of L(w) means the gradient carries no direction.
 FLAT_ULPS = 64
@@ -985,6 +986,7 @@ def sharpness(
     average: bool = True,
     keskar: bool = True,
     engine: str = "double_backward",
+    progress: bool = False,
 ) -> Sharpness:
     """Curvature summaries and every sharpness measure of the current point, in one report.
 
@@ -1021,6 +1023,8 @@ def sharpness(
     engine
         Hessian-vector product engine; fixed by default (with column-by-column blocks) so the same seed gives
         bit-identical results, ``"auto"`` picks the fastest by timing.
+    progress : bool
+        Show a progress bar over the parts (eigenvalue, trace, ..., each SAM ascent, the average-case draws) on stderr.
 
     Returns
     -------
@@ -1036,28 +1040,48 @@ def sharpness(
         )
     lam = tr = fro = None
     settings: dict[str, Any] = {"problem": problem.describe()}
+    parts = [eigen, trace, frobenius, sam, sam, sam, asam, average, keskar, keskar and subspace_dim is not None]
+    bar = progress_bar(sum(bool(p) for p in parts), "sharpness", progress, unit="part")
+
+    def done(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update(1)
+
     if eigen or trace or frobenius:
         op = hessian(problem, engine=engine, block="loop" if engine != "auto" else "auto")
         if eigen:
             lam = top_eigen(op, 1, seed=seed)
+            done("lambda_max")
         if trace:
             tr = estimate_trace(op, method=trace_method, num_matvecs=num_matvecs, seed=seed)
+            done("trace")
         if frobenius:
             fro = frobenius_norm(op, num_matvecs=num_matvecs, seed=seed)
+            done("Frobenius")
         settings["hessian"] = {"engine": op.engine, "block": op.block, "chosen": dict(op.chosen)}
     sam1 = sam2 = saminf = asam_r = None
     if sam:
         sam1 = sam_sharpness(problem, rho, p=2, m=m, steps=0, seed=seed)
+        done("SAM first order")
         sam2 = sam_sharpness(problem, rho, p=2, m=m, steps=steps, seed=seed)
+        done("SAM")
         saminf = sam_sharpness(problem, rho, p=math.inf, m=m, steps=steps, seed=seed)
+        done("SAM p=inf")
     if asam:
         asam_r = sam_sharpness(problem, rho, p=2, adaptive=True, eta=eta, m=m, steps=steps, seed=seed)
-    avg = average_sharpness(problem, rho, num_samples=num_samples, seed=seed) if average else None
+        done("ASAM")
+    avg = None
+    if average:
+        avg = average_sharpness(problem, rho, num_samples=num_samples, seed=seed)
+        done("average")
     kes = kes_sub = None
     if keskar:
         kes = keskar_sharpness(problem, eps, maxiter=maxiter, seed=seed)
+        done("Keskar")
         if subspace_dim is not None:
             kes_sub = keskar_sharpness(problem, eps, subspace_dim=subspace_dim, maxiter=maxiter, seed=seed)
+            done("Keskar subspace")
+    bar.close()
     settings.update(
         {
             "steps": steps,

@@ -219,11 +219,13 @@ def _join(cls: type, prefix: str, arrays: dict[str, np.ndarray], rest: dict[str,
     return cls(**{k: v for k, v in rest.items() if k in names}, **own)
 
 
-def _krylov(op: CurvatureOperator, num_probes: int, num_steps: int, gen: torch.Generator, keep_basis: bool):
+def _krylov(
+    op: CurvatureOperator, num_probes: int, num_steps: int, gen: torch.Generator, keep_basis: bool, progress: bool
+):
     V0 = sample_probes(
         op.shape[0], num_probes, distribution="rademacher", seed=gen, dtype=op.dtype, device=op.device, normalize=True
     )
-    return lanczos(op, num_steps, v0=V0, seed=gen, restart_on_breakdown=False, keep_basis=keep_basis)
+    return lanczos(op, num_steps, v0=V0, seed=gen, restart_on_breakdown=False, keep_basis=keep_basis, progress=progress)
 
 
 def spectrum(
@@ -241,6 +243,7 @@ def spectrum(
     sigma: float | None = None,
     seed: SeedLike = 0,
     cache: Cache | str | os.PathLike[str] | None = None,
+    progress: bool = False,
 ) -> Spectrum:
     """Top-``k`` eigenvalues, trace, Frobenius norm, spectral density and LLA criteria from one Krylov pass.
 
@@ -272,6 +275,8 @@ def spectrum(
         model state, data, mode policy) and every setting above; a later identical call returns the stored
         :class:`Spectrum` (its ``wall_time`` and ``num_matvecs`` are those of the original computation) without
         computing anything. Needs a :class:`Problem`.
+    progress
+        Show a progress bar over the Lanczos steps (and one per data subset) on stderr; never part of the cache key.
     """
     settings = {
         "engine": engine,
@@ -286,18 +291,22 @@ def spectrum(
         "sigma": sigma,
         "seed": seed,
     }
-    if cache is None:
-        return _compute(problem_or_op, **settings)
-    if not isinstance(problem_or_op, Problem):
+    # Data-parallel, rank 0's cache decides (the others' is ignored), so every rank takes the same path.
+    data_parallel = isinstance(problem_or_op, Problem) and problem_or_op.dist is not None
+    if cache is None and not data_parallel:
+        return _compute(problem_or_op, **settings, progress=progress)
+    if cache is not None and not isinstance(problem_or_op, Problem):
         raise TypeError(
             f"cache= needs a Problem, got a {type(problem_or_op).__name__}: an operator alone has no content key "
             "(its parameters and data are unknown). Pass the Problem, or drop cache="
         )
-    if isinstance(seed, torch.Generator):
+    if cache is not None and isinstance(seed, torch.Generator):
         raise TypeError(
             "cache= needs an int seed: a torch.Generator's draws depend on its state, which the cache key cannot "
             "record. Pass seed=<int>, or drop cache="
         )
+    if data_parallel:
+        return _cached_data_parallel(problem_or_op, settings, cache, progress)
     with opened(cache) as store:
         key = store.key_for(problem_or_op, "spectrum", settings)
         entry = store.get(key)
@@ -308,10 +317,54 @@ def spectrum(
                     "untouched. Fix: use another output directory"
                 )
             return Spectrum.from_arrays(entry.arrays, entry.attrs, device=problem_or_op.device)
-        result = _compute(problem_or_op, **settings)
+        result = _compute(problem_or_op, **settings, progress=progress)
         arrays, attrs = result.to_arrays()
         store.put(key, "spectrum", arrays, attrs)
         return result
+
+
+def _cached_data_parallel(
+    problem: Problem, settings: dict[str, Any], cache: Cache | str | os.PathLike[str], progress: bool
+) -> Spectrum:
+    """:func:`spectrum` through the cache on a data-parallel Problem: rank 0 alone opens, reads and writes it.
+
+    Rank 0 looks the key up and broadcasts what it found (or its error, so no rank waits for it forever); on a
+    miss every rank computes (the products are all-reduced) and rank 0 stores the result. Rank 0's ``cache``
+    decides (``None``: none); the others' is ignored.
+    """
+    dp = problem.dist
+    key = None
+    found: tuple[dict, dict] | None = None
+    error: Exception | None = None
+    if dp.rank == 0 and cache is not None:
+        try:
+            with opened(cache) as store:
+                key = store.key_for(problem, "spectrum", settings)
+                entry = store.get(key)
+                if entry is not None and entry.kind != "spectrum":
+                    raise CacheError(
+                        f"{store.path}: the entry {key[:12]}... is a {entry.kind!r}, not a spectrum; the file was "
+                        "left untouched. Fix: use another output directory"
+                    )
+                found = None if entry is None else (entry.arrays, entry.attrs)
+        except Exception as err:  # every rank must hear of it
+            error = err
+    reply = dp.broadcast_object(
+        {"found": found, "error": None if error is None else f"{type(error).__name__}: {error}"},
+        "broadcast of a cache lookup",
+    )
+    if error is not None:
+        raise error
+    if reply["error"] is not None:
+        raise CacheError(f"rank {dp.rank}: rank 0 could not read the cache: {reply['error']}")
+    if reply["found"] is not None:
+        return Spectrum.from_arrays(*reply["found"], device=problem.device)
+    result = _compute(problem, **settings, progress=progress and dp.rank == 0)
+    if dp.rank == 0 and cache is not None:
+        arrays, attrs = result.to_arrays()
+        with opened(cache) as store:
+            store.put(key, "spectrum", arrays, attrs)
+    return result
 
 
 def _compute(
@@ -328,6 +381,7 @@ def _compute(
     tol: float,
     sigma: float | None,
     seed: SeedLike,
+    progress: bool = False,
 ) -> Spectrum:
     t0 = time.perf_counter()
     if isinstance(problem_or_op, Problem):
@@ -346,7 +400,7 @@ def _compute(
         raise ValueError(f"k must be between 1 and num_steps={num_steps}, got {k}")
     gen = make_generator(seed)
     before = op.num_matvecs
-    dec = _krylov(op, num_probes, num_steps, gen, keep_basis=eigenvectors)
+    dec = _krylov(op, num_probes, num_steps, gen, keep_basis=eigenvectors, progress=progress)
     density = SpectralDensity.from_lanczos(dec, op.shape[0], sigma=sigma)
     values, residuals, bounds, converged, vectors = _top_ritz(dec, k, tol)
     moments = density.moments(2)
@@ -370,7 +424,12 @@ def _compute(
         traces, lmax, sizes = [], [], []
         for part in parts:
             sub = _krylov(
-                OPERATORS[operator](part, engine=engine, block=block), num_probes, num_steps, gen, keep_basis=False
+                OPERATORS[operator](part, engine=engine, block=block),
+                num_probes,
+                num_steps,
+                gen,
+                keep_basis=False,
+                progress=progress,
             )
             sub_density = SpectralDensity.from_lanczos(sub, P)
             traces.append(sub_density.trace().value)

@@ -80,35 +80,68 @@ TINY = (
 )
 
 
+NOT_TINY = (
+    "from landscape.models import mlp\n\n\ndef wide():\n    return mlp(in_features=10, hidden=(8,), out_features=10)\n"
+)
+PROGRESS_MARKS = ("%|", "it/s", "s/it", "step/s", "point/s")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from concurrent.futures import ThreadPoolExecutor
 
+    from landscape.models import mlp
+
     root = tmp_path_factory.mktemp("cli")
-    (root / "mymodels.py").write_text(TINY)
+    (root / "mymodels.py").write_text(TINY + "\n\n" + NOT_TINY)
+    torch.save(mlp(in_features=64, hidden=(8,), out_features=10, seed=1).state_dict(), root / "a.pt")
+    torch.save(mlp(in_features=64, hidden=(8,), out_features=10, seed=2).state_dict(), root / "b.pt")
+    torch.save(mlp(in_features=64, hidden=(4,), out_features=10, seed=2).state_dict(), root / "other.pt")
     tiny = ("--model", "mymodels:small", "--quiet", "--json")
 
-    def job(name, *args):
+    def job(name, *args, out=True):
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one process per core
-        cmd = [sys.executable, "-m", "landscape.cli", *args, "--out", str(root / name)]
+        cmd = [sys.executable, "-m", "landscape.cli", *args, *(("--out", str(root / name)) if out else ())]
         return subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300, env=env)
 
-    def surface_twice():
-        args = ("surface", "--quiet", "--json", "--resolution", "5", "--span", "0.5")
-        return job("surface", *args), job("surface", *args)
+    def twice(name, *args):
+        """The same command twice into one --out: the second run must answer from the cache."""
+        return job(name, *args), job(name, *args)
 
+    def surface_runs():
+        args = ("surface", "--quiet", "--json", "--resolution", "5", "--span", "0.5")
+        first, second = twice("surface", *args)
+        # Same --out, another model: a notice names the stored entries, nothing is overwritten.
+        other = job("surface", "surface", "--json", "--resolution", "5", "--span", "0.5", "--model", "mymodels:small")
+        return first, second, other, job("surface", *args)
+
+    def corrupt_cache():
+        (root / "corrupt").mkdir()
+        (root / "corrupt" / "landscape.h5").write_bytes(b"not an HDF5 file")
+        args = ("trace", "--model", "mymodels:small", "--num-matvecs", "4")
+        return job("corrupt", *args), job("corrupt", *args, "--debug")
+
+    interpolation = ("--resolution", "9", "--span", "-0.5", "1.5", "--from", "a.pt", "--to", "b.pt")
     jobs = {
-        "eigen": lambda: job("eigen", "eigen", *tiny, "--top-k", "2", "--seed", "3"),
-        "trace": lambda: job("trace", "trace", *tiny, "--method", "hutchinson", "--num-matvecs", "20", "--seed", "5"),
-        "density": lambda: job("density", "density", "--quiet", "--json", "--probes", "2", "--steps", "10"),
-        "surface": surface_twice,
-        "sharpness": lambda: job("sharpness", "sharpness", "--json", "--quiet", "--steps", "2", "--num-samples", "4"),
-        "roughness": lambda: job("roughness", "roughness", *tiny, "--num-directions", "4", "--points", "5"),
-        "stability": lambda: job(
+        # Not --quiet: stderr is a pipe, not a terminal, so there must be no progress bar anyway.
+        "eigen": lambda: twice("eigen", "eigen", "--model", "mymodels:small", "--json", "--top-k", "2", "--seed", "3"),
+        "trace": lambda: twice("trace", "trace", *tiny, "--method", "hutchinson", "--num-matvecs", "20", "--seed", "5"),
+        "density": lambda: twice("density", "density", "--json", "--probes", "2", "--steps", "10"),
+        "surface": surface_runs,
+        "interpolate": lambda: twice("interpolate", "interpolate", *tiny, *interpolation),
+        "sharpness": lambda: twice(
+            "sharpness", "sharpness", *tiny, "--steps", "2", "--num-samples", "4", "--num-matvecs", "10"
+        ),
+        "roughness": lambda: twice("roughness", "roughness", *tiny, "--num-directions", "4", "--points", "5"),
+        "stability": lambda: twice(
             "stability", "stability", *tiny, "--optimizer", "sgd", "--lr", "5", "--momentum", "0.5"
         ),
-        "scaling": lambda: job("scaling", "scaling", *tiny, "--batch-sizes", "16,64", "--num-batches", "2"),
+        "scaling": lambda: twice("scaling", "scaling", *tiny, "--batch-sizes", "16,64", "--num-batches", "2"),
+        "spectrum": lambda: twice("spectrum", "spectrum", *tiny, "--top-k", "2", "--probes", "2", "--steps", "8"),
         "bad_optimizer": lambda: job("bad", "stability", "--optimizer", "nope"),
+        "wrong_data": lambda: job("wrong", "trace", "--model", "mymodels:wide", "--quiet"),
+        "wrong_to": lambda: job("wrong_to", "interpolate", "--model", "mymodels:small", "--to", "other.pt"),
+        "corrupt": corrupt_cache,
     }
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
         futures = {name: pool.submit(fn) for name, fn in jobs.items()}
@@ -129,11 +162,15 @@ def _tiny_problem(root, monkeypatch, seed):
     return build_problem("mymodels:small", params=(), mode="eval", dtype=None, seed=seed, quiet=True, **kw)
 
 
+def _first(results, name) -> dict:
+    return _json(results[name][0])
+
+
 def test_eigen_matches_the_python_api(runs, monkeypatch):
     from landscape import hessian, top_eigen
 
     root, results = runs
-    out = _json(results["eigen"])
+    out = _first(results, "eigen")
     ref = top_eigen(hessian(_tiny_problem(root, monkeypatch, 3)), k=2, seed=3)
     assert out["eigenvalues"] == pytest.approx(ref.values.tolist(), rel=1e-6)
     assert out["residuals"] == pytest.approx(ref.residuals.tolist(), rel=1e-3, abs=1e-9)
@@ -144,7 +181,7 @@ def test_trace_matches_the_python_api(runs, monkeypatch):
     from landscape import hessian, trace
 
     root, results = runs
-    out = _json(results["trace"])
+    out = _first(results, "trace")
     ref = trace(hessian(_tiny_problem(root, monkeypatch, 5)), method="hutchinson", num_matvecs=20, seed=5)
     assert out["method"] == ref.method == "hutchinson" and out["num_matvecs"] == ref.num_matvecs
     assert out["value"] == pytest.approx(float(ref.value), rel=1e-6)
@@ -153,31 +190,73 @@ def test_trace_matches_the_python_api(runs, monkeypatch):
 
 def test_density_writes_plot(runs):
     root, results = runs
-    out = _json(results["density"])
+    out = _first(results, "density")
     assert out["support"][0] <= out["support"][1] and out["trace_stderr"] >= 0
     assert (root / "density" / "density.png").stat().st_size > 1000
 
 
 def test_surface_second_run_comes_from_cache(runs):
     root, results = runs
-    first, second = (_json(r) for r in results["surface"])
+    first, second = (_json(r) for r in results["surface"][:2])
     assert first["points_from_cache"] == 0 and second["points_from_cache"] == second["num_points"] == 25
+    assert not first["from_cache"] and second["from_cache"]
     assert second["loss"] == first["loss"]
     assert first["min_loss"] <= first["centre_loss"] <= first["max_loss"]
     assert (root / "surface" / "landscape.h5").exists() and (root / "surface" / "surface.png").stat().st_size > 1000
 
 
+def test_interpolate_matches_the_python_api(runs, monkeypatch):
+    from landscape.checkpoint import load_checkpoint
+    from landscape.models import mlp
+    from landscape.surface import interpolate
+
+    root, results = runs
+    out = _first(results, "interpolate")
+    a, b = (mlp(in_features=64, hidden=(8,), out_features=10) for _ in range(2))
+    load_checkpoint(a, root / "a.pt")
+    load_checkpoint(b, root / "b.pt")
+    ref = interpolate(_tiny_problem(root, monkeypatch, 0), a, b, span=(-0.5, 1.5), resolution=9)
+    assert out["coords"] == ref.coords[0].tolist() and out["loss"] == ref.loss.tolist()
+    assert out["accuracy"] == ref.accuracy.tolist()
+    assert out["loss_from"] == ref.loss[2] and out["loss_to"] == ref.loss[6] and out["barrier"] >= 0
+    for ext in ("png", "pdf"):
+        assert (root / "interpolate" / f"interpolation.{ext}").stat().st_size > 1000
+    assert json.loads((root / "interpolate" / "interpolate.json").read_text())["loss"] == out["loss"]
+
+
 def test_sharpness_roughness_stability_scaling(runs):
     root, results = runs
-    sharp = _json(results["sharpness"])
+    sharp = _first(results, "sharpness")
     assert "keskar" not in sharp and sharp["sam"]["value"] > 0 and sharp["lambda_max"]
-    rough = _json(results["roughness"])
+    rough = _first(results, "roughness")
     assert rough["value"] >= 0 and len(rough["total_variations"]) == 4
-    unstable = _json(results["stability"])  # lr = 5 is unstable for this model; the exit code is still 0
+    unstable = _first(results, "stability")  # lr = 5 is unstable for this model; the exit code is still 0
     assert unstable["optimizer"] in ("sgd", "heavy_ball") and unstable["stable"] is False and unstable["criteria"]
-    scaling = _json(results["scaling"])
+    scaling = _first(results, "scaling")
     assert scaling["batch_sizes"][:2] == [16, 64] and len(scaling["lambda_mean"]) == len(scaling["batch_sizes"])
     assert (root / "scaling" / "scaling.json").exists()
+
+
+CACHED = ("eigen", "trace", "density", "interpolate", "sharpness", "roughness", "stability", "scaling", "spectrum")
+
+
+@pytest.mark.parametrize("name", CACHED)
+def test_second_run_answers_from_the_cache(runs, name):
+    root, results = runs
+    first, second = (_json(r) for r in results[name][:2])
+    assert first.pop("from_cache") is False and second.pop("from_cache") is True
+    # The same numbers, wall times included: nothing was recomputed.
+    assert json.dumps(second, sort_keys=True) == json.dumps(first, sort_keys=True)
+    assert (root / name / "landscape.h5").exists()
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(runs):
+    _, results = runs
+    eigen = results["eigen"][0]  # run without --quiet
+    assert eigen.returncode == 0 and not any(mark in eigen.stderr for mark in PROGRESS_MARKS), eigen.stderr
+    for name in CACHED:
+        for r in results[name]:
+            assert not any(mark in r.stderr for mark in PROGRESS_MARKS), (name, r.stderr)
 
 
 def test_analysis_commands_reject_bad_input_in_one_line(runs):
@@ -185,3 +264,38 @@ def test_analysis_commands_reject_bad_input_in_one_line(runs):
     r = results["bad_optimizer"]
     assert r.returncode == 2 and "--optimizer 'nope'" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_data_that_does_not_fit_the_model_names_both_shapes(runs):
+    _, results = runs
+    r = results["wrong_data"]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "the data do not fit the model" in r.stderr and "(512, 64)" in r.stderr and "(N, 10)" in r.stderr
+
+
+def test_second_checkpoint_that_does_not_fit_lists_the_keys(runs):
+    _, results = runs
+    r = results["wrong_to"]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "--to other.pt" in r.stderr and "0.weight" in r.stderr and "shape" in r.stderr
+
+
+def test_corrupt_cache_is_one_line_and_exit_2_with_traceback_only_under_debug(runs):
+    root, results = runs
+    plain, debug = results["corrupt"]
+    assert plain.returncode == 2 and len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+    assert "landscape.h5" in plain.stderr and "not an HDF5 file" in plain.stderr and "Traceback" not in plain.stderr
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert (root / "corrupt" / "landscape.h5").read_bytes() == b"not an HDF5 file"  # never overwritten
+
+
+def test_cache_of_another_model_is_reported_and_kept(runs):
+    _, results = runs
+    first, _, other, again = results["surface"]
+    assert other.returncode == 0, other.stderr
+    notice = [line for line in other.stderr.splitlines() if line.startswith("note:")]
+    assert len(notice) == 1 and "1 earlier surface result" in notice[0], other.stderr
+    assert "another architecture" in notice[0] and "other weights" in notice[0] and "kept" in notice[0]
+    assert not _json(other)["from_cache"]
+    rerun = _json(again)  # the first model's entry is still there: answered from the cache
+    assert rerun["from_cache"] and rerun["loss"] == _json(first)["loss"]

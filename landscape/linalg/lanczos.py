@@ -32,6 +32,7 @@ from landscape.linalg._common import Provenance, draw
 from landscape.linalg.probes import Distribution, SeedLike, make_generator
 from landscape.linalg.results import ConvergenceWarning, EigenResult
 from landscape.operators.base import CurvatureOperator
+from landscape.progress import progress as progress_bar
 
 Which = Literal["LA", "SA", "LM"]
 WHICH: tuple[str, ...] = ("LA", "SA", "LM")
@@ -241,6 +242,7 @@ def lanczos(
     distribution: Distribution = "rademacher",
     restart_on_breakdown: bool = True,
     keep_basis: bool = True,
+    progress: bool = False,
 ) -> LanczosDecomposition:
     """Run ``num_steps`` Lanczos steps with full reorthogonalisation from one or several start vectors.
 
@@ -268,6 +270,8 @@ def lanczos(
         exact; right for SLQ) and :attr:`LanczosDecomposition.steps` records the shorter length.
     keep_basis
         Return the Lanczos vectors (``p * n * m`` numbers).
+    progress
+        Show a progress bar over the steps on stderr (:func:`landscape.progress.progress`).
 
     Returns
     -------
@@ -283,8 +287,10 @@ def lanczos(
     V0 = _start_block(op, v0, num_probes, gen, distribution)
     steps = min(int(num_steps), n)
     state = _BatchedLanczos(op, V0, steps, generator=gen, restart=restart_on_breakdown, distribution=distribution)
-    while not state.done:
-        state.step()
+    with progress_bar(steps, "Lanczos", progress, unit="step") as bar:
+        while not state.done:
+            state.step()
+            bar.update(1)
     m = int(state.steps.max())
     basis = state.Q[:, :m].transpose(1, 2) if keep_basis else None
     return LanczosDecomposition(
@@ -438,6 +444,7 @@ def _lanczos_top(
     max_matvecs: int | None,
     v0: Tensor | None,
     seed: SeedLike,
+    progress: bool = False,
 ) -> EigenResult:
     prov = Provenance(op, seed)
     n = op.shape[0]
@@ -452,8 +459,10 @@ def _lanczos_top(
     state = _BatchedLanczos(op, V0, budget, generator=gen, restart=True, distribution="gaussian")
     last_check = 0
     result = None
+    bar = progress_bar(budget, "top eigenvalues", progress, unit="step")
     while True:
         state.step()
+        bar.update(1)
         m = int(state.steps[0])
         restarts = state.restarts[0]
         just_restarted = bool(restarts) and restarts[-1] == m
@@ -474,6 +483,7 @@ def _lanczos_top(
             break
         if wanted.size == k and converged.all() and _verified(alphas, betas, restarts, k, which, tol * scale):
             break
+    bar.close()
     theta, Y, wanted, residuals, converged, scale = result
     m = int(state.steps[0])
     Yw = torch.as_tensor(Y[:, wanted], dtype=op.dtype, device=op.device)
@@ -505,6 +515,7 @@ def top_eigen(
     max_matvecs: int | None = None,
     v0: Tensor | None = None,
     seed: SeedLike = 0,
+    progress: bool = False,
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator.
 
@@ -540,6 +551,8 @@ def top_eigen(
         Warm start ``(n,)`` or ``(n, j)`` (e.g. the vectors of a previous result).
     seed
         Seed or generator for the random start.
+    progress
+        Show a progress bar over the Lanczos steps (the budget; a run that converges stops early) on stderr.
 
     Returns
     -------
@@ -547,7 +560,7 @@ def top_eigen(
     """
     check_top_eigen_args(op, k, which, tol, max_matvecs)
     if method == "lanczos":
-        return _lanczos_top(op, k, which, tol, max_matvecs, v0, seed)
+        return _lanczos_top(op, k, which, tol, max_matvecs, v0, seed, progress)
     if method == "power":
         from landscape.linalg.power import power_iteration
 

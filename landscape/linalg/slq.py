@@ -222,6 +222,7 @@ def spectral_density(
     seed: SeedLike = 0,
     distribution: Distribution = "rademacher",
     sigma: float | None = None,
+    progress: bool = False,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature of the spectral density (see the module docstring).
 
@@ -240,6 +241,8 @@ def spectral_density(
         ``"rademacher"`` (default), ``"gaussian"`` or ``"sphere"`` before normalisation.
     sigma
         Smoothing width to record; default the resolution ``(theta_max - theta_min) / num_steps``.
+    progress
+        Show a progress bar over the Lanczos steps (all probes advance together) on stderr.
 
     Returns
     -------
@@ -250,7 +253,14 @@ def spectral_density(
     gen = make_generator(seed)
     V0 = draw(op, num_probes, distribution, gen, normalize=True)
     decomposition = lanczos(
-        op, num_steps, v0=V0, seed=gen, distribution=distribution, restart_on_breakdown=False, keep_basis=False
+        op,
+        num_steps,
+        v0=V0,
+        seed=gen,
+        distribution=distribution,
+        restart_on_breakdown=False,
+        keep_basis=False,
+        progress=progress,
     )
     # The inner call saw a generator; record the caller's seed instead.
     decomposition = replace(decomposition, seed=seed_record(seed))

@@ -57,11 +57,26 @@ from landscape.linalg.probes import Distribution, SeedLike, check_distribution, 
 from landscape.linalg.results import Estimate
 from landscape.operators.base import CurvatureOperator
 from landscape.problem import Problem
+from landscape.progress import progress as progress_bar
 
 TraceMethod = Literal["auto", "exact", "hutch++", "hutchinson", "xtrace"]
 TRACE_METHODS: tuple[str, ...] = ("auto", "exact", "hutch++", "hutchinson", "xtrace")
 TRACE_ESTIMATORS: tuple[str, ...] = ("hutch++", "hutchinson", "xtrace")
 MIN_MATVECS = {"hutchinson": 1, "hutch++": 3, "xtrace": 4}
+
+
+class _Counted(CurvatureOperator):
+    """``op`` whose products advance a progress bar by their number of columns (one update per block product)."""
+
+    def __init__(self, op: CurvatureOperator, bar: object):
+        super().__init__(op.shape[0], op.dtype, op.device)
+        self.op = op
+        self.bar = bar
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        out = self.op @ V
+        self.bar.update(V.shape[1])
+        return out
 
 
 def _start(
@@ -281,6 +296,7 @@ def trace(
     adaptive: bool = True,
     rtol: float | None = None,
     atol: float | None = None,
+    progress: bool = False,
 ) -> Estimate:
     """``tr(H)``: exact from the exact diagonal where supported, else estimated from ``num_matvecs`` products.
 
@@ -315,6 +331,8 @@ def trace(
         deflates (the papers' fixed split).
     rtol, atol
         Hutchinson only: stop once ``stderr <= max(atol, rtol |estimate|)``.
+    progress
+        Show a progress bar over the estimator's products on stderr (advanced once per block product).
 
     Returns
     -------
@@ -348,6 +366,9 @@ def trace(
                 samples=None,
                 settings=exact_settings(exact, method, "trace"),
             )
+    bar = progress_bar(num_matvecs, f"trace ({estimator})", progress, unit="matvec")
+    if progress:
+        op = _Counted(op, bar)
     if estimator == "hutchinson":
         est = hutchinson(
             op,
@@ -363,4 +384,5 @@ def trace(
         est = fn(
             op, num_matvecs=num_matvecs, seed=seed, distribution=distribution, block_size=block_size, adaptive=adaptive
         )
+    bar.close()
     return with_note(est, method, reason, start)

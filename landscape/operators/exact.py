@@ -436,6 +436,8 @@ def exact_diagonal(op: CurvatureOperator) -> ExactDiagonal:
                 p.grad = None
             num_batches += 1
     flat = torch.cat([totals[n].reshape(-1) for n in problem.param_names])
+    if problem.dist is not None:  # data-parallel: each rank summed its shard's weighted share
+        problem.dist.all_reduce_(flat, "all_reduce of an exact diagonal")
     check_finite(flat.sum(), "exact diagonal", -1)
     return ExactDiagonal(
         value=flat,

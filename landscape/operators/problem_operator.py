@@ -119,6 +119,11 @@ class ProblemOperator(CurvatureOperator):
                         accumulate(total, self._run(self.chosen[w], forward, i, batch, C))
         blocks = [dict_to_block(self.problem, t, C.shape[1], V) for C, t in zip(chunks, totals, strict=True)]
         out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
+        if self.problem.dist is not None:
+            # Data-parallel: this rank's product is its shard's share of the full-data one (batch weights over the
+            # global sample count); one all-reduce per block gives every rank the same full product. The check
+            # below comes after it, so a non-finite product stops every rank alike.
+            out = self.problem.dist.all_reduce_(out.contiguous(), "all_reduce of a curvature-vector product")
         # A sum is non-finite iff some entry is (barring overflow), and costs less than an elementwise check.
         check_finite(out.sum(), "curvature-vector product", -1)
         return out

@@ -385,3 +385,32 @@ def test_an_error_part_way_leaves_the_model_as_it_was():
         surface(problem, filter_normalized(problem, 2, seed=0), resolution=5)
     _assert_same_state(before, _state(case.model))
     assert all(p is params_before[n] for n, p in case.model.named_parameters())
+
+
+class _InputGradient(nn.Module):
+    """A forward that differentiates with respect to its inputs (physics-informed losses do): vmap cannot run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 3, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            u = torch.tanh(self.lin(x)).sum()
+            (g,) = torch.autograd.grad(u, x, create_graph=True)
+        return g
+
+
+def test_a_forward_vmap_cannot_run_falls_back_to_one_point_or_says_so():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(12, 2, generator=g, dtype=torch.float64)
+    problem = Problem(_InputGradient(), nn.MSELoss(), (X, torch.zeros(12, 2, dtype=torch.float64)))
+    d = random(problem, 2, seed=0)
+    one = surface(problem, d, span=(-0.5, 0.5), resolution=3)
+    assert one.loss[1, 1] == problem.loss()
+    auto = surface(problem, d, span=(-0.5, 0.5), resolution=3, batch_points="auto")
+    assert auto.settings["batch_points"] == 1 and "torch.vmap" in auto.settings["memory"]["vmap_unsupported"]
+    np.testing.assert_array_equal(auto.loss, one.loss)
+    with pytest.raises(RuntimeError, match="batch_points=1"):
+        surface(problem, d, span=(-0.5, 0.5), resolution=3, batch_points=2)

@@ -1,0 +1,76 @@
+"""The tiny float64 problem the distributed tests share: built identically in the test process and in every rank."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from landscape.problem import Problem
+
+NUM_SAMPLES = 53
+BATCH_SIZE = 16
+# Uneven shards (and so uneven batch counts, with short last batches) for each world size.
+SHARDS = {1: [53], 2: [31, 22], 3: [20, 11, 22]}
+
+
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(NUM_SAMPLES, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (NUM_SAMPLES,), generator=g)
+    return X, y
+
+
+def model() -> nn.Module:
+    net = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.6 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return net
+
+
+def shard(rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    X, y = data()
+    sizes = SHARDS[world_size]
+    start = sum(sizes[:rank])
+    return X[start : start + sizes[rank]], y[start : start + sizes[rank]]
+
+
+def problem(data_pair: tuple[torch.Tensor, torch.Tensor], loss_fn: nn.Module | None = None, **kwargs) -> Problem:
+    return Problem(model(), loss_fn or nn.CrossEntropyLoss(), data_pair, batch_size=BATCH_SIZE, **kwargs)
+
+
+def analyses(p: Problem) -> dict:
+    """Every quantity the equality tests compare, computed with fixed engines and seeds."""
+    from landscape.linalg import power_iteration, spectral_density, top_eigen, trace
+    from landscape.operators import empirical_fisher, ggn, hessian
+    from landscape.spectrum import spectrum
+    from landscape.surface import directions, surface
+
+    op = hessian(p, engine="double_backward", block="loop")
+    V = torch.randn(p.num_params, 3, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    loss, grad = p.loss_and_grad()
+    eig = top_eigen(op, k=2, seed=0)
+    density = spectral_density(op, num_probes=3, num_steps=10, seed=0)
+    spec = spectrum(p, k=2, num_probes=2, num_steps=10, seed=0, engine="double_backward", block="loop")
+    dirs = directions.filter_normalized(p, num=2, seed=0)
+    surf = surface(p, dirs, span=(-1.0, 1.0), resolution=5)
+    return {
+        "loss": p.loss(),
+        "loss_and_grad": (loss, grad),
+        "hvp": op @ V[:, 0],
+        "hvp_block": op @ V,
+        "ggn_block": ggn(p, engine="forward_over_reverse", block="loop") @ V,
+        "fisher_block": empirical_fisher(p, engine="forward_over_reverse", block="loop") @ V,
+        "top_eigen": eig.values,
+        "power": power_iteration(op, k=1, seed=0, tol=5e-2, max_matvecs=40).values,
+        "trace_hutchpp": trace(op, method="hutch++", num_matvecs=24, seed=0).value,
+        "trace_hutchinson": trace(op, method="hutchinson", num_matvecs=12, seed=0).value,
+        "density_nodes": density.nodes,
+        "density_weights": density.weights,
+        "spectrum_eigenvalues": spec.eigenvalues,
+        "spectrum_trace": spec.trace.value,
+        "surface_loss": surf.loss,
+        "surface_accuracy": surf.accuracy,
+        "num_samples": p.num_samples,
+    }

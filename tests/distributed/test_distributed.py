@@ -1,0 +1,180 @@
+"""Data-parallel analyses on 2 and 3 CPU ranks (gloo) equal the single-process ones; failures end the run cleanly.
+
+Every rank holds an uneven shard of a tiny float64 problem (``_case.SHARDS``). Products, losses and gradients are
+sums over ranks of partial sums, so they match the single-process values to rounding (1e-10 relative here, in
+practice ~1e-15), not bit for bit: the single process adds the batches of the whole data set in order, the ranks add
+their own batches and then the ranks' totals. Across ranks, results are bit-identical (all-reduce hands every rank
+the same sum).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from landscape import distributed
+from landscape.cache import Cache
+from tests.distributed import _case
+from tests.distributed.launch import launch
+
+RTOL = 1e-10
+
+pytestmark = pytest.mark.slow  # every test starts 1 to 3 Python processes
+
+
+def _parts(x) -> list[np.ndarray]:
+    """A result as a list of arrays (a ``(loss, grad)`` pair gives two)."""
+    if isinstance(x, tuple):
+        return [a for v in x for a in _parts(v)]
+    return [x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)]
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return _case.analyses(_case.problem(_case.data()))
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
+def ranks(request, tmp_path_factory) -> tuple[int, list[dict]]:
+    world = request.param
+    out = tmp_path_factory.mktemp(f"analyses{world}")
+    run = launch(world, "analyses", out)
+    assert run.returncodes == (0,) * world, "\n".join(run.outputs)
+    return world, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+COMPARED = [
+    "loss",
+    "loss_and_grad",
+    "hvp",
+    "hvp_block",
+    "ggn_block",
+    "fisher_block",
+    "top_eigen",
+    "power",
+    "trace_hutchpp",
+    "trace_hutchinson",
+    "density_nodes",
+    "density_weights",
+    "spectrum_eigenvalues",
+    "spectrum_trace",
+    "surface_loss",
+    "surface_accuracy",
+]
+
+
+@pytest.mark.parametrize("name", COMPARED)
+def test_uneven_shards_give_single_process_result(ranks, reference, name):
+    _, results = ranks
+    for w, g in zip(_parts(reference[name]), _parts(results[0][name]), strict=True):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=RTOL * np.max(np.abs(w)))
+
+
+def test_every_rank_returns_the_same_bits(ranks):
+    _, results = ranks
+    for other in results[1:]:
+        for name in COMPARED:
+            for x, y in zip(_parts(results[0][name]), _parts(other[name]), strict=True):
+                assert np.array_equal(x, y, equal_nan=True), name
+
+
+def test_describe_records_ranks_and_global_sample_count(ranks):
+    world, results = ranks
+    for rank, res in enumerate(results):
+        info = res["describe"]["distributed"]
+        assert info == {"rank": rank, "world_size": world, "backend": "gloo", "shard_sizes": _case.SHARDS[world]}
+        assert res["describe"]["num_samples"] == res["num_samples"] == _case.NUM_SAMPLES
+
+
+def test_products_cost_one_all_reduce_of_n_values_each(ranks):
+    _, results = ranks
+    for res in results:
+        assert res["bytes_all_reduced"] > 0
+        assert res["bytes_all_reduced"] % 8 == 0  # float64 payloads (surface correct counts are int64)
+
+
+def test_fingerprint_describes_the_whole_data_whatever_the_sharding(ranks):
+    world, results = ranks
+    digests = [distributed.shard_digest([_case.shard(r, w)]) for w in (1, 2, 3) for r in range(w)]
+    whole = distributed.combine_digests(digests[:1])
+    assert distributed.combine_digests(digests[1:3]) == whole == distributed.combine_digests(digests[3:])
+    assert all(res["fingerprint"] == whole for res in results)
+    # Different data, different fingerprint.
+    X, y = _case.data()
+    y = y.clone()
+    y[0] = (y[0] + 1) % 3
+    assert distributed.combine_digests([distributed.shard_digest([(X, y)])]) != whole
+
+
+def _surface_reference() -> np.ndarray:
+    from landscape.surface import directions, surface
+
+    p = _case.problem(_case.data())
+    return surface(p, directions.filter_normalized(p, num=2, seed=0), span=(-1.0, 1.0), resolution=7, chunk=4).loss
+
+
+def test_surface_resumes_with_another_number_of_ranks_after_a_rank_is_killed(tmp_path):
+    cache = tmp_path / "landscape.h5"
+    # Rank 1 of 2 holds 2 batches: its 35th loss evaluation is in the 5th chunk of 4 points.
+    killed = launch(2, "surface", tmp_path, str(cache), "1", "35")
+    assert killed.returncodes[1] == -9
+    assert killed.returncodes[0] not in (0, None), killed.outputs[0]
+    assert "DistributedError" in killed.outputs[0] and "rank 0 of 2" in killed.outputs[0], killed.outputs[0]
+    assert killed.wall_time < 30
+    with Cache(cache, readonly=True) as store:
+        (key,) = store.keys()
+        done = store.get(key).arrays["done"]
+    assert 0 < done.sum() < done.size  # finished chunks kept, the rest to do
+    resumed = launch(3, "surface", tmp_path, str(cache), "-1", "0")
+    assert resumed.returncodes == (0, 0, 0), "\n".join(resumed.outputs)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(3)]
+    assert results[0]["settings"]["cache"]["points_from_cache"] == int(done.sum())
+    want = _surface_reference()
+    for res in results:
+        np.testing.assert_allclose(res["loss"], want, rtol=1e-12)
+    with Cache(cache, readonly=True) as store:
+        entry = store.get(key)
+        assert entry.arrays["done"].all()
+        np.testing.assert_array_equal(entry.arrays["loss"], results[0]["loss"])
+
+
+def test_a_rank_that_raises_ends_the_run_with_a_clear_error(tmp_path):
+    run = launch(2, "raise", tmp_path, dist_timeout=20.0)
+    assert "injected failure on this rank" in run.outputs[1]
+    assert run.returncodes[1] != 0
+    assert run.returncodes[0] != 0
+    assert "DistributedError" in run.outputs[0] and "rank 0 of 2" in run.outputs[0], run.outputs[0]
+    assert run.wall_time < 30
+
+
+def test_a_rank_that_stops_answering_ends_the_run_after_the_timeout(tmp_path):
+    run = launch(2, "hang", tmp_path, timeout=25.0, dist_timeout=4.0, grace=1.0)
+    assert run.returncodes[0] not in (0, None)
+    assert "DistributedError" in run.outputs[0], run.outputs[0]
+    assert run.ended[0] < 20
+
+
+def test_cached_spectrum_is_read_back_on_every_rank(ranks):
+    world, results = ranks
+    for res in results:
+        first, second, _, second_time = res["cached_spectrum"]
+        np.testing.assert_array_equal(first, second)
+        assert second_time == results[0]["cached_spectrum"][3]  # rank 0's stored result, broadcast
+
+
+def test_command_line_under_torchrun_equals_one_process(tmp_path):
+    import json
+
+    args = ["eigen", "--top-k", "2", "--dtype", "float64", "--data", "synthetic", "--quiet", "--json"]
+    run = launch(2, "cli", tmp_path, *args, "--out", str(tmp_path / "ranks"))
+    assert run.returncodes == (0, 0), "\n".join(run.outputs)
+    assert '"eigenvalues"' in run.outputs[0] and '"eigenvalues"' not in run.outputs[1]  # only rank 0 prints
+    assert {p.name for p in (tmp_path / "ranks").iterdir()} <= {"eigen.json", "landscape.h5", "landscape.h5.lock"}
+    assert (tmp_path / "ranks" / "eigen.json").exists()
+    # One process, with the ranks' thread count: the built-in model is trained in float32, whose bits depend on it.
+    single = launch(1, "cli", tmp_path, *args, "--out", str(tmp_path / "single"))
+    assert single.returncodes == (0,), single.outputs[0]
+    got = json.loads((tmp_path / "ranks" / "eigen.json").read_text())["eigenvalues"]
+    want = json.loads((tmp_path / "single" / "eigen.json").read_text())["eigenvalues"]
+    np.testing.assert_allclose(got, want, rtol=1e-10)

@@ -1,0 +1,93 @@
+"""One rank of a distributed test (started by ``launch.py`` with torchrun's environment variables).
+
+``python worker.py SCENARIO OUT [ARGS]``: scenarios ``analyses`` (every compared quantity), ``surface`` (a cached
+surface; ``ARGS = cache kill_rank kill_after``: rank ``kill_rank`` SIGKILLs itself at its ``kill_after``-th loss
+evaluation), ``raise`` (rank 1 raises in its loss part way through Lanczos), ``hang`` (rank 1 stops answering) and
+``cli`` (``ARGS`` are the command line, run as ``torchrun -m landscape`` would).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from landscape import distributed  # noqa: E402
+from tests.distributed import _case  # noqa: E402
+
+
+class Sabotaged(nn.CrossEntropyLoss):
+    """Cross-entropy that misbehaves at its ``after``-th call: ``"kill"`` (SIGKILL), ``"raise"`` or ``"hang"``."""
+
+    def __init__(self, how: str, after: int):
+        super().__init__()
+        self.how = how
+        self.after = after
+        self.calls = 0
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.after:
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if self.how == "raise":
+                raise ValueError("injected failure on this rank")
+            if self.how == "hang":
+                time.sleep(120)
+        return super().forward(outputs, targets)
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    if scenario != "cli":  # the command line initialises the group itself
+        distributed.init()
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    data = _case.shard(rank, world)
+    if scenario == "analyses":
+        p = _case.problem(data)
+        results = _case.analyses(p)
+        results["describe"] = p.describe()
+        results["fingerprint"] = p.data_fingerprint()
+        results["bytes_all_reduced"] = p.dist.bytes_all_reduced
+        from landscape.spectrum import spectrum
+
+        # Rank 0 alone owns the cache; the second call is answered from it on every rank.
+        cache = out / "spectrum.h5" if rank == 0 else None
+        first = spectrum(p, k=2, num_probes=2, num_steps=6, seed=0, cache=cache)
+        second = spectrum(p, k=2, num_probes=2, num_steps=6, seed=0, cache=cache)
+        results["cached_spectrum"] = (first.eigenvalues, second.eigenvalues, first.wall_time, second.wall_time)
+        torch.save(results, out / f"rank{rank}.pt")
+    elif scenario == "surface":
+        from landscape.surface import directions, surface
+
+        cache, kill_rank, kill_after = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+        loss_fn = Sabotaged("kill", kill_after) if rank == kill_rank else nn.CrossEntropyLoss()
+        p = _case.problem(data, loss_fn)
+        dirs = directions.filter_normalized(p, num=2, seed=0)
+        surf = surface(p, dirs, span=(-1.0, 1.0), resolution=7, chunk=4, cache=cache)
+        torch.save({"loss": surf.loss, "settings": surf.settings}, out / f"rank{rank}.pt")
+    elif scenario in ("raise", "hang"):
+        from landscape.linalg import top_eigen
+        from landscape.operators import hessian
+
+        loss_fn = Sabotaged(scenario, 12) if rank == 1 else nn.CrossEntropyLoss()
+        p = _case.problem(data, loss_fn)
+        top_eigen(hessian(p, engine="double_backward", block="loop", graph_memory_limit=0), k=2, seed=0)
+    elif scenario == "cli":
+        from landscape import cli
+
+        sys.argv = ["landscape", *sys.argv[3:]]
+        cli.run()
+    else:
+        raise SystemExit(f"unknown scenario {scenario!r}")
+
+
+if __name__ == "__main__":
+    main()
