@@ -8,12 +8,12 @@ For W1 and W2 (``experiments/workloads.py``) a ``resolution x resolution`` surfa
   that evaluates the same full-data loss (size-weighted over the 4 batches, under ``torch.no_grad``).
 
 Each method runs in a fresh subprocess that loads the trained weights (no backward pass ever runs there) and runs
-the method ``--repeats`` times (default 11 on W1, 1 on W2), each run followed by a timing of the full-data forward
-pass (median of 21); the figure is the median of the per-run ratios time per grid point / forward time, so a load
-spike on a shared machine does not decide it. Peak memory (first run, cold): the kernel's peak-RSS mark (``VmHWM``)
-is reset to the current RSS before the forward passes and again before the method (``/proc/self/clear_refs``), so
-each growth above its own starting RSS is measured on its own; the ratio is method growth / forward growth
-(activations, parameter copies, outputs).
+the method ``--repeats`` times (default 11 on W1, 3 on W2), each run followed by back-to-back full-data forward
+passes for about as long (mean time); the figure is the median of the per-run ratios time per grid point / forward
+time, so a load spike on a shared machine does not decide it. Peak memory (first run, cold): the kernel's peak-RSS
+mark (``VmHWM``) is reset to the current RSS before the forward passes and again before the method
+(``/proc/self/clear_refs``), so each growth above its own starting RSS is measured on its own; the ratio is method
+growth / forward growth (activations, parameter copies, outputs).
 
 Usage::
 
@@ -115,13 +115,17 @@ def worker(name: str, method: str, cfg: dict, state: str, repeats: int) -> dict:
         )
         return f"grid {grid.shape}; centre value {grid[res // 2, res // 2]:.6f} (not the model's loss)"
 
-    def forward_time() -> float:
-        times = []
-        for _ in range(21):
-            t1 = time.perf_counter()
+    def forward_time(seconds: float) -> float:
+        """Mean time of back-to-back forward passes over about as long as the method ran (at most 10 s, at least 21
+        passes): the same exposure to pauses of a shared machine as the method's own total, which a median would
+        hide from the baseline only."""
+        t1 = time.perf_counter()
+        full_loss(w.model, w.batches, loss_fn)
+        count = max(21, round(min(seconds, 10.0) / (time.perf_counter() - t1)))
+        t1 = time.perf_counter()
+        for _ in range(count):
             full_loss(w.model, w.batches, loss_fn)
-            times.append(time.perf_counter() - t1)
-        return statistics.median(times)
+        return (time.perf_counter() - t1) / count
 
     # Cold run: the memory figure (growth of the peak RSS above the start) and the first timing.
     t0 = time.perf_counter()
@@ -129,14 +133,14 @@ def worker(name: str, method: str, cfg: dict, state: str, repeats: int) -> dict:
     elapsed = [time.perf_counter() - t0]
     peak = peak_mb() - base
     points = 5 if method == "forward" else res * res
-    forwards = [forward_time()]
+    forwards = [forward_time(elapsed[0])]
     # Further runs, each followed by its own forward timing: the ratio is the median of the per-run ratios, which
     # keeps a load spike on a shared machine from deciding the figure.
     for _ in range(1, repeats if method != "forward" else 1):
         t0 = time.perf_counter()
         run()
         elapsed.append(time.perf_counter() - t0)
-        forwards.append(forward_time())
+        forwards.append(forward_time(elapsed[-1]))
     ratios = [e / points / f for e, f in zip(elapsed, forwards, strict=True)]
     return {
         "forward_s": statistics.median(forwards),
@@ -162,7 +166,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=21)
     ap.add_argument("--workloads", default="W1,W2")
     ap.add_argument(
-        "--repeats", type=int, default=0, help="surfaces per method (default: 11 on W1, 1 on W2); median ratio"
+        "--repeats", type=int, default=0, help="surfaces per method (default: 11 on W1, 3 on W2); median ratio"
     )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "METHOD", "STATE"), help=argparse.SUPPRESS)
@@ -188,7 +192,7 @@ def main() -> None:
             print(f"## {w.description}", flush=True)
             forward_peak = None
             for method in ["forward", *args.methods.split(",")]:
-                repeats = args.repeats or (11 if name == "W1" else 1)
+                repeats = args.repeats or (11 if name == "W1" else 3)
                 cmd = [sys.executable, __file__, "--worker", name, method, state, "--repeats", str(repeats)]
                 if args.quick:
                     cmd.append("--quick")
