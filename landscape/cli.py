@@ -1001,7 +1001,15 @@ def stability_cmd(optimizer, lr, sgd_batch_size, momentum, out, no_cache, as_jso
     out = Path(out)
 
     def compute() -> tuple[dict, str]:
-        res = stability(problem, optimizer, lr, batch_size=sgd_batch_size, momentum=momentum, seed=kw["seed"])
+        res = stability(
+            problem,
+            optimizer,
+            lr,
+            batch_size=sgd_batch_size,
+            momentum=momentum,
+            seed=kw["seed"],
+            progress=_progress(quiet),
+        )
         return res.to_dict(), res.summary()
 
     config = {

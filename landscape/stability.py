@@ -616,8 +616,10 @@ def _preconditioned_diagonal(op: CurvatureOperator, rule: _Rule) -> dict[str, An
     }
 
 
-def _top(op: CurvatureOperator, k: int, tol: float, seed: int | torch.Generator) -> EigenResult:
-    return top_eigen(op, k, tol=tol, seed=seed)
+def _top(
+    op: CurvatureOperator, k: int, tol: float, seed: int | torch.Generator, progress: bool = False
+) -> EigenResult:
+    return top_eigen(op, k, tol=tol, seed=seed, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------------ per-example
@@ -828,12 +830,12 @@ def _dense_stats(problem: Problem, p: float, shift: float) -> tuple[_SGDStats, i
 
 
 def _matrix_free_stats(
-    problem: Problem, shift: float, gen: torch.Generator, tol: float, num_probes: int
+    problem: Problem, shift: float, gen: torch.Generator, tol: float, num_probes: int, progress: bool = False
 ) -> tuple[_SGDStats, int, int]:
     """SGD statistics without dense matrices: Lanczos, one per-example pass along ``v_1``, Hutchinson probes."""
     _check_per_example(problem)
     op = hessian(problem, engine="double_backward")
-    top = _top(_Transformed(op, shift=shift), 1, tol, gen)
+    top = _top(_Transformed(op, shift=shift), 1, tol, gen, progress)
     lam, v1 = float(top.values[0]), top.vectors[:, 0]
     pe = _PerExample(problem)
     n, P = pe.n, problem.num_params
@@ -860,7 +862,7 @@ def _matrix_free_stats(
     fro_samples = (HZ * HZ).sum(-1).double().cpu().numpy()
     fro_i_samples = fro_i.mean(0).numpy()
     cov = _CovarianceOperator(pe, shift)
-    s2 = float(_top(cov, 1, tol, gen).values[0])
+    s2 = float(_top(cov, 1, tol, gen, progress).values[0])
     details: dict[str, Any] = {"probes": "unit vectors (exact)" if exact_probes else f"{m} Rademacher"}
     if not exact_probes:
         for key, smp in (("trace", tr_samples), ("fro2", fro_samples), ("mean_fro2_i", fro_i_samples)):
@@ -1057,6 +1059,7 @@ def stability(
     tol: float = 1e-5,
     num_probes: int = 16,
     seed: int = 0,
+    progress: bool = False,
 ) -> StabilityReport:
     """Linear-stability criteria of an optimizer at ``lr`` at the Problem's current parameters.
 
@@ -1100,6 +1103,8 @@ def stability(
         Hutchinson probes of the matrix-free SGD statistics (unit vectors, hence exact, when ``P <= num_probes``).
     seed : int
         Seed of a local generator for every random start, probe and sampled batch; the global RNG is never touched.
+    progress : bool
+        Show a progress bar (stderr) over the Lanczos steps of every top-eigenvalue computation.
 
     Returns
     -------
@@ -1149,7 +1154,7 @@ def stability(
 
     if rule.kind == "sam":
         op = hessian(problem, engine="double_backward")
-        lam = float(_top(op, 1, tol, gen).values[0])
+        lam = float(_top(op, 1, tol, gen, progress).values[0])
         matvecs += op.num_matvecs
         if rule.sam == "normalized":
             _, g = problem.loss_and_grad()
@@ -1187,7 +1192,7 @@ def stability(
         scaled = _Transformed(
             op, scale=rule.preconditioner.rsqrt(), shift=rule.weight_decay if rule.kind == "adam" else 0.0
         )
-        lam_p = float(_top(scaled, 1, tol, gen).values[0])
+        lam_p = float(_top(scaled, 1, tol, gen, progress).values[0])
         matvecs += op.num_matvecs
         pre = rule.preconditioner.double()
         diag = _preconditioned_diagonal(op, rule)
@@ -1228,7 +1233,9 @@ def stability(
             if use_exact:
                 stats, per_example = _dense_stats(problem, p, rule.weight_decay)
             else:
-                stats, mv, per_example = _matrix_free_stats(problem, rule.weight_decay, gen, tol, int(num_probes))
+                stats, mv, per_example = _matrix_free_stats(
+                    problem, rule.weight_decay, gen, tol, int(num_probes), progress
+                )
                 matvecs += mv
                 if stats.coherence is None:
                     notes.append(f"coherence criterion {stats.details['coherence']}")
@@ -1245,7 +1252,7 @@ def stability(
             }
         else:
             op = hessian(problem, engine="double_backward")
-            lam = float(_top(_Transformed(op, shift=rule.weight_decay), 1, tol, gen).values[0])
+            lam = float(_top(_Transformed(op, shift=rule.weight_decay), 1, tol, gen, progress).values[0])
             matvecs += op.num_matvecs
             criteria.append(
                 _criterion(

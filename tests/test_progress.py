@@ -62,6 +62,7 @@ def _analyses(problem, on: bool) -> dict:
     from landscape.scaling import lr_batch_scaling
     from landscape.sharpness import sharpness
     from landscape.spectrum import spectrum
+    from landscape.stability import stability
     from landscape.surface import filter_normalized, interpolate, surface
 
     H = hessian(problem, engine="double_backward", block="loop")
@@ -81,6 +82,7 @@ def _analyses(problem, on: bool) -> dict:
             problem, steps=2, num_samples=3, num_matvecs=6, keskar=False, seed=7, progress=on
         ).sam.value,
         "scaling": lr_batch_scaling(problem, [16, 32], num_batches=2, noise=False, seed=8, progress=on).lambda_mean,
+        "stability": stability(problem, "sgd", 0.1, batch_size=16, seed=9, progress=on).criteria[0].value,
     }
     return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in runs.items()}
 
