@@ -171,7 +171,7 @@ def key_for(problem: Any, kind: str, config: Mapping[str, Any]) -> str:
         "kind": str(kind),
         # Without the ranks and shard sizes of a data-parallel run: the data fingerprint describes the whole data
         # set, so a result computed with one number of ranks is reused (a surface resumed) with another.
-        "problem": {k: v for k, v in problem.describe().items() if k != "distributed"},
+        "problem": {k: v for k, v in problem.describe().items() if k not in ("distributed", "replicated")},
         "model": repr(problem.model),
         "loss": _loss_description(problem.loss_fn),
         "config": dict(config),

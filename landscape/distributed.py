@@ -17,6 +17,8 @@ collective, and says that committed cache chunks are kept.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime
 import hashlib
 import os
@@ -30,7 +32,7 @@ from torch import Tensor
 
 DEFAULT_TIMEOUT = 300.0
 TIMEOUT_ENV = "LANDSCAPE_DIST_TIMEOUT"
-DISTRIBUTED_CHOICES = (None, "auto", True, False)
+DISTRIBUTED_CHOICES = (None, "auto", True, False, "replicated")
 
 
 class DistributedError(RuntimeError):
@@ -141,15 +143,32 @@ def resolve(distributed: bool | str | None) -> DataParallel | None:
     """The :class:`DataParallel` a Problem uses, from its ``distributed=`` argument.
 
     ``None``/``"auto"``: data-parallel exactly when ``torch.distributed`` is initialised. ``True``: required (an error
-    if it is not initialised). ``False``: never (each rank analyses its own data alone).
+    if it is not initialised). ``False`` or ``"replicated"``: never (each rank analyses the data it holds alone; see
+    :func:`resolve_replicas`).
     """
-    if distributed not in DISTRIBUTED_CHOICES or (isinstance(distributed, str) and distributed != "auto"):
-        raise ValueError(f"distributed must be None, 'auto', True or False, got {distributed!r}")
-    if distributed is False:
+    if distributed not in DISTRIBUTED_CHOICES or (
+        isinstance(distributed, str) and distributed not in ("auto", "replicated")
+    ):
+        raise ValueError(f"distributed must be None, 'auto', True, False or 'replicated', got {distributed!r}")
+    if distributed is False or distributed == "replicated":
         return None
     if distributed is True:
         return DataParallel()
     return DataParallel() if dist.is_available() and dist.is_initialized() else None
+
+
+def resolve_replicas(distributed: bool | str | None) -> DataParallel | None:
+    """For ``distributed="replicated"`` (every rank holds the whole data set): the group over which the *work* of a
+    loss surface is split, grid points dealt out to ranks. Products and losses stay local (no communication).
+    An error if no process group is initialised."""
+    if distributed != "replicated":
+        return None
+    if not (dist.is_available() and dist.is_initialized()):
+        raise DistributedError(
+            "distributed='replicated' needs an initialised process group: call landscape.distributed.init() "
+            "(under torchrun) first"
+        )
+    return DataParallel()
 
 
 def init(*, backend: str | None = None, timeout: float | None = None, device: torch.device | str | None = None) -> bool:
@@ -182,7 +201,16 @@ def init(*, backend: str | None = None, timeout: float | None = None, device: to
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+    # A group left to the interpreter's teardown can abort the process ("terminate called without an active
+    # exception", exit -6) after all the work is done: the group this call made is destroyed at exit.
+    atexit.register(_destroy)
     return True
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def get_rank() -> int:

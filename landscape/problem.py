@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscape.data import data_fingerprint
-from landscape.distributed import DataParallel, ShardInfo, combine_digests, resolve, shard_digest
+from landscape.distributed import DataParallel, ShardInfo, combine_digests, resolve, resolve_replicas, shard_digest
 
 Batch = tuple[Tensor, Tensor]
 ParamDict = dict[str, Tensor]
@@ -98,6 +98,9 @@ class Problem:
         the data (uneven shards allowed); losses, gradients and curvature products are summed over ranks with the
         batch weights taken over the *global* sample count, so every rank gets the full-data result. ``None`` or
         ``"auto"`` (default): when a process group is initialised; ``True``: required; ``False``: never.
+        ``"replicated"``: every rank holds the *whole* data set; products and losses are computed locally, and a
+        loss surface deals its grid points out to the ranks (each point evaluated on one rank, bit-identical to
+        one process), gathered once per chunk.
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class Problem:
 
         self._data = self._normalise_data(data, batch_size)
         self.dist: DataParallel | None = resolve(distributed)
+        self.replicas: DataParallel | None = resolve_replicas(distributed)
         self._num_samples: int | None = None
         self._shard: ShardInfo | None = None
         self._data_fingerprint: str | None = None
@@ -460,6 +464,11 @@ class Problem:
             "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
             "reduction": self.reduction,
             **({} if self.shard is None else {"distributed": self.shard.to_dict()}),
+            **(
+                {}
+                if self.replicas is None
+                else {"replicated": {"rank": self.replicas.rank, "world_size": self.replicas.world_size}}
+            ),
         }
 
     def __repr__(self) -> str:

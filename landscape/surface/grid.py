@@ -246,9 +246,16 @@ def _plan(
     """:func:`_local_plan`, data-parallel the same on every rank: rank 0's (the ranks all-reduce per chunk, so
     their chunks must agree, and their timings and memory estimates from their own shards may not)."""
     plan = _local_plan(problem, points, num_points, batch_points, chunk, memory_budget)
-    if problem.dist is None:
+    group = _ranks(problem)
+    if group is None:
         return plan
-    return problem.dist.broadcast_object(plan, "broadcast of the surface plan")
+    return group.broadcast_object(plan, "broadcast of the surface plan")
+
+
+def _ranks(problem: Problem):
+    """The process group a surface runs over: data-parallel (every rank evaluates every point on its shard) or
+    replicated data (grid points dealt out to the ranks); ``None`` in one process."""
+    return problem.dist if problem.dist is not None else problem.replicas
 
 
 def _local_plan(
@@ -363,19 +370,33 @@ def _evaluate(
                 flags["accuracy"] = False
         return total, hits
 
+    ranks = _ranks(problem)
+    split = problem.replicas
+
     def run(group: Callable[[np.ndarray, slice], None]) -> None:
         bp = plan.batch_points
         bar = progress_bar(int(todo.size), "grid points", progress, unit="point")
         for start in range(0, todo.size, plan.chunk):
             idx = todo[start : start + plan.chunk]
-            for g in range(0, idx.size, bp):
-                group(idx[g : g + bp], slice(g, min(g + bp, idx.size)))
-            if problem.dist is not None:
+            if split is not None:  # the points this rank does not evaluate add exact zeros to the sums
+                chunk_loss.zero_()
+                chunk_correct.zero_()
+            for k, g in enumerate(range(0, idx.size, bp)):
+                if split is None or k % split.world_size == split.rank:
+                    group(idx[g : g + bp], slice(g, min(g + bp, idx.size)))
+            if split is not None:
+                # Replicated data: each point was evaluated whole on one rank. A rank may have had no point in this
+                # chunk, so whether the targets are class labels is agreed on first (every rank must make the
+                # same collectives); then one sum per chunk hands every rank every value, bit for bit.
+                agreed = torch.tensor([int(flags["accuracy"])], dtype=torch.int64, device=problem.device)
+                split.all_reduce_(agreed, "all_reduce of the accuracy flag")
+                flags["accuracy"] = int(agreed) == split.world_size
+            if ranks is not None:
                 # Data-parallel: every rank evaluated the chunk's points on its shard (batch weights over the global
                 # sample count); one sum per chunk, not per point, gives every rank the full-data values.
-                problem.dist.all_reduce_(chunk_loss[: idx.size], "all_reduce of a chunk of surface losses")
+                ranks.all_reduce_(chunk_loss[: idx.size], "all_reduce of a chunk of surface losses")
                 if flags["accuracy"]:
-                    problem.dist.all_reduce_(chunk_correct[: idx.size], "all_reduce of a chunk of correct counts")
+                    ranks.all_reduce_(chunk_correct[: idx.size], "all_reduce of a chunk of correct counts")
             losses[idx] = chunk_loss[: idx.size].double().cpu().numpy()
             if flags["accuracy"]:
                 correct = chunk_correct[: idx.size].cpu().numpy()
@@ -569,7 +590,7 @@ def surface(
     grid = np.stack(np.meshgrid(*([coords] * num), indexing="ij"), axis=-1).reshape(-1, num)
     points = _surface_points(problem, vectors, grid)
     dir_settings = {"kind": directions.kind, "seed": directions.seed, **directions.settings}
-    if cache is None and problem.dist is None:
+    if cache is None and _ranks(problem) is None:
         plan = _plan(problem, points, grid.shape[0], batch_points, chunk, memory_budget)
         loss, acc = _evaluate(problem, points, shape, accuracy, plan, progress=progress)
         settings = _run_settings(span, resolution, plan, dir_settings, problem)
@@ -615,7 +636,7 @@ def _cached_surface(
         "directions_sha256": hashlib.sha256(directions_array.tobytes()).hexdigest(),
         "directions": dir_settings,
     }
-    if problem.dist is not None:
+    if _ranks(problem) is not None:
         return _cached_surface_data_parallel(
             problem, points, coords, shape, accuracy, options, dir_settings, cache, progress, config, directions_array
         )
@@ -679,7 +700,7 @@ def _cached_surface_data_parallel(
     chunk atomically. The key does not depend on the number of ranks, so a run interrupted with one number of ranks
     resumes with any other. Rank 0's ``cache`` decides (``None``: no cache); the others' is ignored.
     """
-    dp = problem.dist
+    dp = _ranks(problem)
     span, resolution, batch_points, chunk, memory_budget = options
     with contextlib.ExitStack() as stack:
         entry = None

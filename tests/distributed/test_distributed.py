@@ -178,3 +178,45 @@ def test_command_line_under_torchrun_equals_one_process(tmp_path):
     got = json.loads((tmp_path / "ranks" / "eigen.json").read_text())["eigenvalues"]
     want = json.loads((tmp_path / "single" / "eigen.json").read_text())["eigenvalues"]
     np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def _surface_reference_with_accuracy():
+    from landscape.surface import directions, surface
+
+    p = _case.problem(_case.data())
+    return surface(p, directions.filter_normalized(p, num=2, seed=0), span=(-1.0, 1.0), resolution=7, chunk=4)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_replicated_data_split_grid_points_bit_identical_to_one_process(tmp_path, world_size):
+    cache = tmp_path / "landscape.h5"
+    run = launch(world_size, "replicated", tmp_path, str(cache), "-1", "0")
+    assert run.returncodes == (0,) * world_size, "\n".join(run.outputs)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+    want = _surface_reference_with_accuracy()
+    batches = len(list(_case.problem(_case.data()).batches()))
+    for res in results:  # every point evaluated whole on one rank: the same bits as one process, on every rank
+        np.testing.assert_array_equal(res["loss"], want.loss)
+        np.testing.assert_array_equal(res["accuracy"], want.accuracy)
+    # The work is dealt out: each rank evaluated about 1/world_size of the 49 points (the plan's timing aside).
+    calls = [res["calls"] for res in results]
+    assert sum(calls) >= 49 * batches
+    assert max(calls) <= (49 // world_size + 8) * batches + 64, calls
+    with Cache(cache, readonly=True) as store:
+        (key,) = store.keys()
+        np.testing.assert_array_equal(store.get(key).arrays["loss"], want.loss)
+
+
+def test_replicated_surface_resumes_bit_identical_after_a_rank_is_killed(tmp_path):
+    cache = tmp_path / "landscape.h5"
+    killed = launch(2, "replicated", tmp_path, str(cache), "1", "60")
+    assert killed.returncodes[1] == -9 and killed.returncodes[0] not in (0, None), killed.outputs[0]
+    with Cache(cache, readonly=True) as store:
+        (key,) = store.keys()
+        done = store.get(key).arrays["done"]
+    assert 0 < done.sum() < done.size
+    resumed = launch(3, "replicated", tmp_path, str(cache), "-1", "0")
+    assert resumed.returncodes == (0, 0, 0), "\n".join(resumed.outputs)
+    res = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert res["settings"]["cache"]["points_from_cache"] == int(done.sum())
+    np.testing.assert_array_equal(res["loss"], _surface_reference_with_accuracy().loss)

@@ -3,7 +3,8 @@
 ``python worker.py SCENARIO OUT [ARGS]``: scenarios ``analyses`` (every compared quantity), ``surface`` (a cached
 surface; ``ARGS = cache kill_rank kill_after``: rank ``kill_rank`` SIGKILLs itself at its ``kill_after``-th loss
 evaluation), ``raise`` (rank 1 raises in its loss part way through Lanczos), ``hang`` (rank 1 stops answering) and
-``cli`` (``ARGS`` are the command line, run as ``torchrun -m landscape`` would).
+``cli`` (``ARGS`` are the command line, run as ``torchrun -m landscape`` would), ``replicated`` (as
+``surface``, with every rank holding all the data: grid points dealt out to the ranks).
 """
 
 from __future__ import annotations
@@ -73,6 +74,17 @@ def main() -> None:
         dirs = directions.filter_normalized(p, num=2, seed=0)
         surf = surface(p, dirs, span=(-1.0, 1.0), resolution=7, chunk=4, cache=cache)
         torch.save({"loss": surf.loss, "settings": surf.settings}, out / f"rank{rank}.pt")
+    elif scenario == "replicated":
+        from landscape.surface import directions, surface
+
+        cache, kill_rank, kill_after = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+        loss_fn = Sabotaged("kill", kill_after if rank == kill_rank else 0)
+        p = _case.problem(_case.data(), loss_fn, distributed="replicated")  # every rank holds all the data
+        assert p.dist is None and p.replicas is not None
+        dirs = directions.filter_normalized(p, num=2, seed=0)
+        surf = surface(p, dirs, span=(-1.0, 1.0), resolution=7, chunk=4, cache=cache if rank == 0 else None)
+        result = {"loss": surf.loss, "accuracy": surf.accuracy, "settings": surf.settings, "calls": loss_fn.calls}
+        torch.save(result, out / f"rank{rank}.pt")
     elif scenario in ("raise", "hang"):
         from landscape.linalg import top_eigen
         from landscape.operators import hessian
