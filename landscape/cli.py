@@ -177,6 +177,12 @@ def common_options(fn: Callable) -> Callable:
             help="BatchNorm/dropout policy.",
         ),
         click.option("--dtype", type=click.Choice(sorted(DTYPES)), default=None, help="Evaluation dtype."),
+        click.option(
+            "--replicated-data",
+            is_flag=True,
+            help="Under torchrun: every rank holds all the data; loss surfaces deal their grid points out to the "
+            "ranks (default: the data are sharded and every product is all-reduced).",
+        ),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option(
             "--out",
@@ -222,8 +228,21 @@ def common_options(fn: Callable) -> Callable:
     return wrapper
 
 
-def build_problem(model_spec, checkpoint, unsafe_load, data_spec, batch_size, loss, params, mode, dtype, seed, quiet):
-    """The Problem of the shared options (model, checkpoint, data, loss, params, mode, dtype)."""
+def build_problem(
+    model_spec,
+    checkpoint,
+    unsafe_load,
+    data_spec,
+    batch_size,
+    loss,
+    params,
+    mode,
+    dtype,
+    seed,
+    quiet,
+    replicated_data=False,
+):
+    """The Problem of the shared options (model, checkpoint, data, loss, params, mode, dtype, replicated data)."""
     from landscape import distributed
     from landscape.problem import Problem
 
@@ -231,11 +250,15 @@ def build_problem(model_spec, checkpoint, unsafe_load, data_spec, batch_size, lo
     model = _load_model(model_spec, checkpoint, data, seed, quiet, unsafe_load)
     if isinstance(data, tuple) and len(data) == 2 and model_spec is None:
         data = (data[0].flatten(1), data[1])
+    mode_of_ranks = None
     if distributed.get_world_size() > 1:
         # Under torchrun: one model (rank 0's bits) and a contiguous shard of tensor data per rank; a loader
-        # factory must shard itself (DistributedSampler with shuffle=False).
+        # factory must shard itself (DistributedSampler with shuffle=False). With --replicated-data every rank
+        # keeps all the data and surfaces split their grid points instead.
         distributed.broadcast_module(model)
-        if isinstance(data, tuple) and len(data) == 2:
+        if replicated_data:
+            mode_of_ranks = "replicated"
+        elif isinstance(data, tuple) and len(data) == 2:
             data = distributed.shard(data)
     return Problem(
         model,
@@ -245,6 +268,7 @@ def build_problem(model_spec, checkpoint, unsafe_load, data_spec, batch_size, lo
         mode=mode,
         dtype=DTYPES[dtype] if dtype else None,
         batch_size=batch_size if isinstance(data, tuple) else None,
+        distributed=mode_of_ranks,
     )
 
 

@@ -220,3 +220,16 @@ def test_replicated_surface_resumes_bit_identical_after_a_rank_is_killed(tmp_pat
     res = torch.load(tmp_path / "rank0.pt", weights_only=False)
     assert res["settings"]["cache"]["points_from_cache"] == int(done.sum())
     np.testing.assert_array_equal(res["loss"], _surface_reference_with_accuracy().loss)
+
+
+def test_command_line_surface_with_replicated_data_equals_one_process_bit_for_bit(tmp_path):
+    import json
+
+    args = ["surface", "--resolution", "5", "--dtype", "float64", "--data", "synthetic", "--quiet", "--json"]
+    run = launch(2, "cli", tmp_path, *args, "--replicated-data", "--no-cache", "--out", str(tmp_path / "ranks"))
+    assert run.returncodes == (0, 0), "\n".join(run.outputs)
+    single = launch(1, "cli", tmp_path, *args, "--no-cache", "--out", str(tmp_path / "single"))
+    assert single.returncodes == (0,), single.outputs[0]
+    got = json.loads((tmp_path / "ranks" / "surface.json").read_text())
+    want = json.loads((tmp_path / "single" / "surface.json").read_text())
+    assert got["loss"] == want["loss"]
