@@ -419,17 +419,34 @@ def _answer(
 ) -> tuple[dict[str, Any], str, bool]:
     """``(result, summary, from_cache)``: the stored answer of this exact run, or ``compute()`` stored for next time."""
     record = _Record(store, problem, name, config)
-    hit = record.hit
-    if problem.dist is not None:  # data-parallel: rank 0 alone holds the cache, every rank follows its answer
-        hit = problem.dist.broadcast_object(hit, "broadcast of a cache lookup")
-    if hit:  # on ranks > 0 (no cache of their own) an empty answer, never shown
-        result, summary = record.load() if record.hit else ({}, "")
-        return result, summary, record.hit
+    stored = record.load() if record.hit else None
+    if problem.ranks is not None:  # under torchrun rank 0 alone holds the cache, every rank follows its answer
+        stored = problem.ranks.broadcast_object(stored, "broadcast of a cache lookup")
+    if stored is not None:  # every rank gets the answer: the commands that draw a figure from it need it too
+        return stored[0], stored[1], True
     if store is not None:
         record.notice()
     result, summary = compute()
     record.save(result, summary)
     return result, summary, False
+
+
+def _answer_and_emit(
+    problem: Any,
+    name: str,
+    config: dict[str, Any],
+    compute: Callable[[], tuple[dict, str]],
+    *,
+    out: Path,
+    no_cache: bool,
+    as_json: bool,
+    t0: float,
+) -> None:
+    """The body of a command without figures: :func:`_answer` from ``out/landscape.h5``, then :func:`_emit`."""
+    out.mkdir(parents=True, exist_ok=True)
+    with _opened_store(out, no_cache) as store:
+        result, summary, hit = _answer(store, problem, name, config, compute)
+        _emit(result, summary, as_json, out, name, hit, t0, store)
 
 
 def _emit(
@@ -597,10 +614,7 @@ def eigen(top_k, tol, max_matvecs, operator, out, no_cache, as_json, quiet, **kw
         return result, "\n".join(lines)
 
     config = {"k": top_k, "tol": tol, "max_matvecs": max_matvecs, "operator": operator, "seed": kw["seed"]}
-    out.mkdir(parents=True, exist_ok=True)
-    with _opened_store(out, no_cache) as store:
-        result, summary, hit = _answer(store, problem, "eigen", config, compute)
-        _emit(result, summary, as_json, out, "eigen", hit, t0, store)
+    _answer_and_emit(problem, "eigen", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
 
 
 @main.command(name="trace")
@@ -651,10 +665,7 @@ def trace_cmd(method, num_matvecs, operator, out, no_cache, as_json, quiet, **kw
         return result, summary
 
     config = {"method": method, "num_matvecs": num_matvecs, "operator": operator, "seed": kw["seed"]}
-    out.mkdir(parents=True, exist_ok=True)
-    with _opened_store(out, no_cache) as store:
-        result, summary, hit = _answer(store, problem, "trace", config, compute)
-        _emit(result, summary, as_json, out, "trace", hit, t0, store)
+    _answer_and_emit(problem, "trace", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
 
 
 def _density_plot(result: dict, path: Path) -> None:
@@ -978,10 +989,7 @@ def sharpness_cmd(rho, steps, num_samples, num_matvecs, keskar, out, no_cache, a
         "keskar": keskar,
         "seed": kw["seed"],
     }
-    out.mkdir(parents=True, exist_ok=True)
-    with _opened_store(out, no_cache) as store:
-        result, summary, hit = _answer(store, problem, "sharpness", config, compute)
-        _emit(result, summary, as_json, out, "sharpness", hit, t0, store)
+    _answer_and_emit(problem, "sharpness", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
 
 
 @main.command(name="roughness")
@@ -1002,10 +1010,7 @@ def roughness_cmd(num_directions, span, points, out, no_cache, as_json, quiet, *
         return res.to_dict(), res.summary()
 
     config = {"num_directions": num_directions, "span": span, "points": points, "seed": kw["seed"]}
-    out.mkdir(parents=True, exist_ok=True)
-    with _opened_store(out, no_cache) as store:
-        result, summary, hit = _answer(store, problem, "roughness", config, compute)
-        _emit(result, summary, as_json, out, "roughness", hit, t0, store)
+    _answer_and_emit(problem, "roughness", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
 
 
 @main.command(name="stability")
@@ -1043,10 +1048,7 @@ def stability_cmd(optimizer, lr, sgd_batch_size, momentum, out, no_cache, as_jso
         "momentum": momentum,
         "seed": kw["seed"],
     }
-    out.mkdir(parents=True, exist_ok=True)
-    with _opened_store(out, no_cache) as store:
-        result, summary, hit = _answer(store, problem, "stability", config, compute)
-        _emit(result, summary, as_json, out, "stability", hit, t0, store)
+    _answer_and_emit(problem, "stability", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
 
 
 def _int_list(ctx, param, value: str) -> list[int]:
@@ -1089,10 +1091,7 @@ def scaling_cmd(batch_sizes, num_batches, scaling_optimizer, out, no_cache, as_j
         "optimizer": scaling_optimizer,
         "seed": kw["seed"],
     }
-    out.mkdir(parents=True, exist_ok=True)
-    with _opened_store(out, no_cache) as store:
-        result, summary, hit = _answer(store, problem, "scaling", config, compute)
-        _emit(result, summary, as_json, out, "scaling", hit, t0, store)
+    _answer_and_emit(problem, "scaling", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
 
 
 @main.command(name="report")

@@ -260,6 +260,13 @@ class Problem:
         return self.num_local_samples if shard is None else shard.num_samples
 
     @property
+    def ranks(self) -> DataParallel | None:
+        """The process group this Problem's work runs over: data-parallel (``dist``: every rank evaluates its shard,
+        products summed) or replicated data (``replicas``: every rank holds all the data, surfaces split their
+        points); ``None`` in one process. Every rank of it must make the same collectives."""
+        return self.dist if self.dist is not None else self.replicas
+
+    @property
     def shard(self) -> ShardInfo | None:
         """This rank's place in a data-parallel Problem (``None`` when not distributed)."""
         return self._shard

@@ -246,16 +246,10 @@ def _plan(
     """:func:`_local_plan`, data-parallel the same on every rank: rank 0's (the ranks all-reduce per chunk, so
     their chunks must agree, and their timings and memory estimates from their own shards may not)."""
     plan = _local_plan(problem, points, num_points, batch_points, chunk, memory_budget)
-    group = _ranks(problem)
+    group = problem.ranks
     if group is None:
         return plan
     return group.broadcast_object(plan, "broadcast of the surface plan")
-
-
-def _ranks(problem: Problem):
-    """The process group a surface runs over: data-parallel (every rank evaluates every point on its shard) or
-    replicated data (grid points dealt out to the ranks); ``None`` in one process."""
-    return problem.dist if problem.dist is not None else problem.replicas
 
 
 def _local_plan(
@@ -370,7 +364,7 @@ def _evaluate(
                 flags["accuracy"] = False
         return total, hits
 
-    ranks = _ranks(problem)
+    ranks = problem.ranks
     split = problem.replicas
 
     def run(group: Callable[[np.ndarray, slice], None]) -> None:
@@ -414,10 +408,10 @@ def _evaluate(
             def in_place(module: nn.Module) -> None:
                 # Predictions of every local sample and their targets, so the correct count is one comparison per
                 # point instead of three small operations per batch (they cost ~8% of a 3.5 ms forward pass).
-                local = problem.num_local_samples
+                local = problem.num_local_samples if accuracy else 0
                 predicted = torch.empty(local, dtype=torch.int64, device=problem.device)
                 targets = torch.empty(local, dtype=torch.int64, device=problem.device)
-                if held is not None:  # in memory: the targets never change, copy them once
+                if held is not None and accuracy:  # in memory: the targets never change, copy them once
                     offsets = np.cumsum([0] + [b.size for b in held])
                     for b, start in zip(held, offsets, strict=False):
                         if _are_labels(b.targets):
@@ -590,7 +584,7 @@ def surface(
     grid = np.stack(np.meshgrid(*([coords] * num), indexing="ij"), axis=-1).reshape(-1, num)
     points = _surface_points(problem, vectors, grid)
     dir_settings = {"kind": directions.kind, "seed": directions.seed, **directions.settings}
-    if cache is None and _ranks(problem) is None:
+    if cache is None and problem.ranks is None:
         plan = _plan(problem, points, grid.shape[0], batch_points, chunk, memory_budget)
         loss, acc = _evaluate(problem, points, shape, accuracy, plan, progress=progress)
         settings = _run_settings(span, resolution, plan, dir_settings, problem)
@@ -636,7 +630,7 @@ def _cached_surface(
         "directions_sha256": hashlib.sha256(directions_array.tobytes()).hexdigest(),
         "directions": dir_settings,
     }
-    if _ranks(problem) is not None:
+    if problem.ranks is not None:
         return _cached_surface_data_parallel(
             problem, points, coords, shape, accuracy, options, dir_settings, cache, progress, config, directions_array
         )
@@ -700,7 +694,7 @@ def _cached_surface_data_parallel(
     chunk atomically. The key does not depend on the number of ranks, so a run interrupted with one number of ranks
     resumes with any other. Rank 0's ``cache`` decides (``None``: no cache); the others' is ignored.
     """
-    dp = _ranks(problem)
+    dp = problem.ranks
     span, resolution, batch_points, chunk, memory_budget = options
     with contextlib.ExitStack() as stack:
         entry = None

@@ -233,3 +233,17 @@ def test_command_line_surface_with_replicated_data_equals_one_process_bit_for_bi
     got = json.loads((tmp_path / "ranks" / "surface.json").read_text())
     want = json.loads((tmp_path / "single" / "surface.json").read_text())
     assert got["loss"] == want["loss"]
+
+
+def test_command_line_cache_hit_with_replicated_data_is_followed_by_every_rank(tmp_path):
+    import json
+
+    # Rank 0 alone holds the cache: on a hit the other ranks must skip the work too, or their interpolation's
+    # collectives would wait for rank 0 until the timeout.
+    args = ["interpolate", "--from-init", "--resolution", "5", "--dtype", "float64", "--data", "synthetic"]
+    args += ["--quiet", "--json", "--replicated-data", "--out", str(tmp_path / "out")]
+    first = launch(2, "cli", tmp_path, *args)
+    assert first.returncodes == (0, 0), "\n".join(first.outputs)
+    again = launch(2, "cli", tmp_path, *args)
+    assert again.returncodes == (0, 0), "\n".join(again.outputs)
+    assert json.loads((tmp_path / "out" / "interpolate.json").read_text())["from_cache"] is True
