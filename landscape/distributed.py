@@ -51,16 +51,23 @@ class ShardInfo:
         ``"gloo"`` (CPU) or ``"nccl"`` (CUDA).
     shard_sizes
         Samples held by each rank, in rank order; their sum is the global sample count.
+    batch_counts
+        Non-empty batches held by each rank, in rank order (the whole data set's batches are theirs in that order).
     """
 
     rank: int
     world_size: int
     backend: str
     shard_sizes: tuple[int, ...]
+    batch_counts: tuple[int, ...]
 
     @property
     def num_samples(self) -> int:
         return sum(self.shard_sizes)
+
+    @property
+    def num_batches(self) -> int:
+        return sum(self.batch_counts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +75,7 @@ class ShardInfo:
             "world_size": self.world_size,
             "backend": self.backend,
             "shard_sizes": list(self.shard_sizes),
+            "batch_counts": list(self.batch_counts),
         }
 
 

@@ -137,10 +137,12 @@ class Problem:
         self.param_numels = [named[n].numel() for n in self.param_names]
         self.num_params = sum(self.param_numels)
 
-        self._data = self._normalise_data(data, batch_size)
         self.dist: DataParallel | None = resolve(distributed)
         self.replicas: DataParallel | None = resolve_replicas(distributed)
+        # Data-parallel, one rank's shard may be empty (a data subset none of whose batches it holds).
+        self._data = self._normalise_data(data, batch_size, allow_empty=self.dist is not None)
         self._num_samples: int | None = None
+        self._num_batches = 0  # non-empty batches held here, counted with the samples
         self._shard: ShardInfo | None = None
         self._data_fingerprint: str | None = None
         # A stateless twin for train mode: BatchNorm without running statistics computes exactly the train-mode
@@ -220,10 +222,12 @@ class Problem:
 
     # ------------------------------------------------------------------ data
     @staticmethod
-    def _normalise_data(data: object, batch_size: int | None) -> Iterable:
+    def _normalise_data(data: object, batch_size: int | None, *, allow_empty: bool = False) -> Iterable:
         if _is_tensor_pair(data):
             X, y = data
             if X.shape[0] == 0:
+                if allow_empty:
+                    return []
                 raise DataError("data is empty: (X, y) has no samples")
             if batch_size is None:
                 return [(X, y)]
@@ -275,23 +279,27 @@ class Problem:
         # At construction, where every rank is sure to be: a lazy collective first reached on one rank only (say
         # by data_fingerprint() on rank 0, which alone opens a cache) would hang. One gather brings the shard sizes
         # and the per-shard digests of the data fingerprint.
-        local = (self.num_local_samples, shard_digest(self._data))
+        local = (self.num_local_samples, self._num_batches, shard_digest(self._data))
         gathered = self.dist.all_gather_object(local, "gather of shard sizes and data fingerprints")
-        self._data_fingerprint = combine_digests(digest for _, digest in gathered)
-        return ShardInfo(self.dist.rank, self.dist.world_size, self.dist.backend, tuple(n for n, _ in gathered))
+        if not any(n for n, _, _ in gathered):
+            raise DataError("every rank's shard of the data is empty: check the DataLoader/dataset is not empty")
+        self._data_fingerprint = combine_digests(digest for _, _, digest in gathered)
+        sizes, batch_counts = tuple(n for n, _, _ in gathered), tuple(b for _, b, _ in gathered)
+        return ShardInfo(self.dist.rank, self.dist.world_size, self.dist.backend, sizes, batch_counts)
 
     @property
     def num_local_samples(self) -> int:
         """Samples in the data this process holds (its shard when data-parallel)."""
         if self._num_samples is None:
-            n = 0
+            n = nonempty = 0
             for i, batch in enumerate(self._data):
                 if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                     raise DataError(f"batch {i} is a {type(batch).__name__}; expected (inputs, targets) pairs")
                 n += len(batch[1])
-            if n == 0:
+                nonempty += len(batch[1]) > 0
+            if n == 0 and self.dist is None:
                 raise DataError("data yielded no samples: check the DataLoader/dataset is not empty")
-            self._num_samples = n
+            self._num_samples, self._num_batches = n, nonempty
         return self._num_samples
 
     def data_fingerprint(self) -> str:
@@ -331,15 +339,34 @@ class Problem:
             )
 
     def subsets(self, k: int) -> list[Problem]:
-        """Split the data into ``k`` disjoint, nearly equal parts (by whole batches) as separate problems."""
+        """Split the data into ``k`` disjoint, nearly equal parts (by whole batches) as separate problems.
+
+        Batch ``b`` of the whole data set goes to part ``b mod k``. Data-parallel, the whole data set is the ranks'
+        batches in rank order, each rank keeps its own batches of every part, and every part is a data-parallel
+        problem: the same parts as one process holding all the batches (a rank may hold none of a part).
+        """
         batches = [(b.inputs, b.targets) for b in self.batches()]
-        if k < 1 or k > len(batches):
-            raise ValueError(f"cannot split {len(batches)} batches into {k} subsets; use 1 <= k <= #batches")
-        parts = [batches[i::k] for i in range(k)]
+        shard = self.shard
+        first, total = 0, len(batches)
+        if shard is not None:
+            first, total = sum(shard.batch_counts[: shard.rank]), shard.num_batches
+        if k < 1 or k > total:
+            raise ValueError(f"cannot split {total} batches into {k} subsets; use 1 <= k <= #batches")
+        parts: list[list[Batch]] = [[] for _ in range(k)]
+        for i, batch in enumerate(batches):
+            parts[(first + i) % k].append(batch)
         return [self.with_data(part) for part in parts]
 
-    def with_data(self, data: object, *, batch_size: int | None = None) -> Problem:
-        """The same model, loss, parameters and policy on other data."""
+    def with_data(
+        self, data: object, *, batch_size: int | None = None, distributed: bool | str | None = None
+    ) -> Problem:
+        """The same model, loss, parameters and policy on other data.
+
+        ``distributed``: by default as this problem (data-parallel stays data-parallel: ``data`` is this rank's
+        share); ``False`` for data that this process holds whole, computed on without communicating.
+        """
+        if distributed is None:
+            distributed = "replicated" if self.replicas is not None else self.dist is not None
         return Problem(
             self.model,
             self.loss_fn,
@@ -349,7 +376,7 @@ class Problem:
             device=self.device,
             dtype=self.dtype,
             batch_size=batch_size,
-            distributed=self.dist is not None,
+            distributed=distributed,
         )
 
     # ------------------------------------------------------------------ evaluation

@@ -52,9 +52,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape.examples import Examples
 from landscape.linalg import ConvergenceWarning, top_eigen
 from landscape.operators import hessian
-from landscape.problem import DataError, Problem
+from landscape.problem import Problem
 from landscape.progress import progress as progress_bar
 
 OPTIMIZERS = ("sgd", "adam")
@@ -100,29 +101,19 @@ def finite_population_factor(batch_size: int, n: int) -> float:
     return (n - batch_size) / (batch_size * (n - 1))
 
 
-def _dataset(problem: Problem) -> tuple[Tensor, Tensor]:
-    """All examples of the problem's data as two tensors (the batches concatenated, on its device and dtype)."""
-    inputs, targets = [], []
-    for b in problem.batches():
-        inputs.append(b.inputs)
-        targets.append(b.targets)
-    try:
-        return torch.cat(inputs), torch.cat(targets)
-    except RuntimeError as err:
-        raise DataError(
-            f"the batches cannot be joined into one data set to draw minibatches from ({err}); batches must share "
-            "every dimension but the first"
-        ) from err
-
-
 def _loss_scale(problem: Problem, batch_size: int, n: int) -> float:
     """Factor turning a minibatch loss of ``problem.loss_fn`` into an unbiased estimate of the full-data loss."""
     return 1.0 if problem.reduction == "mean" else n / batch_size
 
 
-def _minibatch(problem: Problem, X: Tensor, y: Tensor, idx: Tensor) -> Problem:
-    """The problem restricted to the examples ``idx``, as one batch (one BatchNorm batch in train mode)."""
-    return problem.with_data((X[idx], y[idx]))
+def _minibatch(problem: Problem, examples: Examples, idx: Tensor) -> Problem:
+    """The problem restricted to the examples ``idx`` (global indices), as one batch (one BatchNorm batch in train
+    mode). Data-parallel, the minibatch is gathered onto every rank (:mod:`landscape.examples`), except the whole
+    data set in eval mode, which stays sharded: the full-data problem itself."""
+    whole = idx.numel() == problem.num_samples and bool((idx == torch.arange(idx.numel())).all())
+    if problem.dist is not None and whole and problem.mode == "eval":
+        return problem
+    return examples.problem_of(idx)
 
 
 def _mean_std_stderr(values: np.ndarray, exact: bool) -> tuple[float, float, float]:
@@ -301,7 +292,7 @@ def batch_sharpness(
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
 
-    X, y = _dataset(problem)
+    examples = Examples(problem)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     exact = batch_size == n
     draws = [torch.arange(n)] if exact else [torch.randperm(n, generator=gen)[:batch_size] for _ in range(num_batches)]
@@ -311,7 +302,7 @@ def batch_sharpness(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for idx in draws:
-            op = hessian(_minibatch(problem, X, y, idx.to(X.device)), engine=engine, block="loop")
+            op = hessian(_minibatch(problem, examples, idx), engine=engine, block="loop")
             res = top_eigen(op, 1, tol=float(tol), max_matvecs=max_matvecs, seed=gen)
             values.append(scale * float(res.values[0]))
             residuals.append(scale * float(res.residuals[0]))
@@ -542,19 +533,19 @@ def gradient_noise_scale(
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
 
-    X, y = _dataset(problem)
+    examples = Examples(problem)
     _, G = problem.loss_and_grad()
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x_s, x_b = finite_population_factor(small, n), finite_population_factor(large, n)
     num_grads = 1
     sq_small, sq_large, deviations = [], [], []
     for _ in range(num_pairs):
-        perm = torch.randperm(n, generator=gen).to(X.device)
-        g_s = _loss_scale(problem, small, n) * _minibatch(problem, X, y, perm[:small]).loss_and_grad()[1]
+        perm = torch.randperm(n, generator=gen)
+        g_s = _loss_scale(problem, small, n) * _minibatch(problem, examples, perm[:small]).loss_and_grad()[1]
         if large == n:
             g_b = G
         else:
-            g_b = _loss_scale(problem, large, n) * _minibatch(problem, X, y, perm[:large]).loss_and_grad()[1]
+            g_b = _loss_scale(problem, large, n) * _minibatch(problem, examples, perm[:large]).loss_and_grad()[1]
             num_grads += 1
         num_grads += 1
         sq_small.append(float(g_s @ g_s))

@@ -69,6 +69,7 @@ import torch
 from scipy.optimize import Bounds, minimize
 from torch import Tensor
 
+from landscape.examples import Examples
 from landscape.linalg import frobenius_norm, top_eigen
 from landscape.linalg import trace as estimate_trace
 from landscape.linalg.probes import SeedLike, make_generator, sample_probes, seed_record
@@ -637,17 +638,14 @@ def _subset_problems(problem: Problem, m: int, gen: torch.Generator) -> tuple[li
             f"m = {m} does not divide the number of samples N = {n} into disjoint subsets of equal size "
             f"(it would leave {n % m} samples out); choose a divisor of N, e.g. {sorted(near)}"
         )
-    batches = list(problem.batches())
-    inputs = torch.cat([b.inputs for b in batches])
-    targets = torch.cat([b.targets for b in batches])
-    order = torch.randperm(n, generator=gen).to(inputs.device)
+    examples = Examples(problem)  # data-parallel: each subset is gathered whole onto every rank
+    order = torch.randperm(n, generator=gen)
     # BatchNorm in train mode normalises over each m-subset, as in SAM training; in eval mode only memory matters.
-    largest = max(b.size for b in batches)
+    largest = max((b.size for b in problem.batches()), default=0)
+    if problem.dist is not None:
+        largest = int(max(problem.dist.all_gather_object(largest, "all_gather of the largest batch size")))
     batch_size = m if problem.mode == "train" else min(m, largest)
-    parts = []
-    for j in range(n // m):
-        idx = order[j * m : (j + 1) * m]
-        parts.append(problem.with_data((inputs[idx], targets[idx]), batch_size=batch_size))
+    parts = [examples.problem_of(order[j * m : (j + 1) * m], batch_size=batch_size) for j in range(n // m)]
     return parts, {"num_subsets": n // m, "subset_batch_size": batch_size, "partition": "seeded permutation"}
 
 

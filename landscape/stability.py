@@ -75,12 +75,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 
+from landscape.examples import Examples
 from landscape.linalg import EigenResult, top_eigen
 from landscape.linalg.probes import make_generator, sample_probes
 from landscape.operators import hessian, hessian_dense
 from landscape.operators.base import CurvatureOperator
 from landscape.operators.exact import ExactDiagonalUnavailable, exact_diagonal
-from landscape.problem import DataError, Problem
+from landscape.problem import Problem
 
 KINDS = ("exact", "necessary", "sufficient", "heuristic")
 OPTIMIZERS = ("gd", "sgd", "heavy_ball", "momentum", "nesterov", "adam", "adamw", "sam")
@@ -616,21 +617,11 @@ def _preconditioned_diagonal(op: CurvatureOperator, rule: _Rule) -> dict[str, An
     }
 
 
-def _top(
-    op: CurvatureOperator, k: int, tol: float, seed: int | torch.Generator, progress: bool = False
-) -> EigenResult:
+def _top(op: CurvatureOperator, k: int, tol: float, seed: int | torch.Generator, progress: bool = False) -> EigenResult:
     return top_eigen(op, k, tol=tol, seed=seed, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------------ per-example
-def _dataset(problem: Problem) -> tuple[Tensor, Tensor]:
-    inputs, targets = zip(*[(b.inputs, b.targets) for b in problem.batches()], strict=True)
-    try:
-        return torch.cat(inputs), torch.cat(targets)
-    except RuntimeError as err:
-        raise DataError(f"the batches cannot be joined into one data set of examples ({err})") from err
-
-
 def _check_per_example(problem: Problem) -> None:
     if problem.mode == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in problem.model.modules()):
         raise ValueError(
@@ -645,7 +636,7 @@ class _PerExample:
     def __init__(self, problem: Problem):
         _check_per_example(problem)
         self.problem = problem
-        self.X, self.Y = _dataset(problem)
+        self.X, self.Y = Examples(problem).all()  # data-parallel: every rank gets every example
         self.n = int(self.X.shape[0])
         self.scale = 1.0 if problem.reduction == "mean" else float(self.n)
         self.num_products = 0
@@ -785,16 +776,12 @@ def _generalized_sharpness(Hs: np.ndarray, p: float, tol: float) -> tuple[float,
 def _dense_stats(problem: Problem, p: float, shift: float) -> tuple[_SGDStats, int]:
     """All SGD statistics from the dense per-example Hessians (one ``hessian_dense`` per example)."""
     _check_per_example(problem)
-    X, Y = _dataset(problem)
+    X, Y = Examples(problem).all()
     n = int(X.shape[0])
     scale = 1.0 if problem.reduction == "mean" else float(n)
     P = problem.num_params
-    Hs = np.stack(
-        [
-            scale * hessian_dense(problem.with_data((X[i : i + 1], Y[i : i + 1]))).double().cpu().numpy()
-            for i in range(n)
-        ]
-    )
+    one = (problem.with_data((X[i : i + 1], Y[i : i + 1]), distributed=False) for i in range(n))
+    Hs = np.stack([scale * hessian_dense(example).double().cpu().numpy() for example in one])
     Hs = (Hs + Hs.transpose(0, 2, 1)) / 2 + shift * np.eye(P)[None]
     tol = 100.0 * P * float(torch.finfo(problem.dtype).eps)
     H = Hs.mean(0)

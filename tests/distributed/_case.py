@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,4 +74,50 @@ def analyses(p: Problem) -> dict:
         "surface_loss": surf.loss,
         "surface_accuracy": surf.accuracy,
         "num_samples": p.num_samples,
+    }
+
+
+def batches_in_rank_order(world_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches a data-parallel run over ``world_size`` ranks holds, as one process would hold them."""
+    out = []
+    for rank in range(world_size):
+        X, y = shard(rank, world_size)
+        out.extend(zip(torch.split(X, BATCH_SIZE), torch.split(y, BATCH_SIZE), strict=True))
+    return out
+
+
+# Quantities computed on minibatches or examples that every rank gathers whole (landscape.examples): bit-identical
+# to one process. The others also use full-data products (all-reduced): equal to rounding.
+GATHERED = ["batch_sharpness", "sam_m_sharpness", "stability_sgd_exact"]
+
+
+def subset_spectrum(p: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Traces and top eigenvalues of ``spectrum(subsets=3)``: data subsets of whole batches, so ``p`` must hold the
+    batches in rank order. With 2 and 3 ranks, some rank holds no batch of some subset."""
+    from landscape.spectrum import spectrum
+
+    spec = spectrum(p, k=1, num_probes=2, num_steps=8, seed=0, engine="double_backward", block="loop", subsets=3)
+    return spec.subsets.traces, spec.subsets.lambda_max
+
+
+def minibatch_analyses(p: Problem) -> dict:
+    """Every minibatch and per-example analysis the equality tests compare: the draws are by global example index,
+    so a data-parallel run draws the examples one process would."""
+    from landscape.scaling import batch_sharpness, gradient_noise_scale, lr_batch_scaling
+    from landscape.sharpness import sam_sharpness
+    from landscape.stability import stability
+
+    noise = gradient_noise_scale(p, small_batch=5, large_batch=20, num_pairs=3, seed=0)
+    scaling = lr_batch_scaling(p, [8, 53], num_batches=2, noise_pairs=3, seed=0)
+    exact = stability(p, "sgd", lr=0.5, batch_size=8, exact=True, seed=0)
+    free = stability(p, "sgd", lr=0.5, batch_size=8, exact=False, num_probes=4, tol=1e-3, seed=0)
+    return {
+        "batch_sharpness": batch_sharpness(p, 10, num_batches=3, seed=0).values,
+        "batch_sharpness_whole": batch_sharpness(p, NUM_SAMPLES, seed=0).values,
+        "noise_scale": (noise.b_simple, noise.b_noise, noise.eps_max),
+        "lr_batch_scaling": (scaling.lambda_mean, scaling.lambda_full),
+        "sam_m_sharpness": sam_sharpness(p, 0.05, m=1, steps=2, seed=0).subset_values,
+        "spectrum_subsets": subset_spectrum(p),
+        "stability_sgd_exact": np.array([c.value for c in exact.criteria]),
+        "stability_sgd_matrix_free": np.array([c.value for c in free.criteria]),
     }

@@ -15,6 +15,7 @@ import torch
 
 from landscape import distributed
 from landscape.cache import Cache
+from landscape.problem import Problem
 from tests.distributed import _case
 from tests.distributed.launch import launch
 
@@ -83,7 +84,10 @@ def test_describe_records_ranks_and_global_sample_count(ranks):
     world, results = ranks
     for rank, res in enumerate(results):
         info = res["describe"]["distributed"]
-        assert info == {"rank": rank, "world_size": world, "backend": "gloo", "shard_sizes": _case.SHARDS[world]}
+        sizes = _case.SHARDS[world]
+        batches = [-(-n // _case.BATCH_SIZE) for n in sizes]
+        want = {"rank": rank, "world_size": world, "backend": "gloo", "shard_sizes": sizes, "batch_counts": batches}
+        assert info == want
         assert res["describe"]["num_samples"] == res["num_samples"] == _case.NUM_SAMPLES
 
 
@@ -247,3 +251,39 @@ def test_command_line_cache_hit_with_replicated_data_is_followed_by_every_rank(t
     again = launch(2, "cli", tmp_path, *args)
     assert again.returncodes == (0, 0), "\n".join(again.outputs)
     assert json.loads((tmp_path / "out" / "interpolate.json").read_text())["from_cache"] is True
+
+
+@pytest.fixture(scope="module")
+def minibatch_reference() -> dict:
+    return _case.minibatch_analyses(_case.problem(_case.data()))
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
+def minibatch_ranks(request, tmp_path_factory) -> tuple[int, list[dict]]:
+    world = request.param
+    out = tmp_path_factory.mktemp(f"minibatch{world}")
+    run = launch(world, "minibatch", out, timeout=180.0)
+    assert run.returncodes == (0,) * world, "\n".join(run.outputs)
+    return world, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def test_minibatch_analyses_draw_the_examples_one_process_draws(minibatch_ranks, minibatch_reference):
+    """Minibatches, m-sharpness subsets and per-example Hessians are drawn by global example index (the shards in
+    rank order): gathered whole onto every rank, they give one process's results bit for bit; where full-data
+    products enter too (the noise scale, the whole-data batch, spectrum subsets, Lanczos in the matrix-free
+    stability statistics) to rounding. With 3 ranks, rank 1 holds no batch of the second spectrum subset."""
+    world, results = minibatch_ranks
+    # spectrum(subsets=) splits by whole batches: compare with one process holding the same batches.
+    one = Problem(_case.model(), torch.nn.CrossEntropyLoss(), _case.batches_in_rank_order(world))
+    reference = {**minibatch_reference, "spectrum_subsets": _case.subset_spectrum(one)}
+    for name, want in reference.items():
+        for w, g in zip(_parts(want), _parts(results[0][name]), strict=True):
+            if name in _case.GATHERED:
+                assert np.array_equal(g, w), name
+            else:
+                scale = np.max(np.abs(w[np.isfinite(w)]))
+                np.testing.assert_allclose(g, w, rtol=RTOL, atol=RTOL * scale, err_msg=name)
+    for other in results[1:]:
+        for name in reference:
+            for x, y in zip(_parts(results[0][name]), _parts(other[name]), strict=True):
+                assert np.array_equal(x, y, equal_nan=True), name

@@ -4,7 +4,8 @@
 surface; ``ARGS = cache kill_rank kill_after``: rank ``kill_rank`` SIGKILLs itself at its ``kill_after``-th loss
 evaluation), ``raise`` (rank 1 raises in its loss part way through Lanczos), ``hang`` (rank 1 stops answering) and
 ``cli`` (``ARGS`` are the command line, run as ``torchrun -m landscape`` would), ``replicated`` (as
-``surface``, with every rank holding all the data: grid points dealt out to the ranks).
+``surface``, with every rank holding all the data: grid points dealt out to the ranks), ``minibatch`` (the minibatch
+and per-example analyses).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def main() -> None:
         second = spectrum(p, k=2, num_probes=2, num_steps=6, seed=0, cache=cache)
         results["cached_spectrum"] = (first.eigenvalues, second.eigenvalues, first.wall_time, second.wall_time)
         torch.save(results, out / f"rank{rank}.pt")
+    elif scenario == "minibatch":
+        p = _case.problem(data)
+        torch.save(_case.minibatch_analyses(p), out / f"rank{rank}.pt")
     elif scenario == "surface":
         from landscape.surface import directions, surface
 
