@@ -157,14 +157,19 @@ def _loss_description(loss_fn: object) -> dict[str, Any]:
     return {"type": type(loss_fn).__qualname__, "options": options}
 
 
-def key_for(problem: Any, kind: str, config: Mapping[str, Any]) -> str:
+def key_for(problem: Any, kind: str, config: Mapping[str, Any], *, order_free: bool = False) -> str:
     """Content key of a result of ``kind`` computed on ``problem`` with ``config``.
 
     Hashes the problem's selected parameters together with the rest of the model state (unselected parameters and
-    buffers such as BatchNorm statistics, which change the loss too), the fingerprint of its data
-    (:meth:`Problem.data_fingerprint`), its settings (:meth:`Problem.describe`: mode policy, dtype, device, parameter
-    selection), the model's ``repr`` and the loss options. Changes to a model's Python code that its ``repr`` does not
-    show are not detected: use a fresh output directory after editing a model.
+    buffers such as BatchNorm statistics, which change the loss too), the fingerprint of its data, its settings
+    (:meth:`Problem.describe`: mode policy, dtype, device, parameter selection), the model's ``repr`` and the loss
+    options. Changes to a model's Python code that its ``repr`` does not show are not detected: use a fresh output
+    directory after editing a model.
+
+    The data fingerprint is :meth:`Problem.sample_fingerprint` (the set of examples) when ``order_free`` (a result
+    that depends on the data only through the full-data loss, e.g. a surface or a spectrum without data subsets)
+    and the problem is in eval mode: such a result is shared by any batching and any number of data-parallel ranks.
+    Otherwise it is :meth:`Problem.data_fingerprint` (the batches in order).
     """
     state = {**problem._fixed_state(), **problem.params_dict()}
     full = {
@@ -176,7 +181,9 @@ def key_for(problem: Any, kind: str, config: Mapping[str, Any]) -> str:
         "loss": _loss_description(problem.loss_fn),
         "config": dict(config),
     }
-    return content_key(params=state, data_fingerprint=problem.data_fingerprint(), config=full)
+    by_set = order_free and problem.mode == "eval"
+    fingerprint = problem.sample_fingerprint() if by_set else problem.data_fingerprint()
+    return content_key(params=state, data_fingerprint=fingerprint, config=full)
 
 
 # ---------------------------------------------------------------------------------------------------- attributes

@@ -8,7 +8,7 @@ the UCI optical digits test set (1797 images of 8x8 pixels), so no download is n
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -242,16 +242,28 @@ def data_fingerprint(data: tuple[Tensor, Tensor] | Iterable[object]) -> str:
     str
         64 hexadecimal digits.
     """
-    h = hashlib.sha256(b"landscape.data_fingerprint/v1")
     items = [data] if _is_pair(data) else data
     if isinstance(items, (Tensor, str, bytes)) or not isinstance(items, Iterable):
-        raise TypeError(
-            f"data must be a pair of tensors (X, y) or an iterable of batches, got {type(data).__name__}"
-        )
-    count = 0
-    for batch in items:
-        h.update(f"B{count}".encode())
-        _hash_item(h, batch)
-        count += 1
-    h.update(f"N{count}".encode())
+        raise TypeError(f"data must be a pair of tensors (X, y) or an iterable of batches, got {type(data).__name__}")
+    return fingerprint_of_batches([batch_digest(batch) for batch in items])
+
+
+def batch_digest(batch: object) -> bytes:
+    """sha256 of one batch's tensors (bytes, shapes, dtypes) and structure."""
+    h = hashlib.sha256()
+    _hash_item(h, batch)
+    return h.digest()
+
+
+def fingerprint_of_batches(digests: Sequence[bytes]) -> str:
+    """The data fingerprint of batches from their :func:`batch_digest` values, in order.
+
+    Data-parallel ranks hash their own batches; the digests gathered in rank order give the fingerprint of one
+    process holding all the batches in that order.
+    """
+    h = hashlib.sha256(b"landscape.data_fingerprint/v2")
+    for i, digest in enumerate(digests):
+        h.update(f"B{i}".encode())
+        h.update(digest)
+    h.update(f"N{len(digests)}".encode())
     return h.hexdigest()

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from landscape.data import data_fingerprint
+from landscape.data import batch_digest, data_fingerprint, fingerprint_of_batches
 from landscape.distributed import DataParallel, ShardInfo, combine_digests, resolve, resolve_replicas, shard_digest
 
 Batch = tuple[Tensor, Tensor]
@@ -145,6 +145,7 @@ class Problem:
         self._num_batches = 0  # non-empty batches held here, counted with the samples
         self._shard: ShardInfo | None = None
         self._data_fingerprint: str | None = None
+        self._sample_fingerprint: str | None = None
         # A stateless twin for train mode: BatchNorm without running statistics computes exactly the train-mode
         # function but never writes to buffers, which torch.func transforms (jvp, vmap) could not do anyway.
         self._train_twin: nn.Module | None = None
@@ -279,12 +280,18 @@ class Problem:
         # At construction, where every rank is sure to be: a lazy collective first reached on one rank only (say
         # by data_fingerprint() on rank 0, which alone opens a cache) would hang. One gather brings the shard sizes
         # and the per-shard digests of the data fingerprint.
-        local = (self.num_local_samples, self._num_batches, shard_digest(self._data))
+        local = (
+            self.num_local_samples,
+            self._num_batches,
+            shard_digest(self._data),
+            [batch_digest(batch) for batch in self._data],
+        )
         gathered = self.dist.all_gather_object(local, "gather of shard sizes and data fingerprints")
-        if not any(n for n, _, _ in gathered):
+        if not any(part[0] for part in gathered):
             raise DataError("every rank's shard of the data is empty: check the DataLoader/dataset is not empty")
-        self._data_fingerprint = combine_digests(digest for _, _, digest in gathered)
-        sizes, batch_counts = tuple(n for n, _, _ in gathered), tuple(b for _, b, _ in gathered)
+        self._sample_fingerprint = combine_digests(part[2] for part in gathered)
+        self._data_fingerprint = fingerprint_of_batches([d for part in gathered for d in part[3]])
+        sizes, batch_counts = tuple(part[0] for part in gathered), tuple(part[1] for part in gathered)
         return ShardInfo(self.dist.rank, self.dist.world_size, self.dist.backend, sizes, batch_counts)
 
     @property
@@ -303,16 +310,28 @@ class Problem:
         return self._num_samples
 
     def data_fingerprint(self) -> str:
-        """Content hash of the data as given, batch by batch (:func:`landscape.data.data_fingerprint`).
+        """Content hash of the data as given, batch by batch and in order (:func:`landscape.data.data_fingerprint`).
 
-        Data-parallel, it describes the whole data set independently of the sharding: the per-rank sums of
-        per-sample hashes, gathered at construction, are combined (:func:`landscape.distributed.combine_digests`),
-        so it is the same on every rank and for any number of ranks. Computed on first use (data-parallel: at
-        construction) and remembered: data mutated in place afterwards are not noticed.
+        Data-parallel, the batches are the ranks' in rank order (hashed by each rank, gathered at construction): the
+        fingerprint of one process holding those batches. Whatever depends on the batching or on the order of the
+        examples (train-mode BatchNorm, data subsets, minibatches drawn by index) is keyed by it. Computed on first
+        use and remembered: data mutated in place afterwards are not noticed.
         """
         if self._data_fingerprint is None:
             self._data_fingerprint = data_fingerprint(self._data)
         return self._data_fingerprint
+
+    def sample_fingerprint(self) -> str:
+        """Content hash of the *set* of examples, independent of their order, batching and sharding.
+
+        The sum of per-example sha256 (mod 2**256, an additive multiset hash; :func:`landscape.distributed.
+        shard_digest`). Full-data results in eval mode depend on nothing else (up to rounding), so they are keyed by
+        it (:func:`landscape.cache.key_for` with ``order_free=True``): a surface computed in one process is read, or
+        resumed, by a data-parallel run with any number of ranks, and the other way round.
+        """
+        if self._sample_fingerprint is None:
+            self._sample_fingerprint = combine_digests([shard_digest(self._data)])
+        return self._sample_fingerprint
 
     @property
     def in_memory(self) -> bool:

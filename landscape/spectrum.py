@@ -308,7 +308,7 @@ def spectrum(
     if data_parallel:
         return _cached_data_parallel(problem_or_op, settings, cache, progress)
     with opened(cache) as store:
-        key = store.key_for(problem_or_op, "spectrum", settings)
+        key = store.key_for(problem_or_op, "spectrum", settings, order_free=not settings["subsets"])
         entry = store.get(key)
         if entry is not None:
             if entry.kind != "spectrum":
@@ -339,7 +339,7 @@ def _cached_data_parallel(
     if dp.rank == 0 and cache is not None:
         try:
             with opened(cache) as store:
-                key = store.key_for(problem, "spectrum", settings)
+                key = store.key_for(problem, "spectrum", settings, order_free=not settings["subsets"])
                 entry = store.get(key)
                 if entry is not None and entry.kind != "spectrum":
                     raise CacheError(

@@ -635,7 +635,7 @@ def _cached_surface(
             problem, points, coords, shape, accuracy, options, dir_settings, cache, progress, config, directions_array
         )
     with opened(cache) as store:
-        key = store.key_for(problem, "surface", config)
+        key = store.key_for(problem, "surface", config, order_free=True)
         entry = store.grid(
             key,
             shape=shape,
@@ -706,7 +706,7 @@ def _cached_surface_data_parallel(
         elif dp.rank == 0:
             try:
                 store = stack.enter_context(opened(cache))
-                key = store.key_for(problem, "surface", config)
+                key = store.key_for(problem, "surface", config, order_free=True)
                 entry = store.grid(
                     key,
                     shape=shape,

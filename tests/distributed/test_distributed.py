@@ -15,6 +15,7 @@ import torch
 
 from landscape import distributed
 from landscape.cache import Cache
+from landscape.data import data_fingerprint
 from landscape.problem import Problem
 from tests.distributed import _case
 from tests.distributed.launch import launch
@@ -98,12 +99,16 @@ def test_products_cost_one_all_reduce_of_n_values_each(ranks):
         assert res["bytes_all_reduced"] % 8 == 0  # float64 payloads (surface correct counts are int64)
 
 
-def test_fingerprint_describes_the_whole_data_whatever_the_sharding(ranks):
+def test_fingerprints_describe_the_set_of_examples_and_the_batches_in_rank_order(ranks):
     world, results = ranks
     digests = [distributed.shard_digest([_case.shard(r, w)]) for w in (1, 2, 3) for r in range(w)]
     whole = distributed.combine_digests(digests[:1])
     assert distributed.combine_digests(digests[1:3]) == whole == distributed.combine_digests(digests[3:])
     assert all(res["fingerprint"] == whole for res in results)
+    assert _case.problem(_case.data()).sample_fingerprint() == whole
+    batches = data_fingerprint(_case.batches_in_rank_order(world))
+    assert all(res["batch_fingerprint"] == batches for res in results)
+    assert batches != data_fingerprint(_case.batches_in_rank_order(5 - world))
     # Different data, different fingerprint.
     X, y = _case.data()
     y = y.clone()
@@ -287,3 +292,32 @@ def test_minibatch_analyses_draw_the_examples_one_process_draws(minibatch_ranks,
         for name in reference:
             for x, y in zip(_parts(results[0][name]), _parts(other[name]), strict=True):
                 assert np.array_equal(x, y, equal_nan=True), name
+
+
+def test_cache_keys_follow_what_a_result_depends_on(ranks):
+    """Full-data results in eval mode are keyed by the set of examples: shared with one process (any batching) and
+    any number of ranks. The rest are keyed by the batches in order: shared with one process holding the ranks'
+    batches in rank order, not with another sharding."""
+    from landscape.cache import key_for
+
+    world, results = ranks
+    by_set, by_batches = results[0]["keys"][True], results[0]["keys"][False]
+    assert all(res["keys"] == results[0]["keys"] for res in results)
+    whole = _case.problem(_case.data())
+    assert key_for(whole, "spectrum", {"k": 2}, order_free=True) == by_set
+    assert key_for(whole, "spectrum", {"k": 2}, order_free=False) != by_batches
+    same = Problem(_case.model(), torch.nn.CrossEntropyLoss(), _case.batches_in_rank_order(world))
+    assert key_for(same, "spectrum", {"k": 2}, order_free=False) == by_batches
+    other = Problem(_case.model(), torch.nn.CrossEntropyLoss(), _case.batches_in_rank_order(5 - world))
+    assert key_for(other, "spectrum", {"k": 2}, order_free=False) != by_batches
+
+
+def test_one_process_reads_the_spectrum_a_data_parallel_run_cached(ranks):
+    from landscape.spectrum import spectrum
+
+    _, results = ranks
+    eigenvalues, _, wall_time, _ = results[0]["cached_spectrum"]
+    p = _case.problem(_case.data())
+    hit = spectrum(p, k=2, num_probes=2, num_steps=6, seed=0, cache=results[0]["cache_path"])
+    assert hit.wall_time == wall_time  # the stored result, not a recomputation
+    assert np.array_equal(hit.eigenvalues, eigenvalues)

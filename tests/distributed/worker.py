@@ -56,7 +56,8 @@ def main() -> None:
         p = _case.problem(data)
         results = _case.analyses(p)
         results["describe"] = p.describe()
-        results["fingerprint"] = p.data_fingerprint()
+        results["fingerprint"] = p.sample_fingerprint()
+        results["batch_fingerprint"] = p.data_fingerprint()
         results["bytes_all_reduced"] = p.dist.bytes_all_reduced
         from landscape.spectrum import spectrum
 
@@ -65,6 +66,10 @@ def main() -> None:
         first = spectrum(p, k=2, num_probes=2, num_steps=6, seed=0, cache=cache)
         second = spectrum(p, k=2, num_probes=2, num_steps=6, seed=0, cache=cache)
         results["cached_spectrum"] = (first.eigenvalues, second.eigenvalues, first.wall_time, second.wall_time)
+        results["cache_path"] = str(out / "spectrum.h5")
+        from landscape.cache import key_for
+
+        results["keys"] = {flag: key_for(p, "spectrum", {"k": 2}, order_free=flag) for flag in (True, False)}
         torch.save(results, out / f"rank{rank}.pt")
     elif scenario == "minibatch":
         p = _case.problem(data)
