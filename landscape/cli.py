@@ -344,6 +344,10 @@ def _opened_store(out: Path, no_cache: bool) -> Iterator[Any]:
         yield store
 
 
+# Commands whose result depends on the data only through the full-data loss (spectrum: without --subsets).
+ORDER_FREE_COMMANDS = frozenset({"spectrum", "eigen", "trace", "density", "interpolate", "sharpness", "roughness"})
+
+
 class _Record:
     """A command's result stored in the cache under a content key of the problem and the command's settings.
 
@@ -352,12 +356,14 @@ class _Record:
     """
 
     def __init__(self, store: Any, problem: Any, name: str, config: dict[str, Any]):
+        # Results of the full-data loss alone are shared by any sharding and batching (landscape.cache.key_for).
+        order_free = name in ORDER_FREE_COMMANDS and not config.get("subsets")
         self.store = store
         self.name = name
         self.kind = f"cli-{name}"
         self.config = config
         self.identity = _identity(problem) if store is not None else {}
-        self.key = store.key_for(problem, self.kind, config) if store is not None else None
+        self.key = store.key_for(problem, self.kind, config, order_free=order_free) if store is not None else None
         self.entry = store.get(self.key) if store is not None else None
 
     @property
@@ -418,10 +424,15 @@ def _answer(
     store: Any, problem: Any, name: str, config: dict[str, Any], compute: Callable[[], tuple[dict, str]]
 ) -> tuple[dict[str, Any], str, bool]:
     """``(result, summary, from_cache)``: the stored answer of this exact run, or ``compute()`` stored for next time."""
+    from landscape.distributed import decided_by_rank0
+
     record = _Record(store, problem, name, config)
-    stored = record.load() if record.hit else None
-    if problem.ranks is not None:  # under torchrun rank 0 alone holds the cache, every rank follows its answer
-        stored = problem.ranks.broadcast_object(stored, "broadcast of a cache lookup")
+
+    def lookup() -> tuple[dict[str, Any], str] | None:
+        return record.load() if record.hit else None
+
+    # Under torchrun rank 0 alone holds the cache, and every rank follows its answer.
+    stored = decided_by_rank0(problem.ranks, lookup, "broadcast of a cache lookup")
     if stored is not None:  # every rank gets the answer: the commands that draw a figure from it need it too
         return stored[0], stored[1], True
     if store is not None:
@@ -1094,6 +1105,24 @@ def scaling_cmd(batch_sizes, num_batches, scaling_optimizer, out, no_cache, as_j
     _answer_and_emit(problem, "scaling", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
 
 
+def _report_start(problem, from_path: str | None, from_init: bool, kw: dict[str, Any]) -> nn.Module | None:
+    """The start of the report's interpolation: ``--from``, a fresh ``--model`` factory() with ``--from-init``, the
+    built-in model's initialisation, or ``None``. Under torchrun every rank gets rank 0's bits, as for the model."""
+    from landscape import distributed
+
+    start = None
+    if from_path is not None:
+        start = _second_model(from_path, problem.model, kw["unsafe_load"], "--from")
+    elif kw["model_spec"] is None and kw["checkpoint"] is None:
+        X, y = _load_data(kw["data_spec"], kw["seed"])
+        start = _builtin_architecture(X.flatten(1), y, kw["seed"])
+    elif from_init and kw["model_spec"] is not None:
+        start = _call_factory(kw["model_spec"], "model")
+    if start is not None and problem.ranks is not None:
+        distributed.broadcast_module(start)
+    return start
+
+
 @main.command(name="report")
 @common_options
 @click.option(
@@ -1168,6 +1197,7 @@ def report_cmd(
     Spectrum, 2D surface (and an interpolation), sharpness, roughness, the stability of each --optimizer setting and
     the batch-size scaling; every result is cached in --out/landscape.h5, so a second run is fast.
     """
+    from landscape import distributed
     from landscape.report import OptimizerSetting, analyse, collect_provenance, write_report
 
     t0 = time.perf_counter()
@@ -1180,15 +1210,7 @@ def report_cmd(
     except ValueError as err:
         raise UserError(f"--optimizer: {err}") from err
     problem = _setup(kw, quiet)
-    check_data_fits(problem)
-    start = None
-    if from_path is not None:
-        start = _second_model(from_path, problem.model, kw["unsafe_load"], "--from")
-    elif kw["model_spec"] is None and kw["checkpoint"] is None:
-        X, y = _load_data(kw["data_spec"], kw["seed"])
-        start = _builtin_architecture(X.flatten(1), y, kw["seed"])
-    elif from_init and kw["model_spec"] is not None:
-        start = _call_factory(kw["model_spec"], "model")
+    start = _report_start(problem, from_path, from_init, kw)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = analyse(
@@ -1207,6 +1229,8 @@ def report_cmd(
         cache=None if no_cache else out / CACHE_FILE,
         log=None if quiet else lambda msg: click.echo(msg, err=True),
     )
+    if distributed.get_rank() > 0:  # under torchrun rank 0 alone writes the report (the others computed with it)
+        return
     options = {
         "model": kw["model_spec"] or "built-in MLP trained on the data",
         "checkpoint": kw["checkpoint"],
@@ -1262,14 +1286,24 @@ def report_cmd(
     help="Directory for report.html, report.json and the cache landscape.h5.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--replicated-data",
+    is_flag=True,
+    help="Under torchrun: every rank holds all the training data; loss surfaces deal their grid points out to the "
+    "ranks (default: the data are sharded and every product is all-reduced).",
+)
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def demo_cmd(out, seed, quiet):
-    """Train a small MLP on scikit-learn's digits for a few seconds and write the full HTML report (offline)."""
+def demo_cmd(out, seed, replicated_data, quiet):
+    """Train a small MLP on scikit-learn's digits for a few seconds and write the full HTML report (offline).
+
+    Under torchrun rank 0 trains the model, every rank analyses it with rank 0's bits, and rank 0 alone writes.
+    """
     from landscape.report import run_demo
 
     t0 = time.perf_counter()
-    path = run_demo(out, seed=seed, quiet=quiet)
-    click.echo(f"report: {path} ({time.perf_counter() - t0:.1f} s); open it in a browser (works offline)")
+    path = run_demo(out, seed=seed, quiet=quiet, replicated=replicated_data)
+    if path is not None:  # rank 0 (or one process)
+        click.echo(f"report: {path} ({time.perf_counter() - t0:.1f} s); open it in a browser (works offline)")
 
 
 def run() -> None:

@@ -22,7 +22,7 @@ import contextlib
 import datetime
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +145,30 @@ class DataParallel:
 
     def __repr__(self) -> str:
         return f"DataParallel(rank={self.rank}, world_size={self.world_size}, backend={self.backend!r})"
+
+
+def decided_by_rank0(ranks: DataParallel | None, decide: Callable[[], Any], what: str) -> Any:
+    """``decide()`` run on rank 0 alone (say a cache lookup: rank 0 alone holds the file), its value handed to every
+    rank of ``ranks``, so all of them take the same path and their collectives match; in one process
+    (``ranks=None``) just ``decide()``.
+
+    An exception on rank 0 is raised there as it is, and on the other ranks as a :class:`DistributedError` quoting
+    it (they would otherwise wait for rank 0 until the timeout).
+    """
+    if ranks is None:
+        return decide()
+    value, error = None, None
+    if ranks.rank == 0:
+        try:
+            value = decide()
+        except Exception as err:  # every rank must hear of it
+            error = err
+    reply = ranks.broadcast_object((value, None if error is None else f"{type(error).__name__}: {error}"), what)
+    if error is not None:
+        raise error
+    if reply[1] is not None:
+        raise DistributedError(f"rank {ranks.rank} of {ranks.world_size}: rank 0 failed in the {what}: {reply[1]}")
+    return reply[0]
 
 
 def resolve(distributed: bool | str | None) -> DataParallel | None:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from landscape.cache import Cache, CacheError, opened
+from landscape.distributed import decided_by_rank0
 from landscape.linalg.lanczos import lanczos
 from landscape.linalg.probes import SeedLike, make_generator, sample_probes, seed_record
 from landscape.linalg.results import Estimate
@@ -292,8 +293,8 @@ def spectrum(
         "seed": seed,
     }
     # Data-parallel, rank 0's cache decides (the others' is ignored), so every rank takes the same path.
-    data_parallel = isinstance(problem_or_op, Problem) and problem_or_op.dist is not None
-    if cache is None and not data_parallel:
+    on_ranks = isinstance(problem_or_op, Problem) and problem_or_op.ranks is not None
+    if cache is None and not on_ranks:
         return _compute(problem_or_op, **settings, progress=progress)
     if cache is not None and not isinstance(problem_or_op, Problem):
         raise TypeError(
@@ -305,8 +306,8 @@ def spectrum(
             "cache= needs an int seed: a torch.Generator's draws depend on its state, which the cache key cannot "
             "record. Pass seed=<int>, or drop cache="
         )
-    if data_parallel:
-        return _cached_data_parallel(problem_or_op, settings, cache, progress)
+    if on_ranks:
+        return _cached_on_ranks(problem_or_op, settings, cache, progress)
     with opened(cache) as store:
         key = store.key_for(problem_or_op, "spectrum", settings, order_free=not settings["subsets"])
         entry = store.get(key)
@@ -323,44 +324,37 @@ def spectrum(
         return result
 
 
-def _cached_data_parallel(
+def _cached_on_ranks(
     problem: Problem, settings: dict[str, Any], cache: Cache | str | os.PathLike[str], progress: bool
 ) -> Spectrum:
-    """:func:`spectrum` through the cache on a data-parallel Problem: rank 0 alone opens, reads and writes it.
+    """:func:`spectrum` through the cache on a Problem spanning several ranks: rank 0 alone opens, reads and writes it.
 
-    Rank 0 looks the key up and broadcasts what it found (or its error, so no rank waits for it forever); on a
-    miss every rank computes (the products are all-reduced) and rank 0 stores the result. Rank 0's ``cache``
-    decides (``None``: none); the others' is ignored.
+    Rank 0 looks the key up and hands what it found (or its error) to every rank; on a miss every rank computes
+    (data-parallel: the products are all-reduced) and rank 0 stores the result. Rank 0's ``cache`` decides
+    (``None``: none); the others' is ignored.
     """
-    dp = problem.dist
+    ranks = problem.ranks
     key = None
-    found: tuple[dict, dict] | None = None
-    error: Exception | None = None
-    if dp.rank == 0 and cache is not None:
-        try:
-            with opened(cache) as store:
-                key = store.key_for(problem, "spectrum", settings, order_free=not settings["subsets"])
-                entry = store.get(key)
-                if entry is not None and entry.kind != "spectrum":
-                    raise CacheError(
-                        f"{store.path}: the entry {key[:12]}... is a {entry.kind!r}, not a spectrum; the file was "
-                        "left untouched. Fix: use another output directory"
-                    )
-                found = None if entry is None else (entry.arrays, entry.attrs)
-        except Exception as err:  # every rank must hear of it
-            error = err
-    reply = dp.broadcast_object(
-        {"found": found, "error": None if error is None else f"{type(error).__name__}: {error}"},
-        "broadcast of a cache lookup",
-    )
-    if error is not None:
-        raise error
-    if reply["error"] is not None:
-        raise CacheError(f"rank {dp.rank}: rank 0 could not read the cache: {reply['error']}")
-    if reply["found"] is not None:
-        return Spectrum.from_arrays(*reply["found"], device=problem.device)
-    result = _compute(problem, **settings, progress=progress and dp.rank == 0)
-    if dp.rank == 0 and cache is not None:
+
+    def lookup() -> tuple[dict, dict] | None:
+        nonlocal key
+        if cache is None:
+            return None
+        with opened(cache) as store:
+            key = store.key_for(problem, "spectrum", settings, order_free=not settings["subsets"])
+            entry = store.get(key)
+            if entry is not None and entry.kind != "spectrum":
+                raise CacheError(
+                    f"{store.path}: the entry {key[:12]}... is a {entry.kind!r}, not a spectrum; the file was left "
+                    "untouched. Fix: use another output directory"
+                )
+            return None if entry is None else (entry.arrays, entry.attrs)
+
+    found = decided_by_rank0(ranks, lookup, "broadcast of a cache lookup")
+    if found is not None:
+        return Spectrum.from_arrays(*found, device=problem.device)
+    result = _compute(problem, **settings, progress=progress and ranks.rank == 0)
+    if key is not None:  # rank 0 with a cache
         arrays, attrs = result.to_arrays()
         with opened(cache) as store:
             store.put(key, "spectrum", arrays, attrs)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.cache import Cache, opened
+from landscape.examples import Examples
 from landscape.problem import Problem
 from landscape.report.html import ReportData, _jsonable, build_report, strict_json
 from landscape.report.provenance import Provenance, model_hash
@@ -99,17 +100,18 @@ def adam_second_moment(problem: Problem, batch_size: int, *, num_batches: int = 
 
     ``v = mean_k g_{B_k}^2`` over ``num_batches`` minibatches of ``batch_size`` examples drawn without replacement
     (a local generator seeded with ``seed``); the frozen preconditioner is then ``sqrt(v) + eps``. This stands in
-    for an optimizer's own state when only the weights are known.
+    for an optimizer's own state when only the weights are known. Data-parallel, the examples are drawn from the
+    whole data set and gathered onto every rank (:class:`landscape.examples.Examples`): the same minibatches, and
+    the same ``v``, as one process.
     """
-    X = torch.cat([b.inputs for b in problem.batches()])
-    y = torch.cat([b.targets for b in problem.batches()])
-    n = len(y)
+    examples = Examples(problem)
+    n = examples.num_samples
     size = min(int(batch_size), n)
     gen = torch.Generator().manual_seed(int(seed))
     total = torch.zeros(problem.num_params, dtype=problem.dtype, device=problem.device)
     for _ in range(num_batches):
-        idx = torch.randperm(n, generator=gen)[:size].to(X.device)
-        _, g = problem.with_data((X[idx], y[idx])).loss_and_grad()
+        idx = torch.randperm(n, generator=gen)[:size]
+        _, g = examples.problem_of(idx).loss_and_grad()
         total += g.square()
     return total / num_batches
 
@@ -193,7 +195,9 @@ def analyse(
     seed : int
         Seed of every stochastic step (the global RNG is never touched).
     cache : Cache or path, optional
-        HDF5 cache of the spectrum and the surface.
+        HDF5 cache of every result. On a problem spanning several ranks (``torchrun``: data-parallel or replicated
+        data) rank 0's cache decides for all of them (the others pass ``None``): every rank must call this
+        function, and every rank computes what rank 0 does not find, so their collectives match.
     log : callable, optional
         Receives one line per finished step.
     """
@@ -213,7 +217,9 @@ def analyse(
         reused: dict[str, bool] = {}
 
         def stored(name: str, config: dict[str, Any], fn: Callable[[], Any]) -> Any:
-            result, hit = cached(store, problem, name, {**config, "seed": seed}, fn)
+            # Results of the full-data loss alone are shared by any sharding (landscape.cache.key_for).
+            order_free = name in ("interpolation", "sharpness", "roughness")
+            result, hit = cached(store, problem, name, {**config, "seed": seed}, fn, order_free=order_free)
             reused[name] = hit
             return result
 

@@ -3,12 +3,14 @@
 A result (a nest of dataclasses, numpy arrays, tensors, tuples and dicts) is encoded as tagged JSON and stored as
 one ``uint8`` array under the content key of the problem and the analysis settings (:meth:`Cache.key_for`), so a
 report of unchanged weights, data and settings reuses it. Only dataclasses defined in ``landscape`` modules are
-rebuilt from a file; anything else is refused.
+rebuilt from a file; anything else is refused. Under ``torchrun`` rank 0 alone holds the cache and its lookups
+decide for every rank (:func:`cached`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import math
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from landscape.cache import Cache
+from landscape.distributed import decided_by_rank0
 
 T = TypeVar("T")
 KIND_PREFIX = "report-"
@@ -108,24 +111,44 @@ def decode(value: Any) -> Any:
     raise ValueError(f"unknown tagged value with keys {sorted(value)}")
 
 
+def _lookup(store: Cache | None, key: str | None, kind: str) -> str | None:
+    """The stored payload (tagged JSON text) under ``key``, if it is a ``kind`` entry; ``None`` without a store."""
+    if store is None:
+        return None
+    entry = store.get(key)
+    if entry is None or entry.kind != kind or "payload" not in entry.arrays:
+        return None
+    return entry.arrays["payload"].tobytes().decode()
+
+
 def cached(
-    store: Cache | None, problem: Any, name: str, config: dict[str, Any], compute: Callable[[], T]
+    store: Cache | None,
+    problem: Any,
+    name: str,
+    config: dict[str, Any],
+    compute: Callable[[], T],
+    *,
+    order_free: bool = False,
 ) -> tuple[T, bool]:
     """``(result, from_cache)``: the result stored for this problem, analysis and config, else ``compute()``, stored.
 
-    Without a store it just computes. A result that cannot be encoded is returned without being stored.
+    Without a store it just computes. A result that cannot be encoded is returned without being stored. On a
+    problem spanning several ranks (:attr:`Problem.ranks`), rank 0's store decides for every rank: a stored result
+    is handed to all of them, and on a miss every rank computes (their collectives match) and rank 0 stores it.
+    ``order_free``: a result of the full-data loss alone (:func:`landscape.cache.key_for`).
     """
-    if store is None:
-        return compute(), False
     kind = KIND_PREFIX + name
-    key = store.key_for(problem, kind, config)
-    entry = store.get(key)
-    if entry is not None and entry.kind == kind:
+    key = store.key_for(problem, kind, config, order_free=order_free) if store is not None else None
+    lookup = functools.partial(_lookup, store, key, kind)
+    text = decided_by_rank0(getattr(problem, "ranks", None), lookup, "broadcast of a cache lookup")
+    if text is not None:
         try:
-            return decode(json.loads(entry.arrays["payload"].tobytes().decode())), True
+            return decode(json.loads(text)), True
         except (KeyError, TypeError, ValueError, AttributeError, ImportError):
-            pass  # written by another version of a result type: recompute and replace it
+            pass  # written by another version of a result type: recompute and replace it (the same on every rank)
     result = compute()
+    if store is None:
+        return result, False
     try:
         text = json.dumps(encode(result), allow_nan=False)
     except (TypeError, ValueError):
