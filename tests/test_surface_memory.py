@@ -1,0 +1,68 @@
+"""The one-point-at-a-time surface path: direction views, in-place points and accuracy counts, exactly as before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from landscape import Problem
+from landscape.surface import filter_normalized, random, surface
+from landscape.surface.grid import _param_views, _surface_points
+from tests.conftest import make_case
+
+
+def _problem(name: str) -> Problem:
+    case = make_case(name)
+    return Problem(case.model, case.loss_fn, case.batches(), params=case.params, mode=case.mode)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp_subset", "cnn_bn_eval"])
+def test_param_views_are_unflatten_without_a_copy(name):
+    problem = _problem(name)
+    vector = torch.randn(problem.num_params, dtype=problem.dtype, generator=torch.Generator().manual_seed(0))
+    views = _param_views(problem, vector)
+    reference = problem.unflatten(vector)
+    assert list(views) == list(reference) == problem.param_names
+    for n, v in views.items():
+        assert v.shape == reference[n].shape and torch.equal(v, reference[n])
+        assert v.untyped_storage().data_ptr() == vector.untyped_storage().data_ptr()  # a view, not a copy
+
+
+def test_points_are_written_in_place_with_the_fused_adds():
+    problem = _problem("mlp")
+    vectors = random(problem, 3, seed=4).vectors
+    coords = np.array([[0.0, 0.0, 0.0], [0.25, -1.5, 0.75], [-0.5, 0.0, 2.0]])
+    points = _surface_points(problem, vectors, coords)
+    out = points.buffers()
+    ptrs = {n: t.data_ptr() for n, t in out.items()}
+    named = dict(problem.model.named_parameters())
+    pieces = [problem.unflatten(v) for v in vectors]
+    for i, a in enumerate(coords):
+        points.fill(i, out)
+        for n, t in out.items():
+            expected = torch.add(named[n].detach(), pieces[0][n], alpha=float(a[0]))
+            for j in (1, 2):
+                expected.add_(pieces[j][n], alpha=float(a[j]))
+            assert torch.equal(t, expected)  # bit for bit: w_p + a_1 d_1p, then + a_j d_jp in place
+            assert t.data_ptr() == ptrs[n]
+    points.fill(0, out)
+    assert all(torch.equal(out[n], named[n]) for n in out)
+
+
+@pytest.mark.parametrize("batch_points", [1, 3])
+def test_accuracy_counts_every_point_exactly(batch_points):
+    case = make_case("mlp")
+    problem = _problem("mlp")
+    d = filter_normalized(problem, 2, seed=0)
+    s = surface(problem, d, span=(-3, 3), resolution=3, batch_points=batch_points)
+    named = dict(problem.model.named_parameters())
+    d0, d1 = (problem.unflatten(v) for v in d.vectors)
+    with torch.no_grad():
+        for i, a in enumerate(s.coords[0]):
+            for j, b in enumerate(s.coords[1]):
+                # The surface's own arithmetic, so the parameters (and any near-tie argmax) are the same bit for bit.
+                state = {n: torch.add(named[n], d0[n], alpha=float(a)).add_(d1[n], alpha=float(b)) for n in d0}
+                hits = int((functional_call(case.model, state, (case.X,)).argmax(dim=1) == case.y).sum())
+                assert s.accuracy[i, j] == hits / len(case.y)
