@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 from landscape import Problem
 from landscape.surface import filter_normalized, random, surface
-from landscape.surface.grid import _param_views, _surface_points
+from landscape.surface.grid import _param_views, _Predictions, _surface_points
 from tests.conftest import make_case
 
 
@@ -66,3 +66,22 @@ def test_accuracy_counts_every_point_exactly(batch_points):
                 state = {n: torch.add(named[n], d0[n], alpha=float(a)).add_(d1[n], alpha=float(b)) for n in d0}
                 hits = int((functional_call(case.model, state, (case.X,)).argmax(dim=1) == case.y).sum())
                 assert s.accuracy[i, j] == hits / len(case.y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.bfloat16])
+def test_predictions_equal_torch_argmax_with_ties_and_nan(dtype):
+    """numpy's argmax (host, numpy dtypes) and torch's (anything else) pick the same class: the first maximum, and a
+    NaN counts as the maximum in both."""
+    g = torch.Generator().manual_seed(0)
+    outputs = torch.randint(0, 3, (40, 5), generator=g).to(dtype)  # few distinct values: many ties
+    outputs[3, 2] = float("nan")
+    outputs[7, :] = float("nan")
+    targets = torch.randint(0, 5, (40,), generator=g)
+    predicted = _Predictions(40, torch.device("cpu"))
+    predicted.set_targets(0, targets[:25])
+    predicted.set_targets(25, targets[25:].int())  # any integer label dtype
+    predicted.record(0, outputs[:25])
+    predicted.record(25, outputs[25:])
+    expected = torch.argmax(outputs, dim=-1)
+    assert torch.equal(predicted.predicted, expected)
+    assert int(predicted.correct()) == int((expected == targets).sum())

@@ -24,20 +24,18 @@ are compared after writing both directories as ``OUT``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from tests.distributed.compare import assert_same_numbers
 from tests.distributed.launch import Launch, launch
 
 pytestmark = pytest.mark.slow  # every case starts 1 or 2 Python processes running the command line
 
 RTOL = 1e-10
 SCALE = 10.0  # bound on the Hessians' top eigenvalues: absolute tolerance RTOL * SCALE for TOLERANT quantities
-TOLERANT = ("residual", "error_bound")
 # Rank skew (a cache write on rank 0) on a busy machine must not end a run: a real hang still ends it, after
 # DIST_TIMEOUT seconds, with a DistributedError.
 DIST_TIMEOUT = 60.0
@@ -116,34 +114,6 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> SingleRuns:
     return SingleRuns(tmp_path_factory.mktemp("single"))
 
 
-def _leaves(tree: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    """``(path, value)`` of every number, flag, string and null of ``tree`` outside :data:`NOT_COMPARED`."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            if key not in NOT_COMPARED:
-                yield from _leaves(value, f"{path}/{key}")
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            yield from _leaves(value, f"{path}/{i}")
-    else:
-        yield path, tree
-
-
-def _assert_same_numbers(got: Any, want: Any) -> None:
-    """The same keys and types; floats within ``RTOL`` (``TOLERANT`` ones: or ``RTOL * SCALE`` absolute, NaN equal to
-    NaN); ints, flags, strings and nulls equal."""
-    got_leaves, want_leaves = dict(_leaves(got)), dict(_leaves(want))
-    assert got_leaves.keys() == want_leaves.keys()
-    for path, w in want_leaves.items():
-        g = got_leaves[path]
-        assert type(g) is type(w), f"{path}: {g!r} vs {w!r}"
-        if isinstance(w, float):
-            atol = RTOL * SCALE if any(word in path for word in TOLERANT) else 0.0
-            assert np.isclose(g, w, rtol=RTOL, atol=atol, equal_nan=True), f"{path}: {g!r} vs {w!r}"
-        else:
-            assert g == w, f"{path}: {g!r} vs {w!r}"
-
-
 CASES = [pytest.param(command, False, id=command) for command in COMMANDS]
 CASES += [pytest.param(command, True, id=f"{command}-replicated") for command in REPLICATED]
 
@@ -164,4 +134,4 @@ def test_command_on_two_ranks_equals_one_process(
     # Where the command records the problem's settings, they name this run's mode on 2 ranks.
     assert _modes(got) <= {("replicated" if replicated else "distributed", 2)}, _modes(got)
     assert got["from_cache"] is False and want["from_cache"] is False
-    _assert_same_numbers(got, want)
+    assert_same_numbers(got, want, rtol=RTOL, atol=RTOL * SCALE, ignore=NOT_COMPARED)

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from landscape import data as datasets
+from tests.distributed.compare import assert_same_numbers
 from tests.distributed.launch import Launch, launch
 
 pytestmark = pytest.mark.slow  # every test starts 1 or 2 Python processes running the command line
@@ -44,7 +43,6 @@ FULL_DATA = ["spectrum", "surface", "interpolation", "sharpness", "roughness", "
 # from minibatch gradients, scaling: batch sharpness and the gradient noise scale.
 MINIBATCH = ["stability/sgd", "stability/adam", "scaling"]
 NOT_COMPARED = {"wall_time", "wall_times", "settings", "created"}  # timings, and settings recording the ranks
-TOLERANT = ("residual", "error_bound")  # absolute rounding error ~eps ||H||: compared with atol RTOL lambda_max
 
 
 def small_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,34 +91,14 @@ def _section(report: dict[str, Any], name: str) -> Any:
     return entry
 
 
-def _leaves(tree: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    """``(path, value)`` of every number and flag (strict JSON writes non-finite floats as strings) in ``tree``."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            if key not in NOT_COMPARED:
-                yield from _leaves(value, f"{path}/{key}")
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            yield from _leaves(value, f"{path}/{i}")
-    elif isinstance(tree, (bool, int, float)) or tree in ("nan", "inf", "-inf") or tree is None:
-        yield path, float(tree) if isinstance(tree, str) else tree
-
-
-def _assert_same_numbers(got: Any, want: Any, *, rtol: float, scale: float) -> None:
-    """Every number of ``got`` within ``rtol`` of ``want`` (residuals: within ``rtol * scale``); flags equal."""
-    got_leaves, want_leaves = dict(_leaves(got)), dict(_leaves(want))
-    assert got_leaves.keys() == want_leaves.keys()
-    for path, w in want_leaves.items():
-        g = got_leaves[path]
-        if isinstance(w, float) and not isinstance(g, bool):
-            atol = rtol * scale if any(word in path for word in TOLERANT) else 0.0
-            assert np.isclose(g, w, rtol=rtol, atol=atol, equal_nan=True), f"{path}: {g!r} vs {w!r}"
-        else:
-            assert g == w, f"{path}: {g!r} vs {w!r}"
-
-
 def _lambda_max(report: dict[str, Any]) -> float:
     return abs(report["spectrum"]["eigenvalues"][0])
+
+
+def _assert_section_agrees(got: dict[str, Any], want: dict[str, Any], name: str) -> None:
+    """Section ``name`` of two reports: every number within ``RTOL`` (residuals: ``RTOL lambda_max`` absolute)."""
+    atol = RTOL * _lambda_max(want)
+    assert_same_numbers(_section(got, name), _section(want, name), rtol=RTOL, atol=atol, ignore=NOT_COMPARED)
 
 
 def test_report_on_two_ranks_writes_only_on_rank_0(runs):
@@ -136,14 +114,14 @@ def test_report_on_two_ranks_writes_only_on_rank_0(runs):
 def test_sharded_report_equals_one_process_on_full_data_numbers(runs, name):
     want = _report(runs["single"])
     got = _report(runs["sharded"])
-    _assert_same_numbers(_section(got, name), _section(want, name), rtol=RTOL, scale=_lambda_max(want))
+    _assert_section_agrees(got, want, name)
 
 
 @pytest.mark.parametrize("name", MINIBATCH)
 def test_sharded_report_equals_one_process_on_minibatch_numbers(runs, name):
     want = _report(runs["single"])
     got = _report(runs["sharded"])
-    _assert_same_numbers(_section(got, name), _section(want, name), rtol=RTOL, scale=_lambda_max(want))
+    _assert_section_agrees(got, want, name)
 
 
 def test_sharded_report_records_the_same_model_and_sample_count(runs):
@@ -160,7 +138,7 @@ def test_replicated_report_equals_one_process(runs, name):
     # the same kernels run (measured: all equal). But the kernels are tuned by timing (engine="auto" and block="auto"
     # pick double backward one vector at a time or batched, surfaces pick how many points to stack), and the
     # batched kernels round differently (2e-16), so even two single-process runs may differ in the last bits.
-    _assert_same_numbers(_section(got, name), _section(want, name), rtol=RTOL, scale=_lambda_max(want))
+    _assert_section_agrees(got, want, name)
     assert got["provenance"]["data_fingerprint"] == want["provenance"]["data_fingerprint"]
     assert got["provenance"]["model_hash"] == want["provenance"]["model_hash"]
 
@@ -176,7 +154,7 @@ def test_a_second_run_is_answered_from_the_cache_on_every_rank(runs, tmp_path, m
     assert all(again["cache"]["from_cache"].values()), again["cache"]
     assert again["cache"]["spectrum_from_cache"] and again["cache"]["surface_points_from_cache"] == 25
     for name in FULL_DATA + MINIBATCH:
-        _assert_same_numbers(_section(again, name), _section(first, name), rtol=0.0, scale=0.0)
+        assert_same_numbers(_section(again, name), _section(first, name), rtol=0.0, atol=0.0, ignore=NOT_COMPARED)
 
 
 def test_full_data_results_of_one_process_are_reused_by_two_ranks(runs, tmp_path):
@@ -191,7 +169,7 @@ def test_full_data_results_of_one_process_are_reused_by_two_ranks(runs, tmp_path
     assert reused["interpolation"] and reused["sharpness"] and reused["roughness"], reused
     assert not reused["scaling"], reused
     for name in FULL_DATA[:-1]:  # stability is recomputed: the SAM verdict is stored with the other optimizers'
-        _assert_same_numbers(_section(again, name), _section(first, name), rtol=0.0, scale=0.0)
+        assert_same_numbers(_section(again, name), _section(first, name), rtol=0.0, atol=0.0, ignore=NOT_COMPARED)
 
 
 def test_demo_on_two_ranks_writes_one_report(tmp_path):
