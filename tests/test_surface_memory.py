@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from torch.func import functional_call
 
 from landscape import Problem
 from landscape.surface import filter_normalized, random, surface
-from landscape.surface.grid import _param_views, _Predictions, _surface_points
+from landscape.surface.grid import _grid, _param_views, _Predictions, _surface_points, _warn_non_finite
 from tests.conftest import make_case
 
 
@@ -85,3 +87,33 @@ def test_predictions_equal_torch_argmax_with_ties_and_nan(dtype):
     expected = torch.argmax(outputs, dim=-1)
     assert torch.equal(predicted.predicted, expected)
     assert int(predicted.correct()) == int((expected == targets).sum())
+
+
+def test_grid_is_numpy_linspace_bit_for_bit_with_exact_values_snapped():
+    """The coordinates are computed in Python floats with np.linspace's arithmetic: the same values, bit for bit."""
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        low = float(rng.normal() * 10.0 ** rng.integers(-3, 3))
+        high = low + float(abs(rng.normal()) * 10.0 ** rng.integers(-3, 3)) + 1e-9
+        resolution = int(rng.integers(2, 120))
+        coords = _grid((low, high), resolution, exact=())
+        assert coords.dtype == np.float64 and np.array_equal(coords, np.linspace(low, high, resolution))
+    # A value within rounding of an exact one is snapped onto it; the rest are left as they are.
+    reference = np.linspace(-0.3, 0.9, 13)
+    assert reference[9] == 0.5999999999999999  # rounding: not 0.6
+    coords = _grid((-0.3, 0.9), 13, exact=(0.0, 0.6))
+    assert coords[3] == 0.0 and coords[9] == 0.6
+    keep = [i for i in range(13) if i != 9]
+    assert np.array_equal(coords[keep], reference[keep])
+    reference = np.linspace(-0.1, 0.5, 7)
+    assert reference[1] == -1.3877787807814457e-17
+    coords = _grid((-0.1, 0.5), 7, exact=(0.0,))
+    assert coords[1] == 0.0 and np.array_equal(coords[2:], reference[2:]) and coords[0] == reference[0]
+
+def test_non_finite_points_are_counted_and_the_first_is_named():
+    losses = np.array([[0.5, np.inf, 0.1], [np.nan, 0.2, -np.inf]])
+    with pytest.warns(RuntimeWarning, match=r"3 of 6 grid points have a non-finite loss \(first at index \(0, 1\)\)"):
+        _warn_non_finite(losses.reshape(-1), losses.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_non_finite(np.array([0.0, 1.0, -2.0]), (3,))

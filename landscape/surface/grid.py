@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import math
 import os
 import time
 import warnings
@@ -119,11 +120,18 @@ def _grid(span: Sequence[float], resolution: int, exact: Sequence[float]) -> np.
         raise ValueError(f"span must be a pair (low, high) with low < high, got {span!r}")
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
         raise ValueError(f"resolution must be an int >= 2, got {resolution!r}")
-    coords = np.linspace(float(span[0]), float(span[1]), resolution)
-    tol = 1e-9 * (span[1] - span[0]) / (resolution - 1)
-    for value in exact:
-        coords[np.abs(coords - value) <= tol] = value
-    return coords
+    low, high = float(span[0]), float(span[1])
+    # np.linspace's arithmetic (i * step + low, the last point exactly high), bit for bit, and the snap, in Python
+    # floats: ``resolution`` values cost nothing, while numpy's kernels for them would page in library code that
+    # nothing else of a surface runs (a cold surface's peak RSS on a small model is mostly such code; BENCHMARKS.md).
+    step = (high - low) / (resolution - 1)
+    values = [i * step + low for i in range(resolution - 1)] + [high]
+    tol = 1e-9 * (high - low) / (resolution - 1)
+    for i, c in enumerate(values):
+        for value in exact:
+            if abs(c - value) <= tol:
+                values[i] = value
+    return np.array(values, dtype=np.float64)
 
 
 def _are_labels(targets: Tensor) -> bool:
@@ -431,9 +439,13 @@ def _evaluate(
                     ranks.all_reduce_(chunk_correct[: idx.size], "all_reduce of a chunk of correct counts")
             losses[idx] = chunk_loss[: idx.size].double().cpu().numpy()
             if flags["accuracy"]:
-                correct = chunk_correct[: idx.size].cpu().numpy()
                 # Where the loss is NaN/inf the outputs are too: their argmax is meaningless, so no accuracy either.
-                accs[idx] = np.where(np.isfinite(losses[idx]), correct / total_samples, np.nan)
+                # Per chunk, in Python floats: the same IEEE divisions as numpy's, without its kernels' code.
+                correct = chunk_correct[: idx.size].tolist()
+                accs[idx] = [
+                    c / total_samples if math.isfinite(v) else math.nan
+                    for c, v in zip(correct, losses[idx].tolist(), strict=True)
+                ]
             if on_chunk is not None:
                 on_chunk(idx, losses[idx], accs[idx] if flags["accuracy"] else None)
             bar.update(idx.size)
@@ -499,11 +511,11 @@ def _evaluate(
 def _warn_non_finite(losses: np.ndarray, shape: tuple[int, ...]) -> None:
     """A grid may reach where the model diverges (or, when interpolating, where extrapolated BatchNorm running
     variances turn negative): those points keep their NaN/inf loss, are gaps in the plots, and are reported."""
-    bad = ~np.isfinite(losses)
-    if bad.any():
-        first = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), shape))
+    bad = [i for i, v in enumerate(losses.tolist()) if not math.isfinite(v)]  # no numpy kernel to page in
+    if bad:
+        first = tuple(int(i) for i in np.unravel_index(bad[0], shape))
         warnings.warn(
-            f"{int(bad.sum())} of {bad.size} grid points have a non-finite loss (first at index {first})"
+            f"{len(bad)} of {losses.size} grid points have a non-finite loss (first at index {first})"
             ": they are kept as NaN/inf and left as gaps in plots. Narrow the span to avoid them",
             RuntimeWarning,
             stacklevel=3,
