@@ -103,13 +103,18 @@ def main() -> None:
         save(fig, FIGURES / f"resnet_surfaces.{suffix}")
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     lines = {name: line for name, _, line, _ in runs}
     curves(lines, ax=axes[0], log=True)
-    axes[0].set_title("loss from initialisation (a = 0) to trained (a = 1)")
+    axes[0].set_title("loss from initialisation (α = 0) to trained (α = 1)")
     curves(lines, ax=axes[1], quantity="accuracy")
     axes[1].set_title("accuracy along the same line")
-    fig.tight_layout()
+    # One legend for both panels, below them, where it covers no curve.
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        ax.get_legend().remove()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     for suffix in ("png", "pdf"):
         save(fig, FIGURES / f"resnet_interpolation.{suffix}")
     plt.close(fig)

@@ -169,8 +169,9 @@ def surface_plot(
             norm = LogNorm(vmin=lv[0], vmax=lv[-1]) if log_levels else None
             if kind == "contour":
                 cs = ax.contour(X, Y, v, levels=lv, norm=norm, cmap=CMAP, linewidths=1.0)
-                # Labels on every one of 30 levels would cover the plot; about ten stay legible.
-                ax.clabel(cs, cs.levels[:: max(1, len(cs.levels) // 10)], inline=True, fontsize=7, fmt="%.3g")
+                # Labels on every one of 30 levels would cover the plot (most crowd round the minimum); about six
+                # stay legible, and the colour bar gives the rest.
+                ax.clabel(cs, cs.levels[:: max(1, len(cs.levels) // 6)], inline=True, fontsize=7, fmt="%.3g")
             else:
                 cs = ax.contourf(X, Y, v, levels=lv, norm=norm, cmap=CMAP, extend="neither")
                 ax.contour(X, Y, v, levels=lv, colors="k", linewidths=0.3, alpha=0.4)
@@ -184,7 +185,8 @@ def surface_plot(
             zlabel = c.quantity_label(quantity, log_levels)
             surf = ax.plot_surface(X, Y, heights, cmap=CMAP, linewidth=0, antialiased=True, rcount=200, ccount=200)
             ax.set_zlabel(zlabel)
-            _colorbar(ax, surf, zlabel, False, heights, shrink=0.6, pad=0.1)
+            # pad: far enough right that the colour bar's label does not run into the z axis label.
+            _colorbar(ax, surf, zlabel, False, heights, shrink=0.6, pad=0.16)
             # Drawn in zorder, so the origin and the path stay visible over the surface (mplot3d's depth sort of
             # separate artists would hide them behind it).
             ax.computed_zorder = False
@@ -218,7 +220,9 @@ def curves(
 ) -> Any:
     """Several 1D surfaces (directions, interpolations, models) on one axes with a legend; returns the axes.
 
-    When every curve is an interpolation, α = 0 and α = 1 are marked as model A and model B.
+    When every curve is an interpolation, α = 0 and α = 1 are marked as model A and model B. A curve with
+    non-finite values (where the model diverged, e.g. extrapolated BatchNorm variances below zero) is drawn with
+    gaps there, and its legend entry says at how many points.
 
     Parameters
     ----------
@@ -254,6 +258,9 @@ def curves(
     if ax is None:
         ax = _new_axes()
     for (x, v), label in zip(data, labels, strict=True):
+        gaps = int(np.count_nonzero(~np.isfinite(v)))
+        if gaps:  # a curve that just stops would look cut off by mistake: say where the model diverged
+            label = f"{label} (gap: {gaps} points not finite)"
         ax.plot(x, v, "-", linewidth=1.6, label=label)
     interpolation = all(c.is_interpolation(s) for s in surfaces)
     if interpolation:

@@ -239,6 +239,16 @@ def test_curves_draw_every_surface_with_a_legend_and_model_marks_for_interpolati
         curves([line()], labels=["a", "b"])
 
 
+
+def test_curves_name_the_gaps_where_a_curve_is_not_finite():
+    diverged = line("interpolation")
+    loss = diverged.loss.copy()
+    loss[-2:] = np.nan  # e.g. extrapolated BatchNorm variances below zero
+    ax = curves({"diverges": with_loss(diverged, loss), "fine": line("interpolation", shift=0.1)}, log=True)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["diverges (gap: 2 points not finite)", "fine"]
+    assert np.isnan(ax.lines[0].get_ydata()[-2:]).all() and np.isfinite(ax.lines[0].get_ydata()[:-2]).all()
+
 def test_density_plot_integrates_to_one_on_a_linear_scale():
     d = density()
     ax = density_plot(d)
