@@ -10,9 +10,10 @@ For W1 and W2 (``experiments/workloads.py``) a ``resolution x resolution`` surfa
 Each method runs in ``--processes`` fresh subprocesses (default 5 on W1, 1 on W2; the methods take turns, process by
 process, so a slow spell of a shared machine falls on all of them) that load the trained weights (no backward pass
 ever runs there) and run the method ``--repeats`` times (default 9 on W1, 3 on W2), each run followed by
-back-to-back full-data forward passes for about as long (mean time). The figure is the median of the per-run ratios
-time per grid point / forward time pooled over the processes, so neither a load spike nor one process's memory
-layout (which moves single-process medians by a few percent) decides it; every process's median is printed.
+back-to-back full-data forward passes for about as long (mean time; a run's baseline is the mean of the timings
+just before and after it). The figure is the median of the per-run ratios time per grid point / forward time
+pooled over the processes, so neither a load spike nor one process's memory layout (which moves single-process
+medians by a few percent) decides it; every process's median is printed.
 Methods that record the accuracy as well (every ``landscape`` one but "loss-only") are also timed against forward
 passes that compute it the way a user would (``(out.argmax(-1) == y).sum()`` per batch): "same-work forward".
 
@@ -134,12 +135,12 @@ def worker(name: str, method: str, cfg: dict, state: str, repeats: int, memory_o
         return f"grid {grid.shape}; centre value {grid[res // 2, res // 2]:.6f} (not the model's loss)"
 
     def forward_time(seconds: float, accuracy: bool = False) -> float:
-        """Mean time of back-to-back forward passes over about as long as the method ran (at most 10 s, at least 21
+        """Mean time of back-to-back forward passes over about as long as the method ran (at most 30 s, at least 21
         passes): the same exposure to pauses of a shared machine as the method's own total, which a median would
         hide from the baseline only."""
         t1 = time.perf_counter()
         full_loss(w.model, w.batches, loss_fn, accuracy)
-        count = max(21, round(min(seconds, 10.0) / (time.perf_counter() - t1)))
+        count = max(21, round(min(seconds, 30.0) / (time.perf_counter() - t1)))
         t1 = time.perf_counter()
         for _ in range(count):
             full_loss(w.model, w.batches, loss_fn, accuracy)
@@ -157,19 +158,24 @@ def worker(name: str, method: str, cfg: dict, state: str, repeats: int, memory_o
     # A method that records the accuracy too is also timed against forward passes that do (the same work).
     with_accuracy = method.startswith("landscape") and method != "landscape loss-only"
     forwards, same = [forward_time(elapsed[0])], [forward_time(elapsed[0], with_accuracy)]
-    # Further runs, each followed by its own forward timings: the ratio is the median of the per-run ratios, which
-    # keeps a load spike on a shared machine from deciding the figure.
+    # Further runs, each followed by its own forward timings. A warm run's baseline is the mean of the forward timings
+    # just before and just after it (a slow drift of a shared machine's speed cancels); the ratio is the median of
+    # the per-run ratios, which keeps a load spike from deciding the figure.
     for _ in range(1, repeats if method != "forward" else 1):
         t0 = time.perf_counter()
         run()
         elapsed.append(time.perf_counter() - t0)
         forwards.append(forward_time(elapsed[-1]))
         same.append(forward_time(elapsed[-1], with_accuracy))
+
+    def bracketed(times: list[float]) -> list[float]:
+        return [times[0]] + [(a + b) / 2 for a, b in zip(times[:-1], times[1:], strict=True)]
+
     return {
         "forward_s": statistics.median(forwards),
         "method_s": statistics.median(elapsed),
-        "ratios": [e / points / f for e, f in zip(elapsed, forwards, strict=True)],
-        "same_work_ratios": [e / points / f for e, f in zip(elapsed, same, strict=True)],
+        "ratios": [e / points / f for e, f in zip(elapsed, bracketed(forwards), strict=True)],
+        "same_work_ratios": [e / points / f for e, f in zip(elapsed, bracketed(same), strict=True)],
         "points": points,
         "peak_mb": peak,
         "code_mb": code,
