@@ -70,16 +70,32 @@ def _colorbar(ax: Any, mappable: Any, label: str, log: bool, v: np.ndarray, **kw
 
 
 def _mark_models(ax: Any, curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
-    """Dotted vertical lines, labels and dots at α = 0 (model A) and α = 1 (model B) within the curves' range."""
+    """Dotted vertical lines, labels and dots at α = 0 (model A) and α = 1 (model B) within the curves' range.
+
+    Each label goes under the top edge or over the bottom edge, whichever is farther from the curves near it (an
+    accuracy curve that reaches 1.0 at model B would run through a label at the top). Call it once the curves are
+    drawn and the axis scales are set: the choice is made in axes coordinates.
+    """
     lo = min(float(x.min()) for x, _ in curves)
     hi = max(float(x.max()) for x, _ in curves)
     box = {"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}
+    ax.autoscale_view()
+    to_axes = ax.transData + ax.transAxes.inverted()
     for a, name in ((0.0, "model A"), (1.0, "model B")):
         if not lo <= a <= hi:
             continue
         ax.axvline(a, color="0.4", linestyle=":", linewidth=1.0, zorder=1)
-        # Inside the axes, under the top edge: above it the label would collide with the title.
-        ax.text(a, 0.98, name, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=9, bbox=box)
+        near = []  # heights (axes fraction) of the curves within a label's half width of the line
+        for x, y in curves:
+            ok = np.isfinite(y) & (y > 0 if ax.get_yscale() == "log" else True)
+            if ok.any():
+                pts = to_axes.transform(np.column_stack([x[ok], y[ok]]))
+                centre = to_axes.transform([[a, float(y[ok][0])]])[0, 0]
+                near.extend(pts[np.abs(pts[:, 0] - centre) <= 0.06, 1].tolist())
+        top = not near or min(abs(0.95 - h) for h in near) >= min(abs(h - 0.05) for h in near)
+        # Inside the axes: above the top edge the label would collide with the title.
+        y0, va = (0.98, "top") if top else (0.02, "bottom")
+        ax.text(a, y0, name, transform=ax.get_xaxis_transform(), ha="center", va=va, fontsize=9, bbox=box)
         for x, y in curves:
             if x.min() <= a <= x.max():
                 ax.plot([a], [np.interp(a, x, y)], "o", color="black", markersize=4, zorder=3)
@@ -147,13 +163,13 @@ def surface_plot(
 
     if ndim == 1:
         ax.plot(x, v, "-", color="tab:blue", linewidth=1.6, label=quantity)
+        if log_levels:
+            ax.set_yscale("log")
         if c.is_interpolation(surface):
             _mark_models(ax, [(x, v)])
         elif c.contains(x, 0.0):
             ax.plot([0.0], [np.interp(0.0, x, v)], **ORIGIN_STYLE, label="origin (trained weights)", zorder=3)
             ax.legend(loc="best", fontsize=9)
-        if log_levels:
-            ax.set_yscale("log")
         ax.set_xlabel(labels[0])
         ax.set_ylabel(quantity)
         ax.grid(True, alpha=0.3)
@@ -262,6 +278,8 @@ def curves(
         if gaps:  # a curve that just stops would look cut off by mistake: say where the model diverged
             label = f"{label} (gap: {gaps} points not finite)"
         ax.plot(x, v, "-", linewidth=1.6, label=label)
+    if log:
+        ax.set_yscale("log")
     interpolation = all(c.is_interpolation(s) for s in surfaces)
     if interpolation:
         _mark_models(ax, data)
@@ -269,8 +287,6 @@ def curves(
     else:
         names = {tuple(c.axis_labels(s)) for s in surfaces}
         ax.set_xlabel(next(iter(names))[0] if len(names) == 1 else "coordinate along the direction")
-    if log:
-        ax.set_yscale("log")
     ax.set_ylabel(quantity)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=9)

@@ -10,11 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.collections import QuadMesh  # noqa: E402
 from matplotlib.contour import ContourSet  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
 
 from landscape.plot import curves, density_plot, save, surface_plot, trajectory_overlay  # noqa: E402
+from landscape.surface.directions import Directions  # noqa: E402
+from landscape.surface.grid import Surface  # noqa: E402
 from tests.plot._surfaces import Trajectory, bowl, cube, density, line, trajectory, with_loss  # noqa: E402
 
 KINDS_2D = ["contour", "filled", "heatmap", "3d"]
@@ -156,6 +159,18 @@ def test_interpolation_marks_model_a_at_0_and_model_b_at_1():
     assert vlines == [0.0, 1.0]
 
 
+def test_model_labels_keep_clear_of_a_curve_that_runs_along_the_top():
+    # Accuracy rising from 0.1 at model A to 1.0 at model B: model A's label fits under the top edge, model B's only
+    # over the bottom one.
+    a = np.linspace(-0.5, 1.5, 21)
+    acc = np.clip(0.1 + 0.9 * a, 0.1, 1.0)
+    ax = surface_plot(
+        Surface((a,), 1.0 - acc, acc, Directions(torch.zeros(1, 4), "interpolation", None, {}), {}), quantity="accuracy"
+    )
+    where = {t.get_text(): t.get_verticalalignment() for t in ax.texts}
+    assert where == {"model A": "top", "model B": "bottom"}
+
+
 def test_pca_axes_show_explained_variance_from_the_trajectory():
     ax = surface_plot(bowl("user"), "contour", trajectory=trajectory([0.873, 0.1]))
     assert ax.get_xlabel() == "PC1 (87.3%)" and ax.get_ylabel() == "PC2 (10.0%)"
@@ -239,7 +254,6 @@ def test_curves_draw_every_surface_with_a_legend_and_model_marks_for_interpolati
         curves([line()], labels=["a", "b"])
 
 
-
 def test_curves_name_the_gaps_where_a_curve_is_not_finite():
     diverged = line("interpolation")
     loss = diverged.loss.copy()
@@ -248,6 +262,7 @@ def test_curves_name_the_gaps_where_a_curve_is_not_finite():
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     assert texts == ["diverges (gap: 2 points not finite)", "fine"]
     assert np.isnan(ax.lines[0].get_ydata()[-2:]).all() and np.isfinite(ax.lines[0].get_ydata()[:-2]).all()
+
 
 def test_density_plot_integrates_to_one_on_a_linear_scale():
     d = density()
