@@ -85,13 +85,20 @@ def _mark_models(ax: Any, curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> No
         if not lo <= a <= hi:
             continue
         ax.axvline(a, color="0.4", linestyle=":", linewidth=1.0, zorder=1)
-        near = []  # heights (axes fraction) of the curves within a label's half width of the line
+        # Heights (axes fraction) of the curves under the label, a half width of 0.06 either side of the line: the
+        # grid points there and the curves interpolated at its edges and centre (a sparse grid may have no point).
+        centre = to_axes.transform([[a, ax.get_ylim()[1]]])[0, 0]
+        span = np.array([centre - 0.06, centre, centre + 0.06])
+        near: list[float] = []
         for x, y in curves:
-            ok = np.isfinite(y) & (y > 0 if ax.get_yscale() == "log" else True)
+            ok = np.isfinite(y)
+            if ax.get_yscale() == "log":
+                ok &= y > 0
             if ok.any():
-                pts = to_axes.transform(np.column_stack([x[ok], y[ok]]))
-                centre = to_axes.transform([[a, float(y[ok][0])]])[0, 0]
-                near.extend(pts[np.abs(pts[:, 0] - centre) <= 0.06, 1].tolist())
+                px, py = to_axes.transform(np.column_stack([x[ok], y[ok]])).T
+                inside = (px >= span[0]) & (px <= span[-1])
+                edges = span[(span >= px.min()) & (span <= px.max())]
+                near.extend([*py[inside], *np.interp(edges, px, py)])
         top = not near or min(abs(0.95 - h) for h in near) >= min(abs(h - 0.05) for h in near)
         # Inside the axes: above the top edge the label would collide with the title.
         y0, va = (0.98, "top") if top else (0.02, "bottom")

@@ -159,10 +159,12 @@ def test_interpolation_marks_model_a_at_0_and_model_b_at_1():
     assert vlines == [0.0, 1.0]
 
 
-def test_model_labels_keep_clear_of_a_curve_that_runs_along_the_top():
+@pytest.mark.parametrize("points", [21, 4])
+def test_model_labels_keep_clear_of_a_curve_that_runs_along_the_top(points):
     # Accuracy rising from 0.1 at model A to 1.0 at model B: model A's label fits under the top edge, model B's only
-    # over the bottom one.
-    a = np.linspace(-0.5, 1.5, 21)
+    # over the bottom one. With 4 points no grid point lies under either label (-0.5, 0.17, 0.83, 1.5): the curve
+    # between them must count too.
+    a = np.linspace(-0.5, 1.5, points)
     acc = np.clip(0.1 + 0.9 * a, 0.1, 1.0)
     ax = surface_plot(
         Surface((a,), 1.0 - acc, acc, Directions(torch.zeros(1, 4), "interpolation", None, {}), {}), quantity="accuracy"
