@@ -1,7 +1,9 @@
-"""Loading trained weights: state-dict checkpoints in common training-script layouts, and TorchScript files.
+"""Weights files into a given architecture: state dicts in common training-script layouts (``torch.save`` or
+safetensors files), and TorchScript files.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` unless the caller opts out explicitly: unpickling
-arbitrary objects can execute code, so a checkpoint that needs it must come from a trusted source.
+arbitrary objects can execute code, so a checkpoint that needs it must come from a trusted source. Safetensors
+files hold tensors only and are always safe to read.
 """
 
 from __future__ import annotations
@@ -11,13 +13,23 @@ import pickle
 import warnings
 import zipfile
 from collections.abc import Mapping
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "extract_state_dict", "is_torchscript", "load_checkpoint", "load_model"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "MissingDependencyError",
+    "extract_state_dict",
+    "is_safetensors",
+    "is_torchscript",
+    "load_checkpoint",
+    "load_model",
+]
 
 # Keys under which training scripts commonly store the model weights, in the order they are tried.
 _LAYOUT_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -28,6 +40,14 @@ _MAX_LISTED = 10
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or whose weights do not fit the model."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that does not exist (also a ``FileNotFoundError``)."""
+
+
+class MissingDependencyError(CheckpointError, ImportError):
+    """A checkpoint format whose optional reader package is not installed (also an ``ImportError``)."""
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -112,17 +132,54 @@ def is_torchscript(path: str | os.PathLike[str]) -> bool:
         return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
-def _torch_load(path: Path, *, weights_only: bool, map_location: Any) -> Any:
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+def is_safetensors(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint path is not a file: {path}")
+        return False
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    return head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
+def _load_safetensors(path: Path, map_location: Any) -> dict[str, Tensor]:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"{path} is a safetensors file, and reading it needs the safetensors package: pip install safetensors "
+            f"(or the optional extra: pip install -e '.[hf]')"
+        ) from err
+    # A dict or callable map_location (torch.load's remapping forms) has no safetensors equivalent: read to CPU,
+    # load_state_dict then copies onto the model's device anyway.
+    device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
+    try:
+        return load_file(path, device=device)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {type(err).__name__}: {err}") from err
+
+
+def _load_file(path: Path, *, weights_only: bool, map_location: Any) -> Any:
+    if not path.exists():
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
+    if not path.is_file():
+        hint = ""
+        if (path / "config.json").is_file():
+            hint = (
+                "; it looks like a Hugging Face save_pretrained directory: load it with load_hf(path) (CLI: --hf DIR)"
+            )
+        raise CheckpointError(f"checkpoint path is not a file: {path}{hint}")
+    if path.suffix == ".safetensors" or is_safetensors(path):
+        return _load_safetensors(path, map_location)
     with open(path, "rb") as f:
         head = f.read(4)
     # torch.save writes a zip archive (PK), or a protocol-2+ pickle (0x80) in the legacy format.
     if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
         raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint (neither torch.save output nor TorchScript)"
+            f"{path} is not a PyTorch checkpoint (neither torch.save output, safetensors nor TorchScript)"
         )
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
@@ -137,9 +194,7 @@ def _torch_load(path: Path, *, weights_only: bool, map_location: Any) -> Any:
             ) from err
         raise CheckpointError(f"{path} could not be unpickled: {err}") from err
     except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint: {type(err).__name__}: {err}"
-        ) from err
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from err
 
 
 def _load_scripted(path: Path, map_location: Any) -> torch.jit.ScriptModule:
@@ -157,6 +212,42 @@ def _listing(keys: list[str]) -> str:
     return f"{len(keys)}: [{shown}{', ...' if len(keys) > _MAX_LISTED else ''}]"
 
 
+def _tied_groups(model: nn.Module) -> list[list[str]]:
+    """State-dict names that refer to one tensor (tied weights, e.g. a language model's embedding and head)."""
+    names: dict[int, list[str]] = {}
+    tensors = chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False))
+    for name, tensor in tensors:
+        names.setdefault(id(tensor), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
+
+
+def _fill_tied(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every tied name the checkpoint left out (``save_pretrained`` and ``safetensors`` store
+    a tied tensor once) filled from a tied name it has; tied names stored with different values are an error."""
+    out = dict(state)
+    for group in _tied_groups(model):
+        present = [name for name in group if name in state]
+        if not present:
+            continue
+        first = state[present[0]]
+        differing = [
+            name
+            for name in present[1:]
+            if isinstance(first, Tensor)
+            and isinstance(state[name], Tensor)
+            and (state[name].shape != first.shape or not torch.equal(state[name].to(first.dtype), first))
+        ]
+        if differing:
+            raise CheckpointError(
+                f"the model ties {group} into one tensor, but the checkpoint holds different values for "
+                f"{[present[0], *differing]}: it was trained untied. Build the model untied (for Hugging Face "
+                f"models: tie_word_embeddings=False in the config) to load it."
+            )
+        for name in group:
+            out.setdefault(name, first)
+    return out
+
+
 def _check_fit(model: nn.Module, state: Mapping[str, Any], strict: bool) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -164,10 +255,7 @@ def _check_fit(model: nn.Module, state: Mapping[str, Any], strict: bool) -> None
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
         for k, v in state.items()
-        if k in expected
-        and isinstance(v, Tensor)
-        and isinstance(expected[k], Tensor)
-        and v.shape != expected[k].shape
+        if k in expected and isinstance(v, Tensor) and isinstance(expected[k], Tensor) and v.shape != expected[k].shape
     ]
     if not mismatched and not (strict and (missing or unexpected)):
         return
@@ -183,7 +271,7 @@ def _check_fit(model: nn.Module, state: Mapping[str, Any], strict: bool) -> None
         "(--model pkg.module:factory) and its arguments (widths, number of classes)."
     )
     if not mismatched:
-        lines.append("To load only the matching keys, pass strict=False.")
+        lines.append("To load only the matching keys, pass strict=False (Python) or --non-strict (command line).")
     raise CheckpointError("\n".join(lines))
 
 
@@ -204,38 +292,48 @@ def load_checkpoint(
     model:
         The architecture to fill, e.g. built by the same factory as in training.
     path_or_obj:
-        A checkpoint file (``torch.save`` or TorchScript), or an already loaded checkpoint (any layout
-        :func:`extract_state_dict` accepts).
+        A checkpoint file (``torch.save``, safetensors or TorchScript), or an already loaded checkpoint (any
+        layout :func:`extract_state_dict` accepts). Safetensors files (``.safetensors``, or any file with a
+        safetensors header) are read with ``safetensors.torch.load_file``.
     weights_only:
         Passed to ``torch.load``. ``True`` (default) refuses pickled objects other than tensors and
         containers; set ``False`` explicitly, and only for trusted files, to load checkpoints holding them.
+        Safetensors files hold tensors only and need no opt-out.
     strict:
-        Require the checkpoint keys to equal the model's. With ``False`` missing and unexpected keys are
-        ignored; shapes must still match.
+        Require the checkpoint keys to equal the model's. A name the model ties to another (one tensor under
+        two names, like GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``) counts as present when any of
+        its tied names is: ``save_pretrained`` and safetensors store a tied tensor once. With ``False`` missing
+        and unexpected keys are ignored; shapes must still match.
     map_location:
-        Passed to ``torch.load``.
+        Passed to ``torch.load``; for safetensors files, a device string or ``torch.device`` (other forms read
+        to CPU).
 
     Raises
     ------
-    FileNotFoundError
-        If the file does not exist.
+    CheckpointNotFoundError
+        If the file does not exist (also a ``FileNotFoundError``).
+    MissingDependencyError
+        If the file is a safetensors file and the ``safetensors`` package is not installed.
     CheckpointError
-        If the file is not a checkpoint, is refused by ``weights_only=True``, holds no state dict, or does not
-        fit the model (the message lists missing and unexpected keys and shape mismatches).
+        If the file is not a checkpoint, is refused by ``weights_only=True``, holds no state dict, holds
+        different values for weights the model ties, or does not fit the model (the message lists missing and
+        unexpected keys and shape mismatches).
     """
     if isinstance(path_or_obj, (str, os.PathLike)):
         path = Path(path_or_obj)
         if path.is_file() and is_torchscript(path):
             obj: Any = _load_scripted(path, map_location)
         else:
-            obj = _torch_load(path, weights_only=weights_only, map_location=map_location)
+            obj = _load_file(path, weights_only=weights_only, map_location=map_location)
     else:
         obj = path_or_obj
     raw = extract_state_dict(obj, strip_prefixes=False)
     state = _strip_prefixes(raw)
-    # A model that is itself wrapped (DDP, torch.compile) expects the prefixed keys.
-    if set(raw) == set(model.state_dict()):
+    # A model that is itself wrapped (DDP, torch.compile) expects the prefixed keys. Subset, not equality: a
+    # checkpoint may leave out the tied copies of a weight.
+    if raw.keys() <= model.state_dict().keys():
         state = raw
+    state = _fill_tied(model, state)
     _check_fit(model, state, strict)
     model.load_state_dict(state, strict=strict)
     return model
@@ -253,30 +351,38 @@ def load_model(
 
     - TorchScript (``torch.jit.save``): without ``model`` the scripted module is returned; with ``model`` its
       weights are loaded into ``model`` (strict key check) and ``model`` is returned.
-    - A ``torch.save`` checkpoint: ``model`` supplies the architecture and :func:`load_checkpoint` fills it.
-      With ``weights_only=False`` a pickled whole ``nn.Module`` is also accepted without ``model``.
+    - A ``torch.save`` or safetensors checkpoint: ``model`` supplies the architecture and
+      :func:`load_checkpoint` fills it. With ``weights_only=False`` a pickled whole ``nn.Module`` is also
+      accepted without ``model``.
+
+    A Hugging Face ``save_pretrained`` directory (config and weights) is loaded by :func:`load_hf` instead.
 
     Raises
     ------
-    FileNotFoundError
-        If ``path`` does not exist.
+    CheckpointNotFoundError
+        If ``path`` does not exist (also a ``FileNotFoundError``).
+    MissingDependencyError
+        If ``path`` is a safetensors file and the ``safetensors`` package is not installed.
     CheckpointError
         If the file is not a checkpoint, ``model`` is needed but missing, or the weights do not fit.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise CheckpointNotFoundError(f"model file not found: {path}")
     if path.is_file() and is_torchscript(path):
         scripted = _load_scripted(path, map_location)
         if model is None:
             return scripted
         return load_checkpoint(model, scripted, strict=strict)
-    obj = _torch_load(path, weights_only=weights_only, map_location=map_location)
+    obj = _load_file(path, weights_only=weights_only, map_location=map_location)
     if model is None:
         if isinstance(obj, nn.Module):
             return obj
+        hint = ""
+        if (path.parent / "config.json").is_file():
+            hint = f"; its directory looks like a Hugging Face save_pretrained directory: load_hf({str(path.parent)!r})"
         raise CheckpointError(
             f"{path} holds weights only, not an architecture: pass model= (CLI: --model pkg.module:factory) "
-            f"building the network it was trained with, or save a TorchScript file with torch.jit.save"
+            f"building the network it was trained with, or save a TorchScript file with torch.jit.save{hint}"
         )
     return load_checkpoint(model, obj, strict=strict)
