@@ -219,10 +219,15 @@ def log_floor(v: np.ndarray) -> np.ndarray:
     return np.maximum(v, 1e-12 * peak) if peak > 0 else v
 
 
-def density_title(density: Any, sigma: float) -> str:
+def density_title(density: Any, sigma: float, newline: str = "\n") -> str:
+    """``"Spectral density (SLQ)"``, then on a second line the probes, Lanczos steps and smoothing width.
+
+    Two lines because one, at about 60 characters, is wider than a panel of a two-panel figure (the command line's
+    ``density.png``) or a narrow report card, and was clipped there. ``newline`` is ``"<br>"`` for plotly.
+    """
     nodes = getattr(density, "nodes", None)
     steps = nodes.shape[1] if nodes is not None and np.ndim(nodes) == 2 else None
     probes = getattr(density, "num_probes", None)
     parts = [f"{probes} probes" if probes is not None else None, f"{steps} Lanczos steps" if steps else None]
     parts.append(f"σ = {sigma:.3g}")
-    return "Spectral density (SLQ; " + ", ".join(p for p in parts if p) + ")"
+    return "Spectral density (SLQ)" + newline + ", ".join(p for p in parts if p)

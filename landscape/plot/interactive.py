@@ -169,7 +169,7 @@ def density_figure(
         )
     )
     fig.update_layout(
-        title={"text": c.density_title(density, sigma)},
+        title={"text": c.density_title(density, sigma, newline="<br>")},
         xaxis_title="eigenvalue λ",
         yaxis_title="density (log scale)" if log else "density",
         yaxis_type="log" if log else "linear",

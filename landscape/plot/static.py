@@ -30,7 +30,8 @@ MAX_POINT_LABELS = 12
 def _new_axes(three_d: bool = False) -> Any:
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(6.4, 4.8))
+    # Constrained layout: long tick labels (a log axis), axis labels and colour bars stay inside the figure.
+    fig = plt.figure(figsize=(6.4, 4.8), layout=None if three_d else "tight")
     return fig.add_subplot(projection="3d") if three_d else fig.add_subplot()
 
 

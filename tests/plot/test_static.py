@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import matplotlib
 
 # Selected before any figure exists (pyplot picks its backend lazily): no display needed.
@@ -13,8 +15,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.collections import QuadMesh  # noqa: E402
 from matplotlib.contour import ContourSet  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
 
+import landscape  # noqa: E402
 from landscape.plot import curves, density_plot, save, surface_plot, trajectory_overlay  # noqa: E402
 from landscape.surface.directions import Directions  # noqa: E402
 from landscape.surface.grid import Surface  # noqa: E402
@@ -286,6 +290,92 @@ def test_density_plot_on_a_log_scale_keeps_values_positive():
     np.testing.assert_array_equal(ax.lines[0].get_xdata(), grid)
     with pytest.raises(ValueError, match="sigma"):
         density_plot(density(), sigma=0.0)
+
+
+# --------------------------------------------------------------------------------------------- text inside the figure
+def _long_density():
+    """A density whose default title is as long as real ones get (16 probes, 100 Lanczos steps, a 4-digit sigma)."""
+    eigenvalues = torch.cat([torch.linspace(0.0, 1.0, 198), torch.tensor([3.7, 10.5])]).double()
+    op = landscape.MatrixOperator(torch.diag(eigenvalues))
+    return landscape.spectral_density(op, num_probes=16, num_steps=100, sigma=0.09691)
+
+
+def _two_panel_density():
+    """The command line's density.png (``spectrum`` and ``density``): linear and log panels, 9 x 3.4 in, tight."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    d = _long_density()
+    d.plot(ax=axes[0])
+    d.plot(ax=axes[1], log=True)
+    fig.tight_layout()
+    return fig
+
+
+def _command_line_surface(surface, kind):
+    """The command line's surface.png: one 5 x 4 in panel, tight."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    surface_plot(surface, kind, ax)
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {
+    **{kind: lambda kind=kind: surface_plot(bowl(), kind) for kind in KINDS_2D},
+    **{
+        f"{kind}, PCA trajectory": lambda kind=kind: surface_plot(bowl("pca"), kind, trajectory=trajectory([0.8, 0.1]))
+        for kind in KINDS_2D
+    },
+    "heatmap of accuracy, Hessian axes": lambda: surface_plot(
+        bowl("hessian_axes", settings={"eigenvalues": [12.34, 0.5]}), "heatmap", quantity="accuracy", log_levels=True
+    ),
+    "line": lambda: surface_plot(line("layer_normalized")),
+    "interpolation": lambda: surface_plot(line("interpolation"), quantity="accuracy"),
+    "curves with a gap": lambda: curves(
+        {"diverges": with_loss(line(), np.r_[line().loss[:-2], np.nan, np.nan]), "fine": line(shift=0.1)},
+        log=True,
+    ),
+    "density": lambda: density_plot(_long_density()),
+    "density, log": lambda: density_plot(_long_density(), log=True),
+    "command line density.png": _two_panel_density,
+    "command line surface.png, 2D": lambda: _command_line_surface(bowl(), "contour"),
+    "command line surface.png, 1D": lambda: _command_line_surface(line(), "line"),
+}
+
+
+def _drawn_texts(fig) -> list[tuple[str, object]]:
+    """``(text, window extent)`` of every Text the figure draws, visible and non-empty, measured as it is drawn.
+
+    Measured during the draw: tick labels outside the view limits are visible Text artists that are never drawn, and
+    mplot3d texts stand at their projected place only while they draw.
+    """
+    drawn = []
+    draw = Text.draw
+    renderer = fig.canvas.get_renderer()
+
+    def measured(text, *args, **kwargs):
+        draw(text, *args, **kwargs)
+        if text.get_visible() and text.get_text():
+            drawn.append((text.get_text(), text.get_window_extent(renderer)))
+
+    with mock.patch.object(Text, "draw", measured):
+        fig.canvas.draw()
+    return drawn
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_every_drawn_text_lies_inside_the_figure(name):
+    made = FIGURES[name]()
+    fig = made if hasattr(made, "canvas") else made.figure
+    box = fig.bbox
+    texts = _drawn_texts(fig)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert texts and set(titles) <= {t for t, _ in texts}, "the titles are among the texts checked"
+    tol = 0.5  # pixels: rounding of the text layout
+    outside = [
+        (t, tuple(round(v) for v in e.extents))
+        for t, e in texts
+        if e.x0 < box.x0 - tol or e.y0 < box.y0 - tol or e.x1 > box.x1 + tol or e.y1 > box.y1 + tol
+    ]
+    assert not outside, f"clipped at the figure's edge {tuple(round(v) for v in box.extents)}: {outside}"
 
 
 @pytest.mark.parametrize(("suffix", "magic"), [(".pdf", b"%PDF-"), (".png", b"\x89PNG\r\n\x1a\n"), (".svg", b"<?xml")])
