@@ -114,7 +114,13 @@ def _default_model(X: torch.Tensor, y: torch.Tensor, seed: int, quiet: bool) -> 
 
 
 def _load_model(
-    model_spec: str | None, checkpoint: str | None, data: Any, seed: int, quiet: bool, unsafe_load: bool
+    model_spec: str | None,
+    checkpoint: str | None,
+    data: Any,
+    seed: int,
+    quiet: bool,
+    unsafe_load: bool,
+    non_strict: bool = False,
 ) -> nn.Module:
     from landscape.checkpoint import CheckpointError, is_torchscript, load_checkpoint, load_model
 
@@ -131,7 +137,7 @@ def _load_model(
         if not isinstance(model, nn.Module):
             raise UserError(f"--model {model_spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
         if checkpoint is not None:
-            load_checkpoint(model, checkpoint, weights_only=not unsafe_load)
+            load_checkpoint(model, checkpoint, weights_only=not unsafe_load, strict=not non_strict)
         return model
     except (CheckpointError, FileNotFoundError) as err:
         raise UserError(str(err)) from err
@@ -159,6 +165,12 @@ def common_options(fn: Callable) -> Callable:
             help="Weights to load into --model (state dict layouts, DDP prefixes) or a TorchScript file.",
         ),
         click.option("--unsafe-load", is_flag=True, help="torch.load with weights_only=False (trusted files only)."),
+        click.option(
+            "--non-strict",
+            is_flag=True,
+            help="Load only the checkpoint keys that match the model (load_state_dict(strict=False)); missing ones "
+            "keep their initial values. Shapes must still match.",
+        ),
         click.option(
             "--data",
             "data_spec",
@@ -241,13 +253,14 @@ def build_problem(
     seed,
     quiet,
     replicated_data=False,
+    non_strict=False,
 ):
     """The Problem of the shared options (model, checkpoint, data, loss, params, mode, dtype, replicated data)."""
     from landscape import distributed
     from landscape.problem import Problem
 
     data = _load_data(data_spec, seed)
-    model = _load_model(model_spec, checkpoint, data, seed, quiet, unsafe_load)
+    model = _load_model(model_spec, checkpoint, data, seed, quiet, unsafe_load, non_strict)
     if isinstance(data, tuple) and len(data) == 2 and model_spec is None:
         data = (data[0].flatten(1), data[1])
     mode_of_ranks = None
@@ -818,7 +831,7 @@ def surface_cmd(num_directions, directions_seed, span, resolution, out, no_cache
         _emit(result, summary, as_json, out, "surface", from_cache == surf.loss.size, t0, store)
 
 
-def _second_model(path: str, reference: nn.Module, unsafe_load: bool, option: str) -> nn.Module:
+def _second_model(path: str, reference: nn.Module, unsafe_load: bool, option: str, strict: bool = True) -> nn.Module:
     """The model of ``--from``/``--to``: a TorchScript file as it is, else a checkpoint loaded into a copy of the
     reference architecture (whose missing/unexpected keys are listed if it does not fit)."""
     from landscape.checkpoint import CheckpointError, is_torchscript, load_checkpoint, load_model
@@ -827,7 +840,7 @@ def _second_model(path: str, reference: nn.Module, unsafe_load: bool, option: st
         if is_torchscript(path):
             return load_model(path)
         model = copy.deepcopy(reference)
-        load_checkpoint(model, path, weights_only=not unsafe_load)
+        load_checkpoint(model, path, weights_only=not unsafe_load, strict=strict)
         return model
     except (CheckpointError, FileNotFoundError) as err:
         raise UserError(f"{option} {path}: {err}") from err
@@ -895,11 +908,12 @@ def interpolate_cmd(from_path, from_init, to_path, span, resolution, out, no_cac
             start = _call_factory(kw["model_spec"], "model")
         from_label = "initialisation" if kw["model_spec"] is None else f"fresh {kw['model_spec']}()"
     elif from_path is not None:
-        start, from_label = _second_model(from_path, model, kw["unsafe_load"], "--from"), from_path
+        start = _second_model(from_path, model, kw["unsafe_load"], "--from", not kw["non_strict"])
+        from_label = from_path
     else:
         start, from_label = model, model_label
     if to_path is not None:
-        end, to_label = _second_model(to_path, model, kw["unsafe_load"], "--to"), to_path
+        end, to_label = _second_model(to_path, model, kw["unsafe_load"], "--to", not kw["non_strict"]), to_path
     else:
         end, to_label = model, model_label
     out = Path(out)
@@ -1112,7 +1126,7 @@ def _report_start(problem, from_path: str | None, from_init: bool, kw: dict[str,
 
     start = None
     if from_path is not None:
-        start = _second_model(from_path, problem.model, kw["unsafe_load"], "--from")
+        start = _second_model(from_path, problem.model, kw["unsafe_load"], "--from", not kw["non_strict"])
     elif kw["model_spec"] is None and kw["checkpoint"] is None:
         X, y = _load_data(kw["data_spec"], kw["seed"])
         start = _builtin_architecture(X.flatten(1), y, kw["seed"])

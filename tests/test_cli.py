@@ -97,6 +97,11 @@ def runs(tmp_path_factory):
     torch.save(mlp(in_features=64, hidden=(8,), out_features=10, seed=1).state_dict(), root / "a.pt")
     torch.save(mlp(in_features=64, hidden=(8,), out_features=10, seed=2).state_dict(), root / "b.pt")
     torch.save(mlp(in_features=64, hidden=(4,), out_features=10, seed=2).state_dict(), root / "other.pt")
+    # The right shapes under a wrong name (a head renamed, as after refactoring a model): keys, not shapes, differ.
+    state = mlp(in_features=64, hidden=(8,), out_features=10, seed=1).state_dict()
+    last = list(state)[-1]
+    state[f"head.{last}"] = state.pop(last)
+    torch.save(state, root / "renamed.pt")
     tiny = ("--model", "mymodels:small", "--quiet", "--json")
 
     def job(name, *args, out=True):
@@ -121,6 +126,7 @@ def runs(tmp_path_factory):
         args = ("trace", "--model", "mymodels:small", "--num-matvecs", "4")
         return job("corrupt", *args), job("corrupt", *args, "--debug")
 
+    hutchinson = ("--method", "hutchinson", "--num-matvecs", "4")
     interpolation = ("--resolution", "9", "--span", "-0.5", "1.5", "--from", "a.pt", "--to", "b.pt")
     jobs = {
         # Not --quiet: stderr is a pipe, not a terminal, so there must be no progress bar anyway.
@@ -141,6 +147,10 @@ def runs(tmp_path_factory):
         "bad_optimizer": lambda: job("bad", "stability", "--optimizer", "nope"),
         "wrong_data": lambda: job("wrong", "trace", "--model", "mymodels:wide", "--quiet"),
         "wrong_to": lambda: job("wrong_to", "interpolate", "--model", "mymodels:small", "--to", "other.pt"),
+        "wrong_keys": lambda: job("wrong_keys", "trace", *tiny, "--checkpoint", "renamed.pt", *hutchinson),
+        "non_strict": lambda: job(
+            "non_strict", "trace", *tiny, "--checkpoint", "renamed.pt", *hutchinson, "--non-strict"
+        ),
         "corrupt": corrupt_cache,
     }
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
@@ -278,6 +288,30 @@ def test_second_checkpoint_that_does_not_fit_lists_the_keys(runs):
     r = results["wrong_to"]
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "--to other.pt" in r.stderr and "0.weight" in r.stderr and "shape" in r.stderr
+
+
+def test_checkpoint_with_wrong_keys_names_both_ways_to_load_it_and_non_strict_loads_it(runs, monkeypatch):
+    _, results = runs
+    r = results["wrong_keys"]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "head." in r.stderr and "missing keys" in r.stderr and "unexpected keys" in r.stderr
+    assert "strict=False" in r.stderr and "--non-strict" in r.stderr
+    from landscape import hessian, trace
+    from landscape.cli import build_problem
+
+    root, _ = runs
+    monkeypatch.syspath_prepend(str(root))
+    kw = dict(unsafe_load=False, data_spec="digits", batch_size=512, loss="cross_entropy", params=(), mode="eval")
+    checkpoint = str(root / "renamed.pt")
+    problem = build_problem(
+        "mymodels:small", checkpoint=checkpoint, dtype=None, seed=0, quiet=True, non_strict=True, **kw
+    )
+    state = torch.load(checkpoint)
+    matching = {k: v for k, v in problem.model.state_dict().items() if k in state}
+    assert len(matching) == len(state) - 1 and all(torch.equal(v, state[k]) for k, v in matching.items())
+    loaded = _json(results["non_strict"])
+    ref = trace(hessian(problem), method="hutchinson", num_matvecs=4, seed=0)
+    assert loaded["value"] == pytest.approx(float(ref.value), rel=1e-6)
 
 
 def test_corrupt_cache_is_one_line_and_exit_2_with_traceback_only_under_debug(runs):
