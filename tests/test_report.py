@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from torch import nn
 
 from landscape import Problem, data, models, training
 from landscape.data import data_fingerprint
+from landscape.linalg.results import Estimate
 from landscape.report import (
     OptimizerSetting,
     analyse,
@@ -204,6 +206,67 @@ def test_scaling_and_provenance_numbers_match(full):
     assert provenance.data_fingerprint == data_fingerprint(problem._data) and provenance.data_fingerprint in body
     assert f">{torch.__version__}<" in body and f">{np.__version__}<" in body
     assert provenance.mode_policy.startswith("eval mode") and "running statistics" in body
+
+
+def _shown_traces(html: str) -> dict[str, str]:
+    """The trace as the header card, the spectrum's card and table, and the sharpness table show it."""
+    header = html[html.index("<header>") : html.index("</header>")]
+    card = r'<div class="label">trace</div><div class="value">([^<]*)<div class="how">'
+    spectrum, sharpness = section(html, "spectrum"), section(html, "sharpness")
+    return {
+        "header card": re.search(card, header).group(1),
+        "spectrum card": re.search(card, spectrum).group(1),
+        "spectrum table": re.search(r"<tr><td>trace</td><td>([^<]*)</td>", spectrum).group(1),
+        "sharpness table": re.search(r'<tr><td>trace</td><td class="num">([^<]*)</td>', sharpness).group(1),
+    }
+
+
+def _estimate(value: float, stderr: float, method: str) -> Estimate:
+    matvecs = 0 if method == "exact" else 9
+    return Estimate(value=value, stderr=stderr, num_matvecs=matvecs, seed=None, method=method, wall_time=0.0)
+
+
+@pytest.mark.parametrize(
+    ("sharpness_trace", "expected"),
+    [
+        ("exact", "exact, second-order backpropagation"),  # exact wins over any estimate
+        ("hutch++ with a smaller error", "hutch++, 9 Hessian-vector products"),
+        ("hutch++ with a larger error", "SLQ, 2 probes"),
+    ],
+)
+def test_header_spectrum_and_sharpness_show_one_trace_the_best_one(full, sharpness_trace, expected):
+    _, results, _, _ = full
+    slq = results.spectrum.trace
+    # A value apart from the SLQ estimate, so a section that still showed the SLQ value would be caught.
+    other = float(slq.value) + 1.5
+    trace = {
+        "exact": _estimate(other, 0.0, "exact"),
+        "hutch++ with a smaller error": _estimate(other, float(slq.stderr) / 4, "hutch++"),
+        "hutch++ with a larger error": _estimate(other, float(slq.stderr) * 4, "hutch++"),
+    }[sharpness_trace]
+    sharp = dataclasses.replace(results.sharpness, trace=trace)
+    html = build_report(spectrum=results.spectrum, sharpness=sharp)
+    best = slq if expected.startswith("SLQ") else trace
+    value = fmt(best.value) if best.method == "exact" else pm(best.value, best.stderr)
+    shown = _shown_traces(html)
+    assert shown["sharpness table"] == fmt(best.value)  # its error has a column of its own
+    assert {shown["header card"], shown["spectrum card"], shown["spectrum table"]} == {value}, shown
+    header = html[html.index("<header>") : html.index("</header>")]
+    assert f'<div class="how">{expected}</div>' in header
+    assert expected in section(html, "sharpness") and expected in section(html, "spectrum")
+    data = embedded(html)["trace"]
+    assert data["value"] == pytest.approx(float(best.value)) and data["how"] == expected
+
+
+def test_a_report_without_the_spectrum_shows_the_sharpness_trace_in_its_header(full):
+    _, results, _, _ = full
+    html = build_report(sharpness=results.sharpness)
+    header = html[html.index("<header>") : html.index("</header>")]
+    assert re.search(r'<div class="label">trace</div><div class="value">([^<]*)<', header).group(1) == (
+        fmt(results.sharpness.trace.value)
+        if results.sharpness.trace.method == "exact"
+        else pm(results.sharpness.trace.value, results.sharpness.trace.stderr)
+    )
 
 
 def test_model_hash_sees_weights_and_buffers():

@@ -12,7 +12,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ h3 { font-size: 16px; margin: 16px 0 6px; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px; min-width: 150px; background: #fff; }
 .card .label { color: var(--muted); font-size: 12px; letter-spacing: .02em; }
 .card .value { font-size: 20px; font-variant-numeric: tabular-nums; }
+.card .how { color: var(--muted); font-size: 12px; }
 .figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 12px; }
 .fig { border: 1px solid var(--line); border-radius: 8px; padding: 4px; min-height: 420px; }
 table { border-collapse: collapse; margin: 6px 0 10px; font-size: 14px; }
@@ -170,6 +171,66 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+# ------------------------------------------------------------------------------------------------------- trace
+@dataclass(frozen=True)
+class ReportTrace:
+    """The one Hessian trace a report shows: value, standard error (0 when exact) and how it was obtained."""
+
+    value: float
+    stderr: float
+    method: str
+    how: str
+    source: str
+
+    def shown(self) -> str:
+        """``"19.15"`` when exact, ``"20.57 ± 1.7"`` for an estimate."""
+        return fmt(self.value) if self.method == "exact" else pm(self.value, self.stderr)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_hessian(spectrum: Any) -> bool:
+    return str(spectrum.settings.get("operator", "hessian")).lower() in ("hessian", "hessianoperator")
+
+
+def _how(est: Any, spectrum: Any = None) -> str:
+    if est.method == "exact":
+        return "exact, second-order backpropagation"
+    if est.method == "slq" and spectrum is not None:
+        return f"SLQ, {spectrum.density.num_probes} probes"
+    return f"{est.method}, {est.num_matvecs} Hessian-vector products"
+
+
+def best_trace(spectrum: Any = None, sharpness: Any = None) -> ReportTrace | None:
+    """The best Hessian trace among the results: exact when computed, else the estimate with the smaller error.
+
+    The spectrum's SLQ trace counts only for a Hessian spectrum (a GGN's trace is another number); the sharpness
+    trace is exact where every layer allows second-order backpropagation (:func:`landscape.trace`). A report shows
+    this one trace everywhere, so its header and its tables never disagree.
+    """
+    found = []
+    if sharpness is not None and sharpness.trace is not None:
+        found.append((sharpness.trace, _how(sharpness.trace), "sharpness"))
+    if spectrum is not None and _is_hessian(spectrum):
+        found.append((spectrum.trace, _how(spectrum.trace, spectrum), "spectrum"))
+    if not found:
+        return None
+
+    def rank(item: tuple[Any, str, str]) -> tuple[int, float]:
+        est = item[0]
+        se = float(est.stderr) if est.stderr is not None else math.nan
+        return (0 if est.method == "exact" else 1, se if math.isfinite(se) else math.inf)
+
+    est, how, source = min(found, key=rank)
+    stderr = 0.0 if est.method == "exact" else float(est.stderr)
+    return ReportTrace(float(est.value), stderr, str(est.method), how, source)
+
+
+def _trace_card(trace: ReportTrace) -> _Raw:
+    return _Raw(f'{escape(trace.shown())}<div class="how">{escape(trace.how)}</div>')
+
+
 # ------------------------------------------------------------------------------------------------------- figures
 class _Figures:
     """Renders figures into ``<div>``s; plotly.js is embedded once, with the first figure."""
@@ -280,23 +341,32 @@ def _scaling_figure(scaling: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------------- sections
-def _spectrum_section(spec: Any, figs: _Figures) -> str:
+def _spectrum_section(spec: Any, trace: ReportTrace | None, figs: _Figures) -> str:
     if spec is None:
         return _absent("The Hessian spectrum")
     d = spec.density
     op = spec.settings.get("operator", "hessian")
+    slq = pm(spec.trace.value, spec.trace.stderr)
+    if trace is not None and _is_hessian(spec):
+        trace_card = ("trace", _trace_card(trace))
+        seen = "" if trace.source == "spectrum" else f"; the SLQ estimate of this pass: {slq}"
+        trace_row = ["trace", trace.shown(), trace.how + seen]
+    else:  # another operator's trace: its own number, named so
+        trace_card = (f"{op} trace", slq)
+        trace_row = [f"{op} trace", slq, _how(spec.trace, spec)]
     parts = [
         _cards(
             [
                 ("λ_max", fmt(spec.lambda_max)),
-                ("trace", pm(spec.trace.value, spec.trace.stderr)),
+                trace_card,
                 ("Frobenius norm", pm(spec.frobenius.value, spec.frobenius.stderr)),
                 ("parameters", f"{spec.num_params:,}"),
             ]
         ),
         f'<p class="note">{escape(str(op))} spectrum from one Krylov pass: {d.num_probes} probes × '
         f"{d.nodes.shape[1]} Lanczos steps, {spec.num_matvecs} matrix-vector products, {fmt(spec.wall_time, 3)} s, "
-        f"seed {escape(str(spec.seed))}. Trace and Frobenius errors are standard errors across probes.</p>",
+        f"seed {escape(str(spec.seed))}. Errors of SLQ estimates are standard errors across probes. The trace is the "
+        "report's best one (exact when it was computed), the same in every section.</p>",
         '<div class="figs">' + figs(density_figure(d)) + figs(density_figure(d, log=True)) + "</div>",
         "<h3>Top eigenvalues</h3>",
         table(
@@ -319,7 +389,7 @@ def _spectrum_section(spec: Any, figs: _Figures) -> str:
         table(
             ["quantity", "value", "notes"],
             [
-                ["trace", _Raw(escape(pm(spec.trace.value, spec.trace.stderr))), f"{spec.trace.method}"],
+                trace_row,
                 ["Frobenius norm", _Raw(escape(pm(spec.frobenius.value, spec.frobenius.stderr))), "slq"],
                 ["density support", f"[{fmt(d.lambda_min, 4)}, {fmt(d.lambda_max, 4)}]", f"σ = {fmt(d.sigma, 3)}"],
                 ["re = |λ_min / λ_max|", float(spec.lla.re), "negative curvature (LLA criteria)"],
@@ -403,7 +473,7 @@ def _surfaces_section(surface: Any, interpolation: Any, figs: _Figures) -> str:
     return "".join(parts)
 
 
-def _sharpness_section(sh: Any, roughness: Any) -> str:
+def _sharpness_section(sh: Any, roughness: Any, trace: ReportTrace | None) -> str:
     if sh is None and roughness is None:
         return _absent("Sharpness")
     rows: list[list[Any]] = []
@@ -417,10 +487,9 @@ def _sharpness_section(sh: Any, roughness: Any) -> str:
             )
         else:
             rows.append(["λ_max", NOT_COMPUTED, "", ""])
-        if sh.trace is not None:
-            tr = float(sh.trace.value)
-            err = "exact" if sh.trace.method == "exact" else f"± {fmt(sh.trace.stderr, 2)} ({sh.trace.method})"
-            rows.append(["trace", tr, err, f"ρ² tr/2 = {fmt(r2 * tr, 4)}"])
+        if trace is not None:
+            err = trace.how if trace.method == "exact" else f"± {fmt(trace.stderr, 2)} ({trace.how})"
+            rows.append(["trace", trace.value, err, f"ρ² tr/2 = {fmt(r2 * trace.value, 4)}"])
         else:
             rows.append(["trace", NOT_COMPUTED, "", ""])
         if sh.frobenius is not None:
@@ -676,8 +745,12 @@ class ReportData:
             times.setdefault(f"stability: {_stability_label(rep)}", float(rep.wall_time))
         return times
 
+    def trace(self) -> ReportTrace | None:
+        """The trace every section shows (:func:`best_trace`)."""
+        return best_trace(self.spectrum, self.sharpness)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready numbers of every section (``None`` for absent ones)."""
+        """JSON-ready numbers of every section (``None`` for absent ones); ``"trace"`` is the one the page shows."""
 
         def surf(s: Any) -> dict[str, Any] | None:
             if s is None:
@@ -695,6 +768,7 @@ class ReportData:
 
         return {
             "title": self.title,
+            "trace": own(self.trace()),
             "spectrum": own(self.spectrum),
             "surface": surf(self.surface),
             "interpolation": surf(self.interpolation),
@@ -717,7 +791,9 @@ def _headline(data: ReportData) -> str:
         cards.append(("loss", fmt(data.sharpness.loss)))
     if data.spectrum is not None:
         cards.append(("λ_max", fmt(data.spectrum.lambda_max)))
-        cards.append(("trace", pm(data.spectrum.trace.value, data.spectrum.trace.stderr)))
+    trace = data.trace()
+    if trace is not None:
+        cards.append(("trace", _trace_card(trace)))
     for rep in data.stability:
         cards.append((f"{rep.optimizer} @ lr {fmt(rep.lr, 3)}", _badge(rep.stable)))
     if data.scaling is not None and data.scaling.noise is not None:
@@ -729,9 +805,9 @@ def render(data: ReportData) -> str:
     """The HTML page of ``data``."""
     figs = _Figures()
     bodies = {
-        "spectrum": _spectrum_section(data.spectrum, figs),
+        "spectrum": _spectrum_section(data.spectrum, data.trace(), figs),
         "surfaces": _surfaces_section(data.surface, data.interpolation, figs),
-        "sharpness": _sharpness_section(data.sharpness, data.roughness),
+        "sharpness": _sharpness_section(data.sharpness, data.roughness, data.trace()),
         "stability": _stability_section(data.stability, data.notes),
         "scaling": _scaling_section(data.scaling, figs),
         "provenance": _provenance_section(data.provenance, data.wall_times()),
