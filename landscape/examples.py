@@ -10,14 +10,24 @@ is bit for bit the one a single process gets. Only the ``B`` drawn examples trav
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
 
+from landscape.batch import concat, take
 from landscape.problem import DataError, Problem
 
 
+def to(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor on ``device`` (dtypes kept)."""
+    return pytree.tree_map(lambda t: t.to(device) if isinstance(t, Tensor) else t, batch)
+
+
 class Examples:
-    """All examples of ``problem`` as two tensors, addressed by global index (see the module docstring).
+    """All examples of ``problem`` as one batch (a tree of tensors, :mod:`landscape.batch`), addressed by global
+    index (see the module docstring).
 
     Parameters
     ----------
@@ -33,52 +43,57 @@ class Examples:
     def __init__(self, problem: Problem):
         self.problem = problem
         self.num_samples = problem.num_samples
-        inputs, targets = [], []
-        for b in problem.batches():
-            inputs.append(b.inputs)
-            targets.append(b.targets)
+        parts = [b.data for b in problem.batches()]
         shard = problem.shard
         self._offset = 0 if shard is None else sum(shard.shard_sizes[: shard.rank])
-        if not inputs:  # an empty shard: nothing to contribute
-            self._inputs = self._targets = None
+        if not parts:  # an empty shard: nothing to contribute
+            self._data = None
             return
         try:
-            self._inputs, self._targets = torch.cat(inputs), torch.cat(targets)
-        except RuntimeError as err:
+            self._data = concat(parts)
+        except (RuntimeError, ValueError) as err:
             raise DataError(
                 f"the batches cannot be joined into one data set to draw examples from ({err}); batches must share "
-                "every dimension but the first"
+                "every dimension but the first (pad sequences to one length for per-example analyses)"
             ) from err
 
-    def take(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """``(X[indices], y[indices])`` of the whole data set, on every rank (one ``all_gather`` if data-parallel)."""
+    def take(self, indices: Tensor) -> Any:
+        """The examples ``indices`` of the whole data set as one batch (``(X[indices], y[indices])`` for pair
+        batches), on every rank (one ``all_gather`` if data-parallel)."""
         indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1).cpu()
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_samples):
             lo, hi = int(indices.min()), int(indices.max())
             raise IndexError(f"example indices must lie in [0, {self.num_samples}), got {lo}..{hi}")
         dist = self.problem.dist
         if dist is None:
-            idx = indices.to(self._inputs.device)
-            return self._inputs[idx], self._targets[idx]
-        held = self.problem.num_local_samples if self._inputs is not None else 0
+            return take(self._data, indices.to(self.problem.device))
+        held = self.problem.num_local_samples if self._data is not None else 0
         mine = (indices >= self._offset) & (indices < self._offset + held)
         positions = mine.nonzero().reshape(-1)
         local = (indices[positions] - self._offset).to(self.problem.device)
-        part = None if self._inputs is None else (positions, self._inputs[local].cpu(), self._targets[local].cpu())
+        part = None if self._data is None else (positions, to(take(self._data, local), torch.device("cpu")))
         parts = [p for p in dist.all_gather_object(part, "all_gather of drawn examples") if p is not None]
-        first_x, first_y = parts[0][1], parts[0][2]
-        X = first_x.new_empty((indices.numel(), *first_x.shape[1:]))
-        y = first_y.new_empty((indices.numel(), *first_y.shape[1:]))
-        for pos, xs, ys in parts:
-            X[pos] = xs
-            y[pos] = ys
-        return X.to(self.problem.device), y.to(self.problem.device)
+        leaves, spec = pytree.tree_flatten(parts[0][1])
+        out = [t.new_empty((indices.numel(), *t.shape[1:])) if _batched(t) else t for t in leaves]
+        for pos, chosen in parts:
+            for slot, t in zip(out, pytree.tree_leaves(chosen), strict=True):
+                if _batched(t):
+                    slot[pos] = t
+        return to(pytree.tree_unflatten(out, spec), self.problem.device)
 
-    def all(self) -> tuple[Tensor, Tensor]:
+    def all(self) -> Any:
         """Every example of the whole data set, in order (on every rank)."""
         return self.take(torch.arange(self.num_samples))
 
     def problem_of(self, indices: Tensor, *, batch_size: int | None = None) -> Problem:
         """The problem restricted to the examples ``indices`` (one batch unless ``batch_size``), held whole by this
         process: data-parallel, every rank computes on the same gathered examples without communicating."""
-        return self.problem.with_data(self.take(indices), batch_size=batch_size, distributed=False)
+        chosen = self.take(indices)
+        n = int(torch.as_tensor(indices).numel())
+        step = n if batch_size is None else batch_size
+        parts = [take(chosen, slice(lo, lo + step)) for lo in range(0, n, max(step, 1))]
+        return self.problem.with_data(parts, distributed=False)
+
+
+def _batched(t: object) -> bool:
+    return isinstance(t, Tensor) and t.ndim > 0

@@ -14,19 +14,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from landscape import attention, losses
+from landscape.batch import BatchFormatError, num_examples, take
+from landscape.batch import to as to_device
 from landscape.data import batch_digest, data_fingerprint, fingerprint_of_batches
 from landscape.distributed import DataParallel, ShardInfo, combine_digests, resolve, resolve_replicas, shard_digest
+from landscape.losses import Loss
 
-Batch = tuple[Tensor, Tensor]
 ParamDict = dict[str, Tensor]
 
 MODES = ("eval", "train")
@@ -42,12 +47,31 @@ class NonDeterministicError(RuntimeError):
 
 @dataclass(frozen=True)
 class PreparedBatch:
-    """One batch moved to the problem's device/dtype, with its weight in the full-data mean."""
+    """One batch moved to the problem's device/dtype, with its weight in the full-data loss.
 
-    inputs: Tensor
-    targets: Tensor
+    ``data`` is the batch as a tree (:mod:`landscape.batch`), ``size`` its examples, ``count`` what its loss
+    averages over (examples, or counted tokens) and ``weight`` its share ``count / total count`` of the full-data
+    mean (1 for sum-reduced criteria).
+    """
+
+    data: Any
     weight: float
     size: int
+    count: int
+
+    @property
+    def inputs(self) -> Any:
+        """The inputs of an ``(inputs, targets)`` batch."""
+        return self.data[0]
+
+    @property
+    def targets(self) -> Any:
+        """The targets of an ``(inputs, targets)`` batch."""
+        return self.data[1]
+
+    def head(self, m: int) -> PreparedBatch:
+        """The first ``m`` examples, weighted pro rata (a slice to time strategies on, not to sum)."""
+        return PreparedBatch(take(self.data, slice(0, m)), self.weight * m / self.size, m, self.count)
 
 
 def _is_tensor_pair(data: object) -> bool:
@@ -61,16 +85,6 @@ def _is_tensor_pair(data: object) -> bool:
     )
 
 
-def _loss_reduction(loss_fn: Callable) -> str:
-    reduction = getattr(loss_fn, "reduction", "mean")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(
-            f"loss_fn has reduction={reduction!r}; landscape needs a scalar loss per batch: "
-            "use reduction='mean' (default) or 'sum'"
-        )
-    return reduction
-
-
 class Problem:
     """A loss ``L(w)`` over a data set, restricted to a block of parameters.
 
@@ -78,10 +92,15 @@ class Problem:
     ----------
     model : nn.Module
         The network. It is never modified: parameters, buffers, ``.grad`` and modes are left as found.
-    loss_fn : callable
-        ``loss_fn(outputs, targets) -> scalar`` with mean (default) or sum reduction over the batch.
-    data : DataLoader, re-iterable of ``(inputs, targets)`` batches, or a pair of tensors ``(X, y)``
-        A tensor pair is split into batches of ``batch_size`` (one batch when ``batch_size`` is None).
+    loss_fn : callable or landscape.losses.Loss
+        A criterion ``loss_fn(outputs, targets) -> scalar`` with mean (default) or sum reduction over the batch,
+        for ``(inputs, targets)`` batches; or a loss adapter (:mod:`landscape.losses`: ``causal_lm()``,
+        ``masked_lm()``, ``supervised(...)``, ``model_output()``, any ``(model, batch) -> (mean, weight)``) that
+        sees the whole batch. Batches are weighted by what their loss averages over (examples, counted tokens).
+    data : DataLoader, re-iterable of batches, or a pair of tensors ``(X, y)``
+        A batch is a tensor pair, a tuple/list or mapping of tensors (dict, ``UserDict``, ``BatchEncoding``) or a
+        nesting of these (:mod:`landscape.batch`). A tensor pair is split into batches of ``batch_size`` (one
+        batch when ``batch_size`` is None).
     params : None, sequence of str
         ``None``: every parameter with ``requires_grad``. Otherwise parameter names or glob patterns
         (``"layer3.*"``, ``"*.weight"``); the analysis runs on that block of the Hessian.
@@ -123,7 +142,8 @@ class Problem:
         self.model = model
         self.loss_fn = loss_fn
         self.mode = mode
-        self.reduction = _loss_reduction(loss_fn)
+        self.reduction = loss_fn.reduction if isinstance(loss_fn, Loss) else losses.criterion_reduction(loss_fn)
+        self._objective: Loss | None = loss_fn if isinstance(loss_fn, Loss) else None
         self.param_names = self._select_params(params)
 
         first = next(iter(dict(model.named_parameters()).values()))
@@ -142,6 +162,8 @@ class Problem:
         # Data-parallel, one rank's shard may be empty (a data subset none of whose batches it holds).
         self._data = self._normalise_data(data, batch_size, allow_empty=self.dist is not None)
         self._num_samples: int | None = None
+        self._num_counted: int | None = None  # what the losses average over, summed over the local batches
+        self._total_count: int | None = None  # ... over every rank's batches
         self._num_batches = 0  # non-empty batches held here, counted with the samples
         self._shard: ShardInfo | None = None
         self._data_fingerprint: str | None = None
@@ -246,17 +268,37 @@ class Problem:
             raise DataError(f"data must be a DataLoader, an iterable of (inputs, targets) or (X, y); got {type(data)}")
         return data
 
-    def _prepare(self, batch: object, index: int) -> tuple[Tensor, Tensor]:
-        if isinstance(batch, dict) or not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise DataError(f"batch {index} is a {type(batch).__name__}; landscape expects (inputs, targets) pairs")
-        x, y = batch
-        x = x.to(self.device)
-        if x.is_floating_point():
-            x = x.to(self.dtype)
-        y = y.to(self.device)
-        if y.is_floating_point():
-            y = y.to(self.dtype)
-        return x, y
+    def _prepare(self, batch: object, index: int) -> Any:
+        if isinstance(batch, Tensor):
+            raise DataError(
+                f"batch {index} is a single tensor; landscape expects (inputs, targets) pairs, or mappings of "
+                "tensors with a loss adapter (landscape.losses)"
+            )
+        return to_device(batch, self.device, self.dtype)
+
+    @property
+    def objective(self) -> Loss:
+        """The loss adapter (:mod:`landscape.losses`) the loss function makes for these batches."""
+        if self._objective is None:
+            first = next(iter(self._data), None)
+            if first is None:  # an empty shard: nothing is evaluated here
+                return losses.Criterion(self.loss_fn)
+            self._objective = losses.resolve(self.loss_fn, first)
+        return self._objective
+
+    def _count(self, batch: Any, index: int) -> int:
+        """What batch ``index``'s loss averages over; a batch with nothing counted is an error."""
+        count = self.objective.count(batch)
+        if count is None:  # a custom adapter: its weight is known by evaluating it
+            with torch.no_grad(), self.evaluation(order=0) as forward:
+                data = self._prepare(batch, index)
+                _, count = self.objective(functools.partial(forward, self.params_dict()), data)
+        if not count > 0:
+            raise DataError(
+                f"batch {index} has nothing to average the loss over (its weight is {count}: every label is "
+                f"ignored or padding?). Drop the batch, or check its labels / attention_mask and ignore_index"
+            )
+        return count
 
     @property
     def num_samples(self) -> int:
@@ -285,12 +327,14 @@ class Problem:
             self._num_batches,
             shard_digest(self._data),
             [batch_digest(batch) for batch in self._data],
+            self._num_counted,
         )
         gathered = self.dist.all_gather_object(local, "gather of shard sizes and data fingerprints")
         if not any(part[0] for part in gathered):
             raise DataError("every rank's shard of the data is empty: check the DataLoader/dataset is not empty")
         self._sample_fingerprint = combine_digests(part[2] for part in gathered)
         self._data_fingerprint = fingerprint_of_batches([d for part in gathered for d in part[3]])
+        self._total_count = sum(part[4] for part in gathered)
         sizes, batch_counts = tuple(part[0] for part in gathered), tuple(part[1] for part in gathered)
         return ShardInfo(self.dist.rank, self.dist.world_size, self.dist.backend, sizes, batch_counts)
 
@@ -298,16 +342,28 @@ class Problem:
     def num_local_samples(self) -> int:
         """Samples in the data this process holds (its shard when data-parallel)."""
         if self._num_samples is None:
-            n = nonempty = 0
+            n = nonempty = counted = 0
             for i, batch in enumerate(self._data):
-                if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-                    raise DataError(f"batch {i} is a {type(batch).__name__}; expected (inputs, targets) pairs")
-                n += len(batch[1])
-                nonempty += len(batch[1]) > 0
+                if isinstance(batch, Tensor):
+                    self._prepare(batch, i)  # raises the error that says what a batch must be
+                try:
+                    size = num_examples(batch, i)
+                except BatchFormatError as err:
+                    raise DataError(str(err)) from None
+                n += size
+                nonempty += size > 0
+                counted += self._count(batch, i) if size > 0 else 0
             if n == 0 and self.dist is None:
                 raise DataError("data yielded no samples: check the DataLoader/dataset is not empty")
-            self._num_samples, self._num_batches = n, nonempty
+            self._num_samples, self._num_batches, self._num_counted = n, nonempty, counted
         return self._num_samples
+
+    @property
+    def num_counted(self) -> int:
+        """What the full-data loss averages over: samples, or counted tokens for a token-weighted loss (summed over
+        ranks when data-parallel)."""
+        _ = self.num_local_samples  # counts what the losses average over
+        return self._num_counted if self._total_count is None else self._total_count
 
     def data_fingerprint(self) -> str:
         """Content hash of the data as given, batch by batch and in order (:func:`landscape.data.data_fingerprint`).
@@ -340,17 +396,18 @@ class Problem:
 
     def batches(self) -> Iterator[PreparedBatch]:
         """Yield every batch on the problem's device/dtype with its weight in the full-data loss."""
-        total = self.num_samples
+        total = self.num_counted
         local = self.num_local_samples
         seen = 0
         for i, batch in enumerate(self._data):
-            x, y = self._prepare(batch, i)
-            size = len(y)
+            data = self._prepare(batch, i)
+            size = num_examples(data, i)
             if size == 0:
                 continue
             seen += size
-            weight = size / total if self.reduction == "mean" else 1.0
-            yield PreparedBatch(x, y, weight, size)
+            count = self._count(batch, i)
+            weight = count / total if self.reduction == "mean" else 1.0
+            yield PreparedBatch(data, weight, size, count)
         if seen != local:
             raise DataError(
                 f"the data changed size between passes ({local} then {seen} samples): use a loader with "
@@ -364,14 +421,14 @@ class Problem:
         batches in rank order, each rank keeps its own batches of every part, and every part is a data-parallel
         problem: the same parts as one process holding all the batches (a rank may hold none of a part).
         """
-        batches = [(b.inputs, b.targets) for b in self.batches()]
+        batches = [b.data for b in self.batches()]
         shard = self.shard
         first, total = 0, len(batches)
         if shard is not None:
             first, total = sum(shard.batch_counts[: shard.rank]), shard.num_batches
         if k < 1 or k > total:
             raise ValueError(f"cannot split {total} batches into {k} subsets; use 1 <= k <= #batches")
-        parts: list[list[Batch]] = [[] for _ in range(k)]
+        parts: list[list[Any]] = [[] for _ in range(k)]
         for i, batch in enumerate(batches):
             parts[(first + i) % k].append(batch)
         return [self.with_data(part) for part in parts]
@@ -386,7 +443,7 @@ class Problem:
         """
         if distributed is None:
             distributed = "replicated" if self.replicas is not None else self.dist is not None
-        return Problem(
+        problem = Problem(
             self.model,
             self.loss_fn,
             data,
@@ -397,6 +454,8 @@ class Problem:
             batch_size=batch_size,
             distributed=distributed,
         )
+        problem._objective = self._objective  # the same adapter, also for data whose first batch is elsewhere
+        return problem
 
     # ------------------------------------------------------------------ evaluation
     def _module_for_mode(self) -> nn.Module:
@@ -410,23 +469,29 @@ class Problem:
         return self._train_twin
 
     @contextlib.contextmanager
-    def evaluation(self) -> Iterator[Callable[[ParamDict, Tensor], Tensor]]:
-        """Context giving ``forward(params, inputs) -> outputs`` under the problem's mode policy.
+    def evaluation(self, order: int = 2) -> Iterator[Callable[..., Any]]:
+        """Context giving ``forward(params, *args, **kwargs) -> outputs`` under the problem's mode policy.
 
         The user's model modes are restored on exit and, in train mode, the global RNG state too (dropout masks
         come from a forked generator), so calling it never leaves a trace.
+
+        ``order``: the highest derivative taken inside. For ``order >= 2`` (curvature products) every call of
+        ``scaled_dot_product_attention`` runs on its math kernel (:func:`landscape.attention.differentiable`),
+        which torch can differentiate twice and in forward mode, whatever kernel the model would pick; forward
+        passes and gradients (``order`` 0 or 1) keep the fast kernels. The model and its config are not changed.
         """
         module = self._module_for_mode()
         saved_modes = [(m, m.training) for m in self.model.modules()]
         fixed = self._fixed_state()
         rng = torch.random.fork_rng(devices=[]) if self.mode == "train" else contextlib.nullcontext()
+        kernel = attention.differentiable() if order >= 2 else contextlib.nullcontext()
         try:
-            with rng:
+            with rng, kernel:
                 if module is self.model:
                     self.model.eval()
 
-                def forward(params: ParamDict, inputs: Tensor) -> Tensor:
-                    return functional_call(module, {**fixed, **params}, (inputs,), strict=False)
+                def forward(params: ParamDict, *args: Any, **kwargs: Any) -> Any:
+                    return functional_call(module, {**fixed, **params}, args, kwargs or None, strict=False)
 
                 within_module = _Within(module)
 
@@ -443,15 +508,45 @@ class Problem:
             for m, training in saved_modes:
                 m.training = training
 
+    def model_fn(self, forward: Callable[..., Any], params: ParamDict) -> Callable[..., Any]:
+        """``forward`` at ``params`` as a plain model call ``model(*args, **kwargs)``, for a loss adapter."""
+        return functools.partial(forward, params)
+
     def batch_loss(self, forward: Callable, params: ParamDict, batch: PreparedBatch) -> Tensor:
         """Weighted contribution ``w_b L_b(params)`` of one batch to the full-data loss."""
-        return batch.weight * self.loss_fn(forward(params, batch.inputs), batch.targets)
+        mean, _ = self.objective(self.model_fn(forward, params), batch.data)
+        return batch.weight * mean
+
+    def example_scale(self, count: float | None = None) -> float:
+        """Factor ``a`` making per-example losses average to the full-data loss, ``L = (1/N) sum_i a s_i``.
+
+        With ``s_i`` example ``i``'s *summed* loss (over its counted tokens), ``a = N / C`` for mean losses (``C``
+        everything counted: examples, or tokens) and ``N`` for sum-reduced criteria. Given ``count`` (``c_i``),
+        the factor for example ``i``'s *mean* loss instead: ``N c_i / C`` (``N`` for sum losses).
+        """
+        n = self.num_samples
+        if self.reduction == "sum":
+            return float(n)
+        return n * (1.0 if count is None else count) / self.num_counted
+
+    def example_loss(self, forward: Callable[..., Any]) -> Callable[[ParamDict, Any], Tensor]:
+        """``loss_i(params, example) = a s_i(params)`` for one example without its batch dimension (a ``vmap``
+        slice of a batch; see :meth:`example_scale`): the per-example losses whose mean is the full-data loss."""
+        objective = self.objective
+        scale = self.example_scale()
+
+        def loss_i(params: ParamDict, example: Any) -> Tensor:
+            one = pytree.tree_map(lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, example)
+            outputs = objective.outputs(self.model_fn(forward, params), one)
+            return scale * objective.example_sums(outputs, one)[0]
+
+        return loss_i
 
     def loss(self, at: Tensor | None = None) -> float:
         """Full-data loss at the current parameters (or at the flat point ``at``)."""
         params = self.params_dict(at)
         total = torch.zeros((), dtype=self.dtype, device=self.device)
-        with torch.no_grad(), self.evaluation() as forward:
+        with torch.no_grad(), self.evaluation(order=0) as forward:
             for i, b in enumerate(self.batches()):
                 total = total + check_finite(self.batch_loss(forward, params, b), "loss", i)
         if self.dist is not None:
@@ -460,7 +555,7 @@ class Problem:
 
     def loss_and_grad(self, at: Tensor | None = None) -> tuple[float, Tensor]:
         """Full-data loss and its gradient (flat, selected parameters), without touching ``.grad``."""
-        with self.evaluation() as forward:
+        with self.evaluation(order=1) as forward:
             return self._loss_and_grad(forward, self.params_dict(at))
 
     def _loss_and_grad(self, forward: Callable, params: ParamDict) -> tuple[float, Tensor]:
@@ -493,7 +588,7 @@ class Problem:
         if rtol is None:
             rtol = 1e-5 if self.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10
         params = self.params_dict()
-        with self.evaluation() as forward:
+        with self.evaluation(order=1) as forward:
             l1, g1 = self._loss_and_grad(forward, params)
             l2, g2 = self._loss_and_grad(forward, params)
         dl = abs(l1 - l2) / max(abs(l1), 1e-30)
@@ -516,12 +611,23 @@ class Problem:
             "params": list(self.param_names),
             "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
             "reduction": self.reduction,
+            **self._loss_settings(),
             **({} if self.shard is None else {"distributed": self.shard.to_dict()}),
             **(
                 {}
                 if self.replicas is None
                 else {"replicated": {"rank": self.replicas.rank, "world_size": self.replicas.world_size}}
             ),
+        }
+
+    def _loss_settings(self) -> dict:
+        objective = self.objective
+        if isinstance(objective, losses.Criterion):
+            return {}
+        return {
+            "loss_adapter": objective.describe(),
+            "num_counted": self.num_counted,
+            "attention": attention.SETTING,
         }
 
     def __repr__(self) -> str:

@@ -75,6 +75,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 
+from landscape.batch import take
 from landscape.examples import Examples
 from landscape.linalg import EigenResult, top_eigen
 from landscape.linalg.probes import make_generator, sample_probes
@@ -636,9 +637,9 @@ class _PerExample:
     def __init__(self, problem: Problem):
         _check_per_example(problem)
         self.problem = problem
-        self.X, self.Y = Examples(problem).all()  # data-parallel: every rank gets every example
-        self.n = int(self.X.shape[0])
-        self.scale = 1.0 if problem.reduction == "mean" else float(self.n)
+        self.data = Examples(problem).all()  # data-parallel: every rank gets every example
+        self.n = problem.num_samples
+        self.scale = problem.example_scale()
         self.num_products = 0
 
     def chunks(self, width: int) -> Iterator[slice]:
@@ -657,31 +658,29 @@ class _PerExample:
         """
         problem = self.problem
         params = problem.params_dict()
-        x, y = self.X[rows], self.Y[rows]
-        scale = self.scale
+        examples = take(self.data, rows)
+        count = rows.stop - rows.start
         randomness = "different" if problem.mode == "train" else "error"
         with problem.evaluation() as forward:
+            loss_i = problem.example_loss(forward)
 
-            def loss_i(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-                return scale * problem.loss_fn(forward(p, xi.unsqueeze(0)), yi.unsqueeze(0))
-
-            def hvp_i(xi: Tensor, yi: Tensor, v: dict[str, Tensor]) -> dict[str, Tensor]:
+            def hvp_i(example: Any, v: dict[str, Tensor]) -> dict[str, Tensor]:
                 # Reverse over reverse (H symmetric, so v^T H = H v): forward-over-reverse trips over torch's
                 # immutable zero tangents on losses that are quadratic in the output (MSE of a linear model).
-                return vjp(lambda p: grad(loss_i)(p, xi, yi), params)[1](v)[0]
+                return vjp(lambda p: grad(loss_i)(p, example), params)[1](v)[0]
 
             if per_example:
                 vd = problem.unflatten(V.T)
-                out = vmap(hvp_i, in_dims=(0, 0, 0), randomness=randomness)(x, y, vd)
-                self.num_products += x.shape[0]
+                out = vmap(hvp_i, in_dims=(0, 0), randomness=randomness)(examples, vd)
+                self.num_products += count
                 return self._flat(out, 1)
             if V.ndim == 1:
-                out = vmap(hvp_i, in_dims=(0, 0, None), randomness=randomness)(x, y, problem.unflatten(V))
-                self.num_products += x.shape[0]
+                out = vmap(hvp_i, in_dims=(0, None), randomness=randomness)(examples, problem.unflatten(V))
+                self.num_products += count
                 return self._flat(out, 1)
-            block = vmap(hvp_i, in_dims=(None, None, 0), randomness=randomness)
-            out = vmap(block, in_dims=(0, 0, None), randomness=randomness)(x, y, problem.unflatten(V))
-            self.num_products += x.shape[0] * V.shape[1]
+            block = vmap(hvp_i, in_dims=(None, 0), randomness=randomness)
+            out = vmap(block, in_dims=(0, None), randomness=randomness)(examples, problem.unflatten(V))
+            self.num_products += count * V.shape[1]
             return self._flat(out, 2)
 
 
@@ -776,12 +775,17 @@ def _generalized_sharpness(Hs: np.ndarray, p: float, tol: float) -> tuple[float,
 def _dense_stats(problem: Problem, p: float, shift: float) -> tuple[_SGDStats, int]:
     """All SGD statistics from the dense per-example Hessians (one ``hessian_dense`` per example)."""
     _check_per_example(problem)
-    X, Y = Examples(problem).all()
-    n = int(X.shape[0])
-    scale = 1.0 if problem.reduction == "mean" else float(n)
+    data = Examples(problem).all()
+    n = problem.num_samples
     P = problem.num_params
-    one = (problem.with_data((X[i : i + 1], Y[i : i + 1]), distributed=False) for i in range(n))
-    Hs = np.stack([scale * hessian_dense(example).double().cpu().numpy() for example in one])
+    one = (problem.with_data([take(data, slice(i, i + 1))], distributed=False) for i in range(n))
+    # Each single-example problem's loss is its own mean; times count_i / C (mean; N for sum losses) its share.
+    Hs = np.stack(
+        [
+            problem.example_scale(example.num_counted) * hessian_dense(example).double().cpu().numpy()
+            for example in one
+        ]
+    )
     Hs = (Hs + Hs.transpose(0, 2, 1)) / 2 + shift * np.eye(P)[None]
     tol = 100.0 * P * float(torch.finfo(problem.dtype).eps)
     H = Hs.mean(0)

@@ -25,14 +25,16 @@ class EmpiricalFisherOperator(ProblemOperator):
 
     def _fisher_fns(self, forward: Callable, batch: PreparedBatch) -> tuple[Callable, Callable]:
         params = self.params
-        loss_fn = self.problem.loss_fn
-        n = self.problem.num_samples
-        # L = sum_i c l_i with c = 1/N (mean) or 1 (sum); scaled per-sample losses N c l_i average to L.
-        scale = (1.0 / n if self.problem.reduction == "mean" else 1.0) * n
+        problem = self.problem
+        objective = problem.objective
+        n = problem.num_samples
+        # L = sum_i c s_i with s_i sample i's summed loss and c = 1/C (C = all counted samples or tokens; mean) or 1
+        # (sum); the scaled per-sample losses N c s_i average to L.
+        scale = (1.0 / problem.num_counted if problem.reduction == "mean" else 1.0) * n
 
         def per_sample(p: dict) -> Tensor:
-            out = forward(p, batch.inputs)
-            return scale * vmap(lambda o, t: loss_fn(o[None], t[None]))(out, batch.targets)
+            out = objective.outputs(problem.model_fn(forward, p), batch.data)
+            return scale * objective.example_sums(out, batch.data)
 
         _, pullback = vjp(per_sample, params)
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
+from landscape.losses import LossError
 from landscape.operators.problem_operator import BlockDict, ProblemOperator, vector_product_loop
 from landscape.problem import PreparedBatch
 
@@ -28,12 +29,18 @@ class GGNOperator(ProblemOperator):
 
     def _ggn_fns(self, forward: Callable, batch: PreparedBatch) -> tuple[Callable, Callable, Callable]:
         params = self.params
+        objective = self.problem.objective
+        if not objective.separable:
+            raise LossError(
+                f"the GGN needs the loss as a function of the model's outputs; the {objective.name} loss does not "
+                "separate them: use losses.causal_lm(), masked_lm() or supervised(criterion) (or the Hessian)"
+            )
 
         def outputs(p: dict) -> Tensor:
-            return forward(p, batch.inputs)
+            return objective.outputs(self.problem.model_fn(forward, p), batch.data)
 
         def out_loss(o: Tensor) -> Tensor:
-            return batch.weight * self.problem.loss_fn(o, batch.targets)
+            return batch.weight * objective.from_outputs(o, batch.data)
 
         out, pullback = vjp(outputs, params)
         # The output-space Hessian by reverse-over-reverse on a small graph: forward mode through some losses'

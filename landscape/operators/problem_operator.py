@@ -148,12 +148,12 @@ class ProblemOperator(CurvatureOperator):
         """
         candidates = self._candidates(k)
         m = min(batch.size, max(MEASURE_SAMPLES, batch.size // 8))
-        sub = PreparedBatch(batch.inputs[:m], batch.targets[:m], batch.weight * m / batch.size, m)
+        sub = batch.head(m)
         times: dict[str, float] = {}
         failures: dict[str, str] = {}
         # An untimed warm-up on two samples first: a strategy's first call pays one-off costs (torch.func's
         # dispatch set-up, allocator growth) that would otherwise count against it.
-        tiny = PreparedBatch(batch.inputs[:2], batch.targets[:2], batch.weight * min(2, m) / batch.size, min(2, m))
+        tiny = batch.head(min(2, m))
         for name in candidates:
             self._prepare_batch(forward, SCRATCH, tiny)
             try:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.cache import Cache, CacheError, opened
+from landscape.losses import Criterion
 from landscape.problem import ParamDict, Problem
 from landscape.progress import progress as progress_bar
 from landscape.surface.directions import Directions
@@ -236,14 +237,15 @@ class _Plan:
     memory: dict[str, Any] = field(default_factory=dict)
 
 
-def _forward_stacked(problem: Problem, forward: Callable, params: ParamDict, inputs: Tensor) -> Tensor:
+def _forward_stacked(problem: Problem, forward: Callable, params: ParamDict, data: Any) -> Tensor:
     """Outputs ``(P, ...)`` of the stacked points in ``params`` through ``vmap`` over the leading dimension.
 
     In train mode dropout draws independent masks per point (``randomness="different"``).
     """
     randomness = "different" if problem.mode == "train" else "error"
     try:
-        return torch.vmap(lambda p: forward(p, inputs), randomness=randomness)(params)
+        outputs = problem.objective.outputs
+        return torch.vmap(lambda p: outputs(problem.model_fn(forward, p), data), randomness=randomness)(params)
     except RuntimeError as err:  # e.g. a forward that calls autograd.grad or requires_grad_ on its inputs
         raise VmapUnsupportedError(
             f"batch_points > 1 evaluates grid points through torch.vmap, which cannot run this model's forward "
@@ -264,12 +266,12 @@ def _activation_bytes(problem: Problem, points: _Points) -> int:
 
     buffers = points.buffers()
     points.fill(0, buffers)
-    with torch.no_grad(), problem.evaluation() as forward:
+    with torch.no_grad(), problem.evaluation(order=0) as forward:
 
         def once(module: nn.Module) -> None:
             hooks = [m.register_forward_hook(count) for m in module.modules()]
             try:
-                module(first.inputs)
+                problem.objective.outputs(module, first.data)
             finally:
                 for h in hooks:
                     h.remove()
@@ -325,7 +327,7 @@ def _local_plan(
     timings: dict[int, float] = {}
     first = next(iter(problem.batches()))
     best = 1
-    with torch.no_grad(), problem.evaluation() as forward:
+    with torch.no_grad(), problem.evaluation(order=0) as forward:
         for p in AUTO_CANDIDATES:
             if p > max(1, num_points) or p > limit:
                 break
@@ -334,9 +336,9 @@ def _local_plan(
             if p == 1:
                 buffers = points.buffers()
                 points.fill(0, buffers)
-                run = functools.partial(forward.within, buffers, lambda m: m(first.inputs))
+                run = functools.partial(forward.within, buffers, lambda m: problem.objective.outputs(m, first.data))
             else:
-                run = functools.partial(_forward_stacked, problem, forward, points.stacked(idx), first.inputs)
+                run = functools.partial(_forward_stacked, problem, forward, points.stacked(idx), first.data)
             try:
                 run()  # warm-up
             except VmapUnsupportedError as err:  # one point at a time still works: keep it, say why
@@ -383,7 +385,11 @@ def _evaluate(
             accs[:] = initial[1].reshape(-1)
     todo = np.arange(num_points) if done is None else np.flatnonzero(~done.reshape(-1))
     flags = {"accuracy": accuracy}
-    total_samples = problem.num_samples
+    total_samples = problem.num_counted  # examples, or counted tokens (token accuracy)
+    objective = problem.objective
+    # A criterion on (inputs, targets) keeps the fast path of class predictions written into one buffer; any other
+    # loss adapter counts its own correct predictions per batch.
+    criterion = isinstance(objective, Criterion)
     # In-memory data are the Problem's own tensors (no copy), prepared once; a loader is read pass by pass.
     held = list(problem.batches()) if problem.in_memory else None
 
@@ -400,14 +406,17 @@ def _evaluate(
 
     def tally(outputs: Tensor, b, total: Tensor | None, hits: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Add batch ``b``'s weighted loss (and correct count) of ``outputs`` (leading point dimension)."""
-        loss = torch.stack([b.weight * problem.loss_fn(o, b.targets) for o in outputs])
+        loss = torch.stack([b.weight * objective.from_outputs(o, b.data) for o in outputs])
         total = loss if total is None else total + loss
         if flags["accuracy"]:
-            if _is_classification(outputs[0], b.targets):
+            if criterion and _is_classification(outputs[0], b.targets):
                 correct = torch.count_nonzero(outputs.argmax(dim=-1) == b.targets, dim=-1)
-                hits = correct if hits is None else hits + correct
+            elif not criterion and (counts := [objective.correct(o, b.data) for o in outputs])[0] is not None:
+                correct = torch.stack(counts)
             else:
                 flags["accuracy"] = False
+                return total, hits
+            hits = correct if hits is None else hits + correct
         return total, hits
 
     ranks = problem.ranks
@@ -451,16 +460,16 @@ def _evaluate(
             bar.update(idx.size)
         bar.close()
 
-    with torch.no_grad(), problem.evaluation() as forward:
+    with torch.no_grad(), problem.evaluation(order=0) as forward:
         if plan.batch_points == 1:
             buffers = points.buffers()
 
             def in_place(module: nn.Module) -> None:
                 # Predictions of every local sample and their targets, so the correct count is one comparison per
                 # point instead of three small operations per batch (they cost ~8% of a 3.5 ms forward pass).
-                local = problem.num_local_samples if accuracy else 0
+                local = problem.num_local_samples if accuracy and criterion else 0
                 predicted = _Predictions(local, problem.device)
-                if held is not None and accuracy:  # in memory: the targets never change, copy them once
+                if held is not None and accuracy and criterion:  # in memory: the targets never change, copy them once
                     start = 0
                     for b in held:
                         if _are_labels(b.targets):
@@ -473,11 +482,18 @@ def _evaluate(
                     points.fill(int(sub[0]), buffers)
                     total = None
                     start = 0
+                    hits = 0
                     for b in data():
-                        outputs = module(b.inputs)
-                        loss = b.weight * problem.loss_fn(outputs, b.targets)
+                        outputs = objective.outputs(module, b.data)
+                        loss = b.weight * objective.from_outputs(outputs, b.data)
                         total = loss if total is None else total + loss
-                        if flags["accuracy"]:
+                        if flags["accuracy"] and not criterion:
+                            correct = objective.correct(outputs, b.data)
+                            if correct is None:
+                                flags["accuracy"] = False
+                            else:
+                                hits = hits + correct
+                        elif flags["accuracy"]:
                             if _is_classification(outputs, b.targets):
                                 predicted.record(start, outputs)
                                 if held is None:  # a loader may reorder between passes
@@ -487,7 +503,7 @@ def _evaluate(
                         start += b.size
                     chunk_loss[slot.start] = total
                     if flags["accuracy"]:
-                        chunk_correct[slot.start] = predicted.correct()
+                        chunk_correct[slot.start] = predicted.correct() if criterion else hits
 
                 run(one)
 
@@ -498,7 +514,7 @@ def _evaluate(
                 params = points.stacked(sub)  # built once per group of points, reused for every batch
                 total = hits = None
                 for b in data():
-                    total, hits = tally(_forward_stacked(problem, forward, params, b.inputs), b, total, hits)
+                    total, hits = tally(_forward_stacked(problem, forward, params, b.data), b, total, hits)
                 chunk_loss[slot] = total
                 if flags["accuracy"]:
                     chunk_correct[slot] = hits
