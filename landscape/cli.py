@@ -35,6 +35,9 @@ from torch import nn
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss}
+# Loss adapters for dict batches (language models): landscape.losses.
+ADAPTERS = ("causal_lm", "masked_lm", "model_output")
+TOKEN_SUFFIXES = (".pt", ".npy")
 CACHE_FILE = "landscape.h5"
 
 
@@ -87,10 +90,46 @@ def _builtin_data(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     raise UserError(f"--data {name!r}: use 'digits', 'synthetic' or 'package.module:factory'")
 
 
-def _load_data(spec: str, seed: int) -> Any:
+def _load_data(spec: str, seed: int, batch_size: int = 512) -> Any:
+    if spec.endswith(TOKEN_SUFFIXES):
+        from landscape.data import load_tokens, token_batches
+
+        try:
+            return token_batches(load_tokens(spec), batch_size)
+        except (ValueError, FileNotFoundError) as err:
+            raise UserError(f"--data {spec}: {err}") from err
     if ":" in spec:
         return _call_factory(spec, "data")
     return _builtin_data(spec, seed)
+
+
+def _is_pairs(data: Any) -> bool:
+    return isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+
+
+def _loss_for(loss: str | None, data: Any, model: nn.Module) -> Any:
+    """The loss of ``--loss``; by default cross-entropy for (X, y) data and, for other batches (dicts), the adapter
+    the model's head calls for: masked LM for ``*ForMaskedLM``, else the causal LM loss."""
+    from landscape import losses
+
+    if loss is None:
+        head = type(model).__name__
+        if _is_pairs(data) or not (head.endswith(("LMHeadModel", "ForCausalLM", "ForMaskedLM"))):
+            loss = "cross_entropy"
+        else:
+            loss = "masked_lm" if head.endswith("ForMaskedLM") else "causal_lm"
+    if loss in LOSSES:
+        return LOSSES[loss]()
+    return getattr(losses, loss)()
+
+
+def _load_hf(path: str, dtype: str | None) -> nn.Module:
+    from landscape.checkpoint import CheckpointError, load_hf
+
+    try:
+        return load_hf(path, dtype=DTYPES[dtype] if dtype else None)
+    except (CheckpointError, FileNotFoundError, ImportError) as err:
+        raise UserError(f"--hf {path}: {_first_line(err)}") from err
 
 
 def _builtin_architecture(X: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
@@ -164,6 +203,14 @@ def common_options(fn: Callable) -> Callable:
             type=click.Path(dir_okay=False),
             help="Weights to load into --model (state dict layouts, DDP prefixes) or a TorchScript file.",
         ),
+        click.option(
+            "--hf",
+            "hf_dir",
+            default=None,
+            type=click.Path(),
+            help="A local Hugging Face save_pretrained directory (config.json + weights); never the network. "
+            "Needs the optional extra: pip install -e '.[hf]'.",
+        ),
         click.option("--unsafe-load", is_flag=True, help="torch.load with weights_only=False (trusted files only)."),
         click.option(
             "--non-strict",
@@ -176,10 +223,19 @@ def common_options(fn: Callable) -> Callable:
             "data_spec",
             default="digits",
             show_default=True,
-            help="'digits', 'synthetic' or package.module:factory returning (X, y) or a DataLoader.",
+            help="'digits', 'synthetic', a token file (tokens.pt / tokens.npy: integer ids of shape (N, T)) or "
+            "package.module:factory returning (X, y), a DataLoader or a list of batches (dicts of tensors too).",
         ),
-        click.option("--batch-size", type=int, default=512, show_default=True, help="Batch size for (X, y) data."),
-        click.option("--loss", type=click.Choice(sorted(LOSSES)), default="cross_entropy", show_default=True),
+        click.option(
+            "--batch-size", type=int, default=512, show_default=True, help="Batch size for (X, y) data and token files."
+        ),
+        click.option(
+            "--loss",
+            type=click.Choice(sorted(LOSSES) + list(ADAPTERS)),
+            default=None,
+            help="cross_entropy (default for (X, y) data), mse, or for dict batches a loss adapter: causal_lm "
+            "(default for a language model's tokens), masked_lm, model_output (the model's own .loss).",
+        ),
         click.option("--params", multiple=True, help="Parameter names or globs to analyse (repeatable)."),
         click.option(
             "--mode",
@@ -254,13 +310,19 @@ def build_problem(
     quiet,
     replicated_data=False,
     non_strict=False,
+    hf_dir=None,
 ):
     """The Problem of the shared options (model, checkpoint, data, loss, params, mode, dtype, replicated data)."""
     from landscape import distributed
     from landscape.problem import Problem
 
-    data = _load_data(data_spec, seed)
-    model = _load_model(model_spec, checkpoint, data, seed, quiet, unsafe_load, non_strict)
+    data = _load_data(data_spec, seed, batch_size)
+    if hf_dir is not None:
+        if model_spec is not None or checkpoint is not None:
+            raise UserError("--hf loads model and weights from the directory: drop --model and --checkpoint")
+        model = _load_hf(hf_dir, dtype)
+    else:
+        model = _load_model(model_spec, checkpoint, data, seed, quiet, unsafe_load, non_strict)
     if isinstance(data, tuple) and len(data) == 2 and model_spec is None:
         data = (data[0].flatten(1), data[1])
     mode_of_ranks = None
@@ -275,7 +337,7 @@ def build_problem(
             data = distributed.shard(data)
     return Problem(
         model,
-        LOSSES[loss](),
+        _loss_for(loss, data, model),
         data,
         params=list(params) or None,
         mode=mode,
@@ -305,27 +367,35 @@ def check_data_fits(problem) -> None:
     Raises
     ------
     UserError
-        The forward pass or the loss fails: the message gives the input/target shapes and what the model expects.
+        The forward pass or the loss fails: the message gives the batch's shapes and what the model expects.
     """
+    from landscape.batch import describe
+    from landscape.losses import Criterion
+
     first = next(iter(problem.batches()), None)
     if first is None:
         raise UserError("--data yields no batches: the data are empty")
-    shape = tuple(first.inputs.shape) if isinstance(first.inputs, torch.Tensor) else type(first.inputs).__name__
+    objective = problem.objective
+    pairs = isinstance(objective, Criterion)
+    shape = tuple(first.inputs.shape) if pairs and isinstance(first.inputs, torch.Tensor) else describe(first.data)
+    what = f"inputs of shape {shape}" if pairs else f"the batch {shape}"
     try:
-        with torch.no_grad(), problem.evaluation() as forward:
-            outputs = forward(problem.params_dict(), first.inputs)
+        with torch.no_grad(), problem.evaluation(order=0) as forward:
+            outputs = objective.outputs(problem.model_fn(forward, problem.params_dict()), first.data)
     except Exception as err:
         raise UserError(
-            f"the data do not fit the model: the first batch has inputs of shape {shape} and the forward pass fails "
-            f"({_first_line(err)}){_first_layer(problem.model)}"
+            f"the data do not fit the model: the first batch has {what} and the forward pass fails "
+            f"({_first_line(err)}){_first_layer(problem.model) if pairs else ''}"
         ) from err
     try:
-        problem.loss_fn(outputs, first.targets)
+        objective.from_outputs(outputs, first.data)
     except Exception as err:
-        targets = tuple(first.targets.shape) if isinstance(first.targets, torch.Tensor) else "?"
+        targets = tuple(first.targets.shape) if pairs and isinstance(first.targets, torch.Tensor) else "?"
+        shown = f"targets of shape {targets}" if pairs else f"the batch {shape}"
+        name = type(problem.loss_fn).__name__
         raise UserError(
-            f"the data do not fit the model and loss: outputs of shape {tuple(outputs.shape)} and targets of shape "
-            f"{targets} make {type(problem.loss_fn).__name__} fail ({_first_line(err)}); check --loss and --data"
+            f"the data do not fit the model and loss: outputs of shape {tuple(outputs.shape)} and {shown} "
+            f"make {name} fail ({_first_line(err)}); check --loss and --data"
         ) from err
 
 
@@ -831,11 +901,21 @@ def surface_cmd(num_directions, directions_seed, span, resolution, out, no_cache
         _emit(result, summary, as_json, out, "surface", from_cache == surf.loss.size, t0, store)
 
 
+def _fresh_hf(model: nn.Module, seed: int) -> nn.Module:
+    """A freshly initialised model of a Hugging Face model's class and config (the global RNG left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(model)(model.config)
+    return fresh.to(next(model.parameters()).dtype).eval()
+
+
 def _second_model(path: str, reference: nn.Module, unsafe_load: bool, option: str, strict: bool = True) -> nn.Module:
-    """The model of ``--from``/``--to``: a TorchScript file as it is, else a checkpoint loaded into a copy of the
-    reference architecture (whose missing/unexpected keys are listed if it does not fit)."""
+    """The model of ``--from``/``--to``: a Hugging Face directory or TorchScript file as it is, else a checkpoint
+    loaded into a copy of the reference architecture (whose missing/unexpected keys are listed if it does not fit)."""
     from landscape.checkpoint import CheckpointError, is_torchscript, load_checkpoint, load_model
 
+    if Path(path).is_dir():
+        return _load_hf(path, None).to(next(reference.parameters()).dtype)
     try:
         if is_torchscript(path):
             return load_model(path)
@@ -873,16 +953,17 @@ def _interpolation_plot(result: dict, out: Path) -> None:
     "--from",
     "from_path",
     default=None,
-    type=click.Path(dir_okay=False),
-    help="Start point a = 0 (a checkpoint for the --model architecture, or TorchScript); default: the model.",
+    type=click.Path(),
+    help="Start point a = 0 (a checkpoint for the --model architecture, TorchScript, or a --hf directory); "
+    "default: the model.",
 )
 @click.option("--from-init", is_flag=True, help="Start at a fresh --model factory() (built-in: its initialisation).")
 @click.option(
     "--to",
     "to_path",
     default=None,
-    type=click.Path(dir_okay=False),
-    help="End point a = 1 (a checkpoint or TorchScript file); default: the model.",
+    type=click.Path(),
+    help="End point a = 1 (a checkpoint, TorchScript file or --hf directory); default: the model.",
 )
 @click.option("--span", nargs=2, type=float, default=(-0.5, 1.5), show_default=True, help="Range of a: LOW HIGH.")
 @click.option("--resolution", type=click.IntRange(2, None), default=41, show_default=True, help="Number of points.")
@@ -899,8 +980,10 @@ def interpolate_cmd(from_path, from_init, to_path, span, resolution, out, no_cac
         raise UserError(f"--span {span[0]:g} {span[1]:g}: LOW must be below HIGH")
     problem = _setup(kw, quiet)
     model = problem.model
-    model_label = kw["checkpoint"] or kw["model_spec"] or "the trained built-in MLP"
-    if from_init:
+    model_label = kw["checkpoint"] or kw["model_spec"] or kw["hf_dir"] or "the trained built-in MLP"
+    if from_init and kw["hf_dir"] is not None:
+        start, from_label = _fresh_hf(model, kw["seed"]), f"fresh {type(model).__name__}(config)"
+    elif from_init:
         if kw["model_spec"] is None:
             X, y = _load_data(kw["data_spec"], kw["seed"])
             start = _builtin_architecture(X.flatten(1), y, kw["seed"])
@@ -1127,7 +1210,9 @@ def _report_start(problem, from_path: str | None, from_init: bool, kw: dict[str,
     start = None
     if from_path is not None:
         start = _second_model(from_path, problem.model, kw["unsafe_load"], "--from", not kw["non_strict"])
-    elif kw["model_spec"] is None and kw["checkpoint"] is None:
+    elif from_init and kw["hf_dir"] is not None:
+        start = _fresh_hf(problem.model, kw["seed"])
+    elif kw["model_spec"] is None and kw["checkpoint"] is None and kw["hf_dir"] is None:
         X, y = _load_data(kw["data_spec"], kw["seed"])
         start = _builtin_architecture(X.flatten(1), y, kw["seed"])
     elif from_init and kw["model_spec"] is not None:
@@ -1175,8 +1260,8 @@ def _report_start(problem, from_path: str | None, from_init: bool, kw: dict[str,
     "--from",
     "from_path",
     default=None,
-    type=click.Path(dir_okay=False),
-    help="Also the interpolation from this checkpoint (or TorchScript file) to the model.",
+    type=click.Path(),
+    help="Also the interpolation from this checkpoint (TorchScript file, --hf directory) to the model.",
 )
 @click.option(
     "--from-init",
@@ -1246,11 +1331,12 @@ def report_cmd(
     if distributed.get_rank() > 0:  # under torchrun rank 0 alone writes the report (the others computed with it)
         return
     options = {
-        "model": kw["model_spec"] or "built-in MLP trained on the data",
+        "model": kw["model_spec"] or kw["hf_dir"] or "built-in MLP trained on the data",
         "checkpoint": kw["checkpoint"],
+        "hugging_face": kw["hf_dir"],
         "data": kw["data_spec"],
         "batch_size": kw["batch_size"],
-        "loss": kw["loss"],
+        "loss": kw["loss"] or type(problem.loss_fn).__name__,
         "params": list(kw["params"]) or "all trainable",
         "optimizers": [vars(s) for s in settings],
         "scaling_batch_sizes": list(batch_sizes),

@@ -8,7 +8,9 @@ the UCI optical digits test set (1797 images of 8x8 pixels), so no download is n
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,8 +21,10 @@ __all__ = [
     "data_fingerprint",
     "digits",
     "gaussian_mixture",
+    "load_tokens",
     "synthetic_images",
     "synthetic_regression",
+    "token_batches",
 ]
 
 _SPLITS = ("train", "test", "all")
@@ -267,3 +271,47 @@ def fingerprint_of_batches(digests: Sequence[bytes]) -> str:
         h.update(digest)
     h.update(f"N{len(digests)}".encode())
     return h.hexdigest()
+
+
+def load_tokens(path: str | os.PathLike[str]) -> Tensor:
+    """Token ids of shape ``(N, T)`` from a ``.pt`` (a tensor, loaded with ``weights_only=True``) or ``.npy`` file.
+
+    Raises
+    ------
+    ValueError
+        The file does not hold one integer array of two dimensions, with a message naming what it holds and what
+        to save instead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"token file {str(path)!r} does not exist")
+    if path.suffix == ".npy":
+        try:
+            ids = torch.from_numpy(np.load(path, allow_pickle=False))
+        except ValueError as err:
+            raise ValueError(f"{path}: not a plain numpy array file ({err}); save it with np.save(path, ids)") from err
+    elif path.suffix == ".pt":
+        ids = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        raise ValueError(f"{path}: token files are .pt (a tensor) or .npy, of integer ids with shape (N, T)")
+    if not isinstance(ids, Tensor):
+        raise ValueError(f"{path} holds a {type(ids).__name__}, not a tensor: save torch.save(ids) with ids (N, T)")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(
+            f"{path} holds {str(ids.dtype).replace('torch.', '')} values; token ids must be integers "
+            "(save ids.long(), or np.int64)"
+        )
+    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
+        raise ValueError(
+            f"{path} holds an array of shape {tuple(ids.shape)}; token ids must have shape (N, T) with N >= 1 "
+            "sequences of T >= 2 tokens (reshape a 1-D stream with ids[: N * T].reshape(N, T))"
+        )
+    if int(ids.min()) < 0:
+        raise ValueError(f"{path} holds negative token ids (min {int(ids.min())}); ids index the vocabulary")
+    return ids.long()
+
+
+def token_batches(ids: Tensor, batch_size: int) -> list[dict[str, Tensor]]:
+    """``{"input_ids": ...}`` batches of ``batch_size`` sequences (the last may be shorter), views of ``ids``."""
+    _check_positive("batch_size", batch_size)
+    return [{"input_ids": ids[i : i + batch_size]} for i in range(0, len(ids), batch_size)]
