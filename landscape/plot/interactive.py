@@ -130,7 +130,14 @@ def surface_figure(surface: Any, *, quantity: str = "loss", log: bool = False, t
                 )
             )
         fig.update_layout(
-            scene={"xaxis_title": names[0], "yaxis_title": names[1], "zaxis_title": zlabel},
+            # The camera farther out than plotly's (1.25, 1.25, 1.25): the axis titles, drawn inside the scene, then
+            # stay in it on a half-width report card too.
+            scene={
+                "xaxis_title": names[0],
+                "yaxis_title": names[1],
+                "zaxis_title": zlabel,
+                "camera": {"eye": {"x": 2.0, "y": 2.0, "z": 1.25}},
+            },
             legend={"x": 0.0, "y": 1.0},
         )
     fig.update_layout(title={"text": title}, template=TEMPLATE, margin={"l": 10, "r": 10, "t": 50, "b": 10})
@@ -184,12 +191,14 @@ def to_html(
     *,
     include_plotlyjs: bool | str = True,
     full_html: bool = True,
+    config: dict[str, Any] | None = None,
 ) -> str:
     """Self-contained HTML of a plotly Figure, a Surface or a SpectralDensity; written to ``path`` when given.
 
     With ``include_plotlyjs=True`` the plotly.js bundle is embedded (no ``<script src=``): the page works offline.
     ``False`` (or ``"cdn"``) gives a fragment for a page that loads plotly.js itself. The div id is a hash of the
-    figure, so the same figure gives the same bytes and two figures on one page do not clash.
+    figure, so the same figure gives the same bytes and two figures on one page do not clash. The figure fills its
+    container's width and follows the window's size (plotly's ``responsive`` config).
 
     Parameters
     ----------
@@ -201,6 +210,8 @@ def to_html(
         Passed to plotly: ``True`` embeds plotly.js.
     full_html : bool
         A complete document (default) or a single ``<div>``.
+    config : dict, optional
+        plotly.js config, merged over ``{"responsive": True, "displaylogo": False}``.
 
     Returns
     -------
@@ -217,7 +228,8 @@ def to_html(
             f"figure_or_surface must be a plotly Figure, a Surface or a SpectralDensity, got {type(fig).__name__}"
         )
     div_id = "landscape-" + hashlib.sha256(fig.to_json().encode()).hexdigest()[:16]
-    html = fig.to_html(include_plotlyjs=include_plotlyjs, full_html=full_html, div_id=div_id)
+    config = {"responsive": True, "displaylogo": False, **(config or {})}
+    html = fig.to_html(include_plotlyjs=include_plotlyjs, full_html=full_html, div_id=div_id, config=config)
     if full_html:
         # plotly writes no <title>; the browser tab should say what the page shows.
         title = escape(str(fig.layout.title.text or "landscape figure"))
