@@ -16,7 +16,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-__all__ = ["as_tree", "concat", "describe", "num_examples", "take", "to"]
+__all__ = ["as_tree", "concat", "describe", "num_examples", "pad_sequences", "take", "to"]
 
 
 class BatchFormatError(ValueError):
@@ -87,6 +87,37 @@ def concat(batches: Sequence[Any]) -> Any:
         else:
             leaves.append(first)
     return pytree.tree_unflatten(leaves, spec)
+
+
+def pad_sequences(batches: Sequence[Any], ignore_index: int = -100) -> list[Any]:
+    """Token batches (mappings with ``input_ids``) of different lengths right-padded to the longest, so that
+    :func:`concat` can join them; other batches are returned as they are.
+
+    Padding is what a tokenizer's right padding does: ``attention_mask`` 0 (one of ones is added to batches
+    without it), ``labels`` ``ignore_index``, every other ``(n, T, ...)`` tensor 0. Padded positions are neither
+    attended to nor counted by the token losses, and a causal model's outputs at the real positions do not
+    depend on them.
+    """
+    trees = [as_tree(b) for b in batches]
+    if not all(isinstance(t, dict) and isinstance(t.get("input_ids"), Tensor) for t in trees):
+        return list(batches)
+    lengths = [t["input_ids"].shape[1] for t in trees]
+    longest = max(lengths)
+    if min(lengths) == longest:
+        return list(batches)
+    out = []
+    for tree, length in zip(trees, lengths, strict=True):
+        tree = dict(tree)
+        if "attention_mask" not in tree:
+            tree["attention_mask"] = torch.ones_like(tree["input_ids"])
+        extra = longest - length
+        for key, t in tree.items():
+            if isinstance(t, Tensor) and t.ndim >= 2 and t.shape[1] == length and extra:
+                value = ignore_index if key == "labels" else 0
+                pad = t.new_full((t.shape[0], extra, *t.shape[2:]), value)
+                tree[key] = torch.cat([t, pad], dim=1)
+        out.append(tree)
+    return out
 
 
 def describe(batch: Any) -> str:

@@ -16,7 +16,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-from landscape.batch import concat, take
+from landscape.batch import concat, pad_sequences, take
 from landscape.problem import DataError, Problem
 
 
@@ -50,7 +50,7 @@ class Examples:
             self._data = None
             return
         try:
-            self._data = concat(parts)
+            self._data = concat(pad_sequences(parts, getattr(problem.objective, "ignore_index", -100)))
         except (RuntimeError, ValueError) as err:
             raise DataError(
                 f"the batches cannot be joined into one data set to draw examples from ({err}); batches must share "

@@ -641,6 +641,7 @@ class _PerExample:
         self.n = problem.num_samples
         self.scale = problem.example_scale()
         self.num_products = 0
+        self.vmap_examples = True  # until a forward pass turns out not to run under vmap
 
     def chunks(self, width: int) -> Iterator[slice]:
         size = max(1, CHUNK_ELEMENTS // max(1, self.problem.num_params * width))
@@ -669,19 +670,47 @@ class _PerExample:
                 # immutable zero tangents on losses that are quadratic in the output (MSE of a linear model).
                 return vjp(lambda p: grad(loss_i)(p, example), params)[1](v)[0]
 
-            if per_example:
-                vd = problem.unflatten(V.T)
-                out = vmap(hvp_i, in_dims=(0, 0), randomness=randomness)(examples, vd)
-                self.num_products += count
-                return self._flat(out, 1)
-            if V.ndim == 1:
-                out = vmap(hvp_i, in_dims=(0, None), randomness=randomness)(examples, problem.unflatten(V))
-                self.num_products += count
-                return self._flat(out, 1)
-            block = vmap(hvp_i, in_dims=(None, 0), randomness=randomness)
-            out = vmap(block, in_dims=(0, None), randomness=randomness)(examples, problem.unflatten(V))
-            self.num_products += count * V.shape[1]
-            return self._flat(out, 2)
+            if self.vmap_examples:
+                try:
+                    return self._vmapped(hvp_i, examples, V, count, per_example, randomness)
+                except RuntimeError as err:
+                    if "vmap" not in str(err):
+                        raise
+                    # Data-dependent control flow in the forward pass (Hugging Face models build their attention
+                    # masks with it): one example at a time from now on.
+                    self.vmap_examples = False
+            return self._loop(loss_i, params, V, rows, per_example)
+
+    def _loop(self, loss_i: Callable, params: dict[str, Tensor], V: Tensor, rows: slice, per_example: bool) -> Tensor:
+        """:meth:`apply` one example at a time, each example's graph shared by every column of ``V``."""
+        problem = self.problem
+        out = []
+        for j, i in enumerate(range(rows.start, rows.stop)):
+            example = take(self.data, i)
+            _, pull = vjp(lambda p, example=example: grad(loss_i)(p, example), params)
+            cols = [V[j]] if per_example else [V] if V.ndim == 1 else list(V.T)
+            flat = [problem.flatten(pull(problem.unflatten(c))[0]) for c in cols]
+            out.append(flat[0] if per_example or V.ndim == 1 else torch.stack(flat))
+            self.num_products += len(cols)
+        return torch.stack(out)
+
+    def _vmapped(
+        self, hvp_i: Callable, examples: Any, V: Tensor, count: int, per_example: bool, randomness: str
+    ) -> Tensor:
+        """:meth:`apply` through ``vmap`` over the examples (and over the columns of a block)."""
+        problem = self.problem
+        if per_example:
+            out = vmap(hvp_i, in_dims=(0, 0), randomness=randomness)(examples, problem.unflatten(V.T))
+            self.num_products += count
+            return self._flat(out, 1)
+        if V.ndim == 1:
+            out = vmap(hvp_i, in_dims=(0, None), randomness=randomness)(examples, problem.unflatten(V))
+            self.num_products += count
+            return self._flat(out, 1)
+        block = vmap(hvp_i, in_dims=(None, 0), randomness=randomness)
+        out = vmap(block, in_dims=(0, None), randomness=randomness)(examples, problem.unflatten(V))
+        self.num_products += count * V.shape[1]
+        return self._flat(out, 2)
 
 
 class _CovarianceOperator(CurvatureOperator):
@@ -781,10 +810,7 @@ def _dense_stats(problem: Problem, p: float, shift: float) -> tuple[_SGDStats, i
     one = (problem.with_data([take(data, slice(i, i + 1))], distributed=False) for i in range(n))
     # Each single-example problem's loss is its own mean; times count_i / C (mean; N for sum losses) its share.
     Hs = np.stack(
-        [
-            problem.example_scale(example.num_counted) * hessian_dense(example).double().cpu().numpy()
-            for example in one
-        ]
+        [problem.example_scale(example.num_counted) * hessian_dense(example).double().cpu().numpy() for example in one]
     )
     Hs = (Hs + Hs.transpose(0, 2, 1)) / 2 + shift * np.eye(P)[None]
     tol = 100.0 * P * float(torch.finfo(problem.dtype).eps)

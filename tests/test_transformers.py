@@ -382,3 +382,33 @@ def test_a_kernel_without_double_backward_names_eager_attention():
                 continue
             with pytest.raises(AttentionKernelError, match='attn_implementation="eager"'):
                 operator(problem, engine=engine) @ v
+
+
+def test_gpt2_per_example_hessians_average_to_the_hessian_over_uneven_lengths():
+    """The examples of batches of different lengths are joined by right padding (attention_mask 0): the
+    per-example Hessians (one sequence at a time: the model's mask code does not run under vmap) average to H, and
+    the padded pool's token mean is the data's."""
+    from landscape.examples import Examples
+    from landscape.stability import _PerExample
+
+    model = gpt2()
+    problem = L.Problem(model, losses.causal_lm(), token_batches(), dtype=torch.float64)
+    examples = Examples(problem)
+    pooled = examples.problem_of(torch.arange(problem.num_samples))
+    assert pooled.num_counted == problem.num_counted
+    assert abs(pooled.loss() - problem.loss()) < 1e-12
+    per = _PerExample(problem)
+    V = probes(problem.num_params, 2)
+    HV = L.hessian(problem, engine="double_backward") @ V
+    out = per.apply(V, slice(0, per.n))  # (n, m, P)
+    assert not per.vmap_examples
+    assert rel(out.mean(0).T, HV) < RTOL
+    assert rel(per.apply(V[:, 0], slice(0, per.n)).mean(0), HV[:, 0]) < RTOL
+
+
+def test_gpt2_sgd_stability_and_batch_scaling_run():
+    problem = L.Problem(gpt2(), losses.causal_lm(), token_batches(), dtype=torch.float64)
+    report = L.stability(problem, optimizer="sgd", lr=0.1, batch_size=2)
+    assert report.criteria and all(c.value == c.value for c in report.criteria if c.kind == "exact")
+    scaling = L.lr_batch_scaling(problem, batch_sizes=[2, 3], num_batches=2)
+    assert list(scaling.batch_sizes) == [2, 3, problem.num_samples]  # the full batch is added
