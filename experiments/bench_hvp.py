@@ -7,7 +7,13 @@ Workloads (see ``/work/shared/PEERS.md``):
 - W2: ``landscape.models.w2_cnn()`` (ResNet-style CNN with BatchNorm, 116k params) on 512 images 3x32x32
   (``landscape.data.synthetic_images``), 4 batches of 128.
 
-Both models are trained briefly (``landscape.training.train``) and analysed in eval mode, float32, mean
+- LM: the GPT-2 of ``experiments/language_model.py`` (4 layers, width 160, 1.3M parameters, byte vocabulary) on
+  4 batches of 8 x 64 bytes of the standard library's source, causal LM loss (``landscape.losses.causal_lm``), once
+  with ``attn_implementation="eager"`` and once with the default ``"sdpa"`` (whose products landscape runs on the
+  math kernel). Untrained (``--hf DIR`` analyses a saved model instead): the cost ratio does not depend on the
+  weights. Only landscape's engines; the gradient baseline is a plain torch loop over the same batches.
+
+W1 and W2 are trained briefly (``landscape.training.train``) and analysed in eval mode, float32, mean
 cross-entropy. Every time is the median of several steady-state repeats after a warm-up call (the first product
 builds/caches graphs) and is reported per HVP vector divided by the time of one full-data gradient computed by a
 plain torch loop (``loss.backward()`` over the same batches) measured in the same run.
@@ -21,6 +27,7 @@ Usage::
     python experiments/bench_hvp.py                 # full run (a few minutes on 2 cores)
     python experiments/bench_hvp.py --quick         # smoke test
     python experiments/bench_hvp.py --workloads W1 --repeats 7
+    python experiments/bench_hvp.py --workloads LM   # the example GPT-2, eager vs sdpa attention
 """
 
 from __future__ import annotations
@@ -479,6 +486,84 @@ def print_report(results: list[WorkloadResult]) -> None:
             )
 
 
+def bench_language_model(args) -> WorkloadResult:
+    """The example GPT-2, eager and sdpa attention: gradient and HVP times of each engine, in gradients."""
+    import language_model as lm
+    import transformers
+
+    from landscape import losses
+
+    transformers.logging.set_verbosity_error()
+    cfg = lm.QUICK if args.quick else lm.FULL
+    stream = lm.read_bytes(lm.EVAL_FILES)
+    n_seq, batch = (8, 4) if args.quick else (32, 8)
+    ids = stream[: n_seq * cfg.seq_len].reshape(n_seq, cfg.seq_len)
+    batches = landscape.data.token_batches(ids, batch)
+    models = {}
+    for attn in ("eager", "sdpa"):
+        model = lm.build_model(cfg, SEED) if args.hf is None else landscape.checkpoint.load_hf(args.hf)
+        model.config._attn_implementation = attn
+        models[attn] = model.eval()
+    n = sum(p.numel() for p in models["sdpa"].parameters())
+    result = WorkloadResult(
+        f"LM: GPT-2 {cfg.n_layer} layers x {cfg.n_embd}, {n:,} params, {len(batches)} batches of {batch} x "
+        f"{cfg.seq_len} tokens",
+        Timing(float("nan")),
+        Timing(float("nan")),
+    )
+    repeats, budget, slow = args.repeats, args.budget, args.slow_call
+    reference = None
+    for attn, model in models.items():
+        counted = sum(b["input_ids"][:, 1:].numel() for b in batches)
+
+        def grad_run(model=model, counted=counted) -> None:
+            model.zero_grad(set_to_none=True)
+            for b in batches:
+                logits = model(input_ids=b["input_ids"]).logits[:, :-1]
+                target = b["input_ids"][:, 1:]
+                loss = nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
+                )
+                (loss / counted).backward()
+
+        g = time_call(grad_run, None, repeats, budget, slow)
+        result.info.append(f"{attn}: plain torch gradient {g.median * 1e3:.1f} ms")
+        if attn == "sdpa":
+            result.grad_plain = g
+        problem = landscape.Problem(model, losses.causal_lm(), batches)
+        v = torch.randn(problem.num_params, generator=torch.Generator().manual_seed(SEED))
+        for engine in ("double_backward", "forward_over_reverse"):
+            row = Row(f"{engine} ({attn})", 1)
+            try:
+                op = landscape.hessian(problem, engine=engine)
+                t0 = time.perf_counter()
+                out = op @ v
+                first = time.perf_counter() - t0
+                row.set_timing(time_call(lambda op=op, v=v: op @ v, grad_run, repeats, budget, slow))
+                row.note = f"first product {first / row.seconds:.2f}x a later one"
+                reference = out if reference is None else reference
+                row.check = rel_diff(out, reference)
+            except Exception as err:  # noqa: BLE001 - a failing engine is a result, not a crash
+                row.error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            result.rows.append(row)
+            print(fmt_progress(row), flush=True)
+        model.zero_grad(set_to_none=True)
+    return result
+
+
+def print_language_model(result: WorkloadResult) -> None:
+    print(f"\n## {result.name}")
+    for line in result.info:
+        print(f"- {line}")
+    print("\n| engine (attention) | ms per HVP | HVP / gradient (paired) | vs the first engine's product | note |")
+    print("|---|---|---|---|---|")
+    for r in result.rows:
+        if r.error:
+            print(f"| {r.method} | failed | | | {r.error} |")
+            continue
+        print(f"| {r.method} | {r.seconds * 1e3:.1f} | {r.ratio:.2f} | {r.check:.1e} | {r.note} |")
+
+
 def load() -> str:
     try:
         return "/".join(f"{x:.1f}" for x in os.getloadavg())
@@ -489,7 +574,8 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats and short training: a smoke test")
-    parser.add_argument("--workloads", default="W1,W2", help="comma-separated subset of W1,W2")
+    parser.add_argument("--workloads", default="W1,W2", help="comma-separated subset of W1,W2,LM")
+    parser.add_argument("--hf", default=None, help="LM: a saved GPT-2 directory (default: the example, untrained)")
     parser.add_argument(
         "--max-call", type=float, default=None, help="skip a product predicted to take longer (s; default 20, quick 5)"
     )
@@ -518,14 +604,21 @@ def main() -> None:
     )
     makers = {"W1": make_w1, "W2": make_w2}
     wanted = [s.strip().upper() for s in args.workloads.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in makers]
+    unknown = [s for s in wanted if s not in makers and s != "LM"]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from {sorted(makers)}")
     start = time.perf_counter()
     results = []
+    language_model = None
     for name in wanted:
-        results.append(bench_workload(makers[name](steps[name]), args))
-    print_report(results)
+        if name == "LM":
+            language_model = bench_language_model(args)
+        else:
+            results.append(bench_workload(makers[name](steps[name]), args))
+    if results:
+        print_report(results)
+    if language_model is not None:
+        print_language_model(language_model)
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s; load average {load()}")
 
 
