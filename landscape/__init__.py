@@ -5,8 +5,10 @@ analyses (``spectrum``, ``roughness``, ``surface``) -> plots (``plot``) -> CLI; 
 (``cache``).
 """
 
+from landscape import losses
+from landscape.attention import AttentionKernelError
 from landscape.cache import Cache, CacheError, CacheLockedError
-from landscape.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model
+from landscape.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_hf, load_model
 from landscape.distributed import DistributedError, ShardInfo
 from landscape.layerwise import LayerwiseCurvature, layerwise_curvature
 from landscape.linalg import (
@@ -94,6 +96,7 @@ __all__ = [
     "Cache",
     "CacheError",
     "CacheLockedError",
+    "AttentionKernelError",
     "CheckpointError",
     "ConvergenceWarning",
     "CurvatureOperator",
@@ -116,6 +119,8 @@ __all__ = [
     "hessian_dense",
     "lanczos",
     "load_checkpoint",
+    "load_hf",
+    "losses",
     "load_model",
     "roughness_index",
     "spectral_density",
