@@ -16,7 +16,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-__all__ = ["as_tree", "concat", "describe", "num_examples", "pad_sequences", "take", "to"]
+__all__ = ["as_tree", "concat", "describe", "num_examples", "pad_sequences", "take", "tensor_leaves", "to"]
 
 
 class BatchFormatError(ValueError):
@@ -43,7 +43,8 @@ def to(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
     return _map(lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else None), as_tree(batch))
 
 
-def _leaves(batch: Any) -> list[tuple[str, Tensor]]:
+def tensor_leaves(batch: Any) -> list[tuple[str, Tensor]]:
+    """``(path, tensor)`` of every tensor in a batch tree, in pytree order (paths like ``['input_ids']``)."""
     flat, _ = pytree.tree_flatten_with_path(batch)
     return [(pytree.keystr(path) or "batch", x) for path, x in flat if isinstance(x, Tensor)]
 
@@ -51,7 +52,7 @@ def _leaves(batch: Any) -> list[tuple[str, Tensor]]:
 def num_examples(batch: Any, index: int | None = None) -> int:
     """Examples in ``batch``: the common leading dimension of its tensors of dimension >= 1."""
     where = "" if index is None else f" {index}"
-    sized = [(name, t.shape[0]) for name, t in _leaves(as_tree(batch)) if t.ndim > 0]
+    sized = [(name, t.shape[0]) for name, t in tensor_leaves(as_tree(batch)) if t.ndim > 0]
     if not sized:
         raise BatchFormatError(
             f"batch{where} ({type(batch).__name__}) holds no tensor with a batch dimension: a batch must be "
@@ -125,5 +126,5 @@ def describe(batch: Any) -> str:
     tree = as_tree(batch)
     if isinstance(tree, Tensor):
         return f"tensor{tuple(tree.shape)}"
-    parts = [f"{name}: {t.dtype}{tuple(t.shape)}".replace("torch.", "") for name, t in _leaves(tree)[:8]]
+    parts = [f"{name}: {t.dtype}{tuple(t.shape)}".replace("torch.", "") for name, t in tensor_leaves(tree)[:8]]
     return f"{type(batch).__name__}(" + ", ".join(parts) + ")"

@@ -90,12 +90,16 @@ def _builtin_data(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     raise UserError(f"--data {name!r}: use 'digits', 'synthetic' or 'package.module:factory'")
 
 
-def _load_data(spec: str, seed: int, batch_size: int = 512) -> Any:
+def _load_data(spec: str, seed: int, batch_size: int = 512, sharded: bool = False) -> Any:
+    """The data of ``--data``; ``sharded``: under torchrun, this rank's contiguous block of a token file's
+    sequences (tensor data are sharded by the caller)."""
     if spec.endswith(TOKEN_SUFFIXES):
+        from landscape import distributed
         from landscape.data import load_tokens, token_batches
 
         try:
-            return token_batches(load_tokens(spec), batch_size)
+            ids = load_tokens(spec)
+            return token_batches(distributed.shard(ids) if sharded else ids, batch_size)
         except (ValueError, FileNotFoundError) as err:
             raise UserError(f"--data {spec}: {err}") from err
     if ":" in spec:
@@ -316,7 +320,8 @@ def build_problem(
     from landscape import distributed
     from landscape.problem import Problem
 
-    data = _load_data(data_spec, seed, batch_size)
+    sharded = distributed.get_world_size() > 1 and not replicated_data
+    data = _load_data(data_spec, seed, batch_size, sharded=sharded)
     if hf_dir is not None:
         if model_spec is not None or checkpoint is not None:
             raise UserError("--hf loads model and weights from the directory: drop --model and --checkpoint")

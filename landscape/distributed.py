@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from landscape.batch import as_tree, num_examples, tensor_leaves
+
 DEFAULT_TIMEOUT = 300.0
 TIMEOUT_ENV = "LANDSCAPE_DIST_TIMEOUT"
 # How long a rank waits at exit for the others before destroying the process group anyway (see _destroy).
@@ -282,19 +284,22 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
             dist.broadcast(t.data, src=src)
 
 
-def shard(data: tuple[Tensor, Tensor], rank: int | None = None, world_size: int | None = None) -> tuple[Tensor, Tensor]:
-    """Rank ``rank``'s contiguous block of ``(X, y)``: ``N // W`` or ``N // W + 1`` samples (first ranks larger).
+def shard(
+    data: tuple[Tensor, ...] | Tensor, rank: int | None = None, world_size: int | None = None
+) -> tuple[Tensor, ...] | Tensor:
+    """Rank ``rank``'s contiguous block of ``(X, y)`` (or of one tensor, e.g. token ids ``(N, T)``): ``N // W`` or
+    ``N // W + 1`` samples (first ranks larger).
 
     Parameters
     ----------
-    data : (Tensor, Tensor)
+    data : (Tensor, Tensor), tuple of tensors or Tensor
         The whole data set, identical on every rank.
     rank, world_size : int, optional
         Default: this process's, from the initialised group (the whole data when not distributed).
     """
     r = get_rank() if rank is None else rank
     w = get_world_size() if world_size is None else world_size
-    X, y = data
+    X = data if isinstance(data, Tensor) else data[0]
     if not 0 <= r < w:
         raise ValueError(f"rank must lie in [0, world_size), got rank={r}, world_size={w}")
     if len(X) < w:
@@ -302,12 +307,15 @@ def shard(data: tuple[Tensor, Tensor], rank: int | None = None, world_size: int 
     base, extra = divmod(len(X), w)
     start = r * base + min(r, extra)
     stop = start + base + (1 if r < extra else 0)
-    return X[start:stop], y[start:stop]
+    return X[start:stop] if isinstance(data, Tensor) else tuple(t[start:stop] for t in data)
 
 
 def _samples(batch: object) -> Iterable[tuple[str, bytes, bytes]]:
-    """Per sample of one ``(inputs, targets)`` batch: a header (dtypes, shapes) and the input and target bytes."""
-    x, y = batch  # type: ignore[misc]
+    """Per sample of one batch: a header (dtypes, shapes) and the sample's bytes (inputs and targets of a pair)."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)):
+        yield from _tree_samples(batch)
+        return
+    x, y = batch
     n = len(y)
     x = x.detach().cpu().contiguous()
     y = y.detach().cpu().contiguous()
@@ -316,6 +324,16 @@ def _samples(batch: object) -> Iterable[tuple[str, bytes, bytes]]:
     yb = y.reshape(n, -1).view(torch.uint8).numpy()
     for i in range(n):
         yield header, xb[i].tobytes(), yb[i].tobytes()
+
+
+def _tree_samples(batch: object) -> Iterable[tuple[str, bytes, bytes]]:
+    """:func:`_samples` of any batch tree (:mod:`landscape.batch`): every tensor's row of the sample, keyed by path."""
+    leaves = [(path, t.detach().cpu().contiguous()) for path, t in tensor_leaves(as_tree(batch)) if t.ndim > 0]
+    n = num_examples(batch)
+    header = "|".join(f"{path}:{t.dtype}{tuple(t.shape[1:])}" for path, t in leaves)
+    rows = [t.reshape(n, -1).view(torch.uint8).numpy() for _, t in leaves]
+    for i in range(n):
+        yield header, b"".join(r[i].tobytes() for r in rows), b""
 
 
 def shard_digest(data: Iterable[object]) -> tuple[int, int]:

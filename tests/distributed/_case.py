@@ -121,3 +121,46 @@ def minibatch_analyses(p: Problem) -> dict:
         "stability_sgd_exact": np.array([c.value for c in exact.criteria]),
         "stability_sgd_matrix_free": np.array([c.value for c in free.criteria]),
     }
+
+
+# ------------------------------------------------------------------------------------------- a language model
+LM_SEQUENCES = 7
+
+
+def lm_batches(rank: int = 0, world_size: int = 1) -> list[dict]:
+    """Token batches of a tiny causal LM, right-padded (so batches count different numbers of tokens), this rank's
+    contiguous block of the sequences, in batches of 2."""
+    from landscape import distributed
+
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(1, 16, (LM_SEQUENCES, 6), generator=g)
+    lengths = torch.tensor([6, 4, 5, 6, 3, 6, 2])
+    mask = (torch.arange(6)[None] < lengths[:, None]).long()
+    ids, mask = distributed.shard((ids, mask), rank, world_size)
+    return [{"input_ids": ids[i : i + 2], "attention_mask": mask[i : i + 2]} for i in range(0, len(ids), 2)]
+
+
+def lm_problem(batches: list[dict]) -> Problem:
+    from landscape import losses
+    from tests.test_transformers import gpt2
+
+    return Problem(gpt2(), losses.causal_lm(), batches, dtype=torch.float64)
+
+
+def lm_analyses(p: Problem) -> dict:
+    """Token-weighted loss, gradient, Hessian and GGN blocks, the top eigenvalue and drawn examples."""
+    from landscape.examples import Examples
+    from landscape.linalg import top_eigen
+    from landscape.operators import ggn, hessian
+
+    V = torch.randn(p.num_params, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    drawn = Examples(p).take(torch.tensor([6, 0, 3, 4]))
+    return {
+        "num_counted": np.array([p.num_counted]),
+        "loss_and_grad": p.loss_and_grad(),
+        "hessian": (hessian(p, engine="double_backward") @ V).numpy(),
+        "hessian_forward": (hessian(p, engine="forward_over_reverse") @ V).numpy(),
+        "ggn": (ggn(p) @ V).numpy(),
+        "top": top_eigen(hessian(p, engine="double_backward"), k=1, seed=0).values,
+        "drawn": (drawn["input_ids"].numpy(), drawn["attention_mask"].numpy()),
+    }

@@ -321,3 +321,19 @@ def test_one_process_reads_the_spectrum_a_data_parallel_run_cached(ranks):
     hit = spectrum(p, k=2, num_probes=2, num_steps=6, seed=0, cache=results[0]["cache_path"])
     assert hit.wall_time == wall_time  # the stored result, not a recomputation
     assert np.array_equal(hit.eigenvalues, eigenvalues)
+
+
+def test_language_model_on_token_batches_equals_one_process(tmp_path):
+    """Dict batches sharded over 2 ranks: the token-weighted loss (batch weights over the global token count), its
+    gradient, Hessian and GGN products, the top eigenvalue and examples drawn by global index (shards of different
+    lengths, padded) equal one process holding all the batches."""
+    pytest.importorskip("transformers")
+    run = launch(2, "language_model", tmp_path, timeout=180.0)
+    assert run.returncodes == (0, 0), "\n".join(run.outputs)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    want = _case.lm_analyses(_case.lm_problem(_case.lm_batches()))
+    for name, w in want.items():
+        for a, b in zip(_parts(w), _parts(results[0][name]), strict=True):
+            np.testing.assert_allclose(b, a, rtol=RTOL, atol=RTOL * np.max(np.abs(a)), err_msg=name)
+        for a, b in zip(_parts(results[0][name]), _parts(results[1][name]), strict=True):
+            assert np.array_equal(a, b), name

@@ -5,7 +5,7 @@ surface; ``ARGS = cache kill_rank kill_after``: rank ``kill_rank`` SIGKILLs itse
 evaluation), ``raise`` (rank 1 raises in its loss part way through Lanczos), ``hang`` (rank 1 stops answering) and
 ``cli`` (``ARGS`` are the command line, run as ``torchrun -m landscape`` would), ``replicated`` (as
 ``surface``, with every rank holding all the data: grid points dealt out to the ranks), ``minibatch`` (the minibatch
-and per-example analyses).
+and per-example analyses), ``language_model`` (a tiny GPT-2 on token batches).
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ def main() -> None:
 
         results["keys"] = {flag: key_for(p, "spectrum", {"k": 2}, order_free=flag) for flag in (True, False)}
         torch.save(results, out / f"rank{rank}.pt")
+    elif scenario == "language_model":
+        p = _case.lm_problem(_case.lm_batches(rank, world))
+        torch.save(_case.lm_analyses(p), out / f"rank{rank}.pt")
     elif scenario == "minibatch":
         p = _case.problem(data)
         torch.save(_case.minibatch_analyses(p), out / f"rank{rank}.pt")
