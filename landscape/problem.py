@@ -621,12 +621,20 @@ class Problem:
         }
 
     def _loss_settings(self) -> dict:
+        """What a loss adapter, a Hugging Face load (:func:`landscape.checkpoint.load_hf`) and attention add."""
+        settings: dict[str, Any] = {}
+        loaded = getattr(self.model, "landscape_load_info", None)
+        if loaded is not None:  # the saved dtype of bf16/fp16 weights analysed in another one, among others
+            settings["loaded"] = {k: str(v).replace("torch.", "") for k, v in vars(loaded).items()}
         objective = self.objective
         if isinstance(objective, losses.Criterion):
-            return {}
+            return settings
+        accuracy = "token accuracy" if isinstance(objective, losses.TokenLoss) else "accuracy"
         return {
+            **settings,
             "loss_adapter": objective.describe(),
             "num_counted": self.num_counted,
+            "accuracy": f"{accuracy} (correct argmax predictions / {self.num_counted} counted)",
             "attention": attention.SETTING,
         }
 

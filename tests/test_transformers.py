@@ -412,3 +412,15 @@ def test_gpt2_sgd_stability_and_batch_scaling_run():
     assert report.criteria and all(c.value == c.value for c in report.criteria if c.kind == "exact")
     scaling = L.lr_batch_scaling(problem, batch_sizes=[2, 3], num_batches=2)
     assert list(scaling.batch_sizes) == [2, 3, problem.num_samples]  # the full batch is added
+
+
+def test_bf16_weights_analysed_in_float64_record_both_dtypes(tmp_path):
+    gpt2().to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    model = L.load_hf(tmp_path / "bf16", dtype=torch.float64)
+    problem = L.Problem(model, losses.causal_lm(), token_batches())
+    settings = problem.describe()
+    assert settings["dtype"] == "float64"
+    assert settings["loaded"]["saved_dtype"] == "bfloat16" and settings["loaded"]["dtype"] == "float64"
+    assert settings["accuracy"].startswith("token accuracy")
+    assert problem.num_params == sum(p.numel() for p in model.parameters())  # lm_head tied to wte: counted once
+    assert "lm_head.weight" not in problem.param_names
