@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from collections import UserDict
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -424,3 +425,17 @@ def test_bf16_weights_analysed_in_float64_record_both_dtypes(tmp_path):
     assert settings["accuracy"].startswith("token accuracy")
     assert problem.num_params == sum(p.numel() for p in model.parameters())  # lm_head tied to wte: counted once
     assert "lm_head.weight" not in problem.param_names
+
+
+def test_token_batches_are_cached_by_content(tmp_path):
+    """A spectrum of dict batches is stored and read back; other token batches (one id changed) miss the cache."""
+    cache = tmp_path / "c.h5"
+    problem = L.Problem(gpt2(), losses.causal_lm(), token_batches(), dtype=torch.float64)
+    first = L.spectrum(problem, k=1, num_probes=2, num_steps=5, seed=0, cache=cache)
+    again = L.spectrum(problem, k=1, num_probes=2, num_steps=5, seed=0, cache=cache)
+    assert again.wall_time == first.wall_time and np.array_equal(again.eigenvalues, first.eigenvalues)
+    other = token_batches()
+    other[1]["input_ids"][0, 0] = other[1]["input_ids"][0, 0] % (VOCAB - 1) + 1  # another id in the vocabulary
+    changed = L.spectrum(L.Problem(gpt2(), losses.causal_lm(), other, dtype=torch.float64), k=1, num_probes=2,
+                         num_steps=5, seed=0, cache=cache)  # fmt: skip
+    assert changed.wall_time != first.wall_time
