@@ -19,7 +19,6 @@ goes to float64 scipy.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,13 +28,20 @@ import torch
 from torch import Tensor
 
 from landscape.linalg._common import Provenance, draw
+from landscape.linalg._ritz import (
+    Which,
+    check_top_eigen_args,
+    eigen_result,
+    error_bounds,
+    select_wanted,
+    thick_restart_result,
+)
 from landscape.linalg.probes import Distribution, SeedLike, make_generator
-from landscape.linalg.results import ConvergenceWarning, EigenResult
+from landscape.linalg.results import EigenResult
+from landscape.linalg.thick_restart import min_basis
+from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, gib, krylov_vectors
 from landscape.operators.base import CurvatureOperator
 from landscape.progress import progress as progress_bar
-
-Which = Literal["LA", "SA", "LM"]
-WHICH: tuple[str, ...] = ("LA", "SA", "LM")
 
 
 def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -309,97 +315,6 @@ def lanczos(
     )
 
 
-def select_wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
-    """Indices of the ``k`` wanted values of ``theta``, most extreme first."""
-    if which == "LA":
-        order = np.argsort(-theta, kind="stable")
-    elif which == "SA":
-        order = np.argsort(theta, kind="stable")
-    else:
-        order = np.argsort(-np.abs(theta), kind="stable")
-    return order[:k]
-
-
-def error_bounds(theta: np.ndarray, wanted: np.ndarray, residuals: np.ndarray) -> np.ndarray:
-    """``min(r, r^2 / gap)`` with ``gap`` the distance of each wanted Ritz value to the nearest other one."""
-    bounds = residuals.copy()
-    if theta.size > 1:
-        for out, i in enumerate(wanted):
-            gap = np.min(np.abs(np.delete(theta, i) - theta[i]))
-            if gap > 0:
-                bounds[out] = min(residuals[out], residuals[out] ** 2 / gap)
-    return bounds
-
-
-def check_top_eigen_args(op: CurvatureOperator, k: int, which: str, tol: float, max_matvecs: int | None) -> None:
-    n = op.shape[0]
-    if which not in WHICH:
-        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, n={n}], got {k}")
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
-    if max_matvecs is not None and max_matvecs < 1:
-        raise ValueError(f"max_matvecs must be >= 1, got {max_matvecs}")
-
-
-def warn_not_converged(
-    method: str, k: int, which: str, num_matvecs: int, tol: float, worst: float, stacklevel: int
-) -> None:
-    """Emit the :class:`ConvergenceWarning` of ``top_eigen``; ``stacklevel`` counts from this function."""
-    warnings.warn(
-        f"top_eigen(method={method!r}, k={k}, which={which!r}) did not converge within max_matvecs={num_matvecs}: "
-        f"worst relative Ritz residual {worst:.2e} > tol={tol:.1e}. Raise max_matvecs or loosen tol; the returned "
-        "values are the best estimates so far (see .residuals, .error_bounds and .converged).",
-        ConvergenceWarning,
-        stacklevel=stacklevel,
-    )
-
-
-def eigen_result(
-    prov: Provenance,
-    *,
-    method: str,
-    k: int,
-    which: str,
-    tol: float,
-    values: np.ndarray,
-    vectors: Tensor,
-    residuals: np.ndarray,
-    converged: np.ndarray,
-    error_bounds: np.ndarray,
-    scale: float,
-    num_steps: int | None,
-    settings: dict[str, Any],
-    stacklevel: int,
-) -> EigenResult:
-    """Warn if any wanted pair did not converge (relative to ``scale``), then build the :class:`EigenResult`.
-
-    ``num_steps=None`` counts the matvecs as steps; ``stacklevel`` is that of a ``warnings.warn`` in this function
-    (2: its caller).
-    """
-    num_matvecs = prov.num_matvecs
-    if not converged.all():
-        worst = float(np.max(residuals) / scale) if scale > 0 else float("inf")
-        warn_not_converged(method, k, which, num_matvecs, tol, worst, stacklevel=stacklevel + 1)
-    fields = prov.fields()
-    return EigenResult(
-        values=values,
-        vectors=vectors,
-        residuals=residuals,
-        converged=converged,
-        error_bounds=error_bounds,
-        num_matvecs=fields["num_matvecs"],
-        num_steps=num_matvecs if num_steps is None else num_steps,
-        seed=fields["seed"],
-        method=method,
-        which=which,
-        tol=float(tol),
-        wall_time=fields["wall_time"],
-        settings=settings,
-    )
-
-
 def _more_extreme(a: float, b: float, which: str, margin: float) -> bool:
     if which == "LA":
         return a > b + margin
@@ -436,6 +351,27 @@ def _verified(alphas: np.ndarray, betas: np.ndarray, restarts: list[int], k: int
     return not _more_extreme(block_best, kth_before, which, atol)
 
 
+def _basis_size(op: CurvatureOperator, k: int, budget: int, max_basis: int | None, memory_budget: int | None) -> int:
+    """Vectors the Krylov basis may hold: ``max_basis``, else what fits the memory budget (never more than the
+    budget of steps needs); an error naming the numbers when not even thick restart fits."""
+    n = op.shape[0]
+    cap = max_basis if max_basis is not None else krylov_vectors(memory_budget, n, op.dtype, op.device)
+    if max_basis is not None and (isinstance(max_basis, bool) or max_basis < 1):
+        raise ValueError(f"max_basis must be a positive number of vectors, got {max_basis!r}")
+    if cap >= budget + 1:
+        return budget + 1
+    need = min_basis(k) + 1
+    if cap < need:
+        per_vector = n * torch.empty((), dtype=op.dtype).element_size()
+        have = f"max_basis={max_basis}" if max_basis is not None else f"{KRYLOV_SHARE:.0%} of memory_budget"
+        raise MemoryBudgetError(
+            f"top_eigen(k={k}) needs a Krylov basis of at least {need} vectors of {n:,} parameters "
+            f"({gib(need * per_vector)}); {have} allows {cap} ({gib(cap * per_vector)}). Raise memory_budget= "
+            f"(or max_basis=), lower k, or analyse fewer parameters (params=)"
+        )
+    return cap
+
+
 def _lanczos_top(
     op: CurvatureOperator,
     k: int,
@@ -445,17 +381,22 @@ def _lanczos_top(
     v0: Tensor | None,
     seed: SeedLike,
     progress: bool = False,
+    max_basis: int | None = None,
+    memory_budget: int | None = None,
 ) -> EigenResult:
     prov = Provenance(op, seed)
     n = op.shape[0]
     budget = min(n, max(20 * k, 100)) if max_matvecs is None else min(int(max_matvecs), n)
     if budget < k:
         raise ValueError(f"Lanczos needs max_matvecs >= k={k} to produce k Ritz pairs, got {max_matvecs}")
+    basis = _basis_size(op, k, budget, max_basis, memory_budget)
     gen = make_generator(seed)
     if v0 is not None:
         # A block of guesses is merged into one start vector: the Krylov space then contains all of them.
         v0 = _start_block(op, v0, 1, gen, "gaussian").sum(dim=1, keepdim=True)
     V0 = _start_block(op, v0, 1, gen, "gaussian")
+    if basis <= budget:
+        return thick_restart_result(prov, op, k, which, tol, budget, V0[:, 0], basis - 1, gen, v0, progress)
     state = _BatchedLanczos(op, V0, budget, generator=gen, restart=True, distribution="gaussian")
     last_check = 0
     result = None
@@ -500,7 +441,14 @@ def _lanczos_top(
         error_bounds=error_bounds(theta, wanted, residuals),
         scale=scale,
         num_steps=m,
-        settings={"max_matvecs": budget, "warm_start": v0 is not None, "reorthogonalisation": "full (CGS2)"},
+        settings={
+            "max_matvecs": budget,
+            "warm_start": v0 is not None,
+            "reorthogonalisation": "full (CGS2)",
+            "restart": "none",
+            "basis_vectors": budget + 1,
+            "basis_bytes": state.Q.numel() * state.Q.element_size(),
+        },
         stacklevel=4,
     )
 
@@ -516,6 +464,8 @@ def top_eigen(
     v0: Tensor | None = None,
     seed: SeedLike = 0,
     progress: bool = False,
+    max_basis: int | None = None,
+    memory_budget: int | None = None,
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator.
 
@@ -553,14 +503,22 @@ def top_eigen(
         Seed or generator for the random start.
     progress
         Show a progress bar over the Lanczos steps (the budget; a run that converges stops early) on stderr.
+    max_basis
+        Lanczos: the most vectors the Krylov basis may hold. When the budget of steps needs more, the run
+        restarts thickly (:mod:`landscape.linalg.thick_restart`, Wu & Simon 2000) keeping the wanted Ritz vectors,
+        so memory stays ``max_basis * n`` numbers. Default: what fits half of ``memory_budget``.
+    memory_budget
+        Bytes the analysis may use (default :func:`landscape.memory.default_budget`: half the memory available
+        now); :class:`~landscape.memory.MemoryBudgetError` when not even a restarted basis fits.
 
     Returns
     -------
     EigenResult
+        ``settings["restart"]``, ``["basis_vectors"]`` and ``["basis_bytes"]`` say how the basis was bounded.
     """
     check_top_eigen_args(op, k, which, tol, max_matvecs)
     if method == "lanczos":
-        return _lanczos_top(op, k, which, tol, max_matvecs, v0, seed, progress)
+        return _lanczos_top(op, k, which, tol, max_matvecs, v0, seed, progress, max_basis, memory_budget)
     if method == "power":
         from landscape.linalg.power import power_iteration
 

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from landscape.linalg._common import Provenance, draw
-from landscape.linalg.lanczos import Which, as_start_block, check_top_eigen_args, eigen_result, error_bounds
+from landscape.linalg._ritz import Which, check_top_eigen_args, eigen_result, error_bounds
+from landscape.linalg.lanczos import as_start_block
 from landscape.linalg.probes import SeedLike, make_generator
 from landscape.linalg.results import EigenResult
 from landscape.operators.base import CurvatureOperator
