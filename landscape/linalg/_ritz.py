@@ -130,19 +130,13 @@ def thick_restart_result(
     state, theta, Y, wanted, residuals, scale, products = thick_restart_top(
         op, k, select, tol, budget, v0, m, gen, progress
     )
-    Yw = torch.as_tensor(Y[:, wanted], dtype=op.dtype, device=op.device)
-    return eigen_result(
+    return lanczos_result(
         prov,
-        method="lanczos",
         k=k,
         which=which,
         tol=tol,
-        values=theta[wanted].astype(np.float64),
-        vectors=state.Q[: state.size].T @ Yw,
-        residuals=residuals,
-        converged=residuals <= tol * scale,
-        error_bounds=error_bounds(theta, wanted, residuals),
-        scale=scale,
+        ritz=(theta, Y, wanted, residuals, residuals <= tol * scale, scale),
+        basis=state.Q[: state.size].T,
         num_steps=products,
         settings={
             "max_matvecs": budget,
@@ -152,5 +146,39 @@ def thick_restart_result(
             "basis_vectors": m + 1,
             "basis_bytes": state.nbytes,
         },
-        stacklevel=5,
+        stacklevel=6,
+    )
+
+
+def lanczos_result(
+    prov: Provenance,
+    *,
+    k: int,
+    which: str,
+    tol: float,
+    ritz: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float],
+    basis: Tensor,
+    num_steps: int,
+    settings: dict[str, Any],
+    stacklevel: int,
+) -> EigenResult:
+    """The :class:`EigenResult` of a Lanczos run from its Ritz decomposition ``(theta, Y, wanted, residuals,
+    converged, scale)`` and its basis ``(n, m)``: the wanted Ritz vectors are ``basis @ Y[:, wanted]``."""
+    theta, Y, wanted, residuals, converged, scale = ritz
+    Yw = torch.as_tensor(Y[:, wanted], dtype=basis.dtype, device=basis.device)
+    return eigen_result(
+        prov,
+        method="lanczos",
+        k=k,
+        which=which,
+        tol=tol,
+        values=theta[wanted].astype(np.float64),
+        vectors=basis @ Yw,
+        residuals=residuals,
+        converged=converged,
+        error_bounds=error_bounds(theta, wanted, residuals),
+        scale=scale,
+        num_steps=num_steps,
+        settings=settings,
+        stacklevel=stacklevel,
     )

@@ -31,8 +31,7 @@ from landscape.linalg._common import Provenance, draw
 from landscape.linalg._ritz import (
     Which,
     check_top_eigen_args,
-    eigen_result,
-    error_bounds,
+    lanczos_result,
     select_wanted,
     thick_restart_result,
 )
@@ -425,21 +424,14 @@ def _lanczos_top(
         if wanted.size == k and converged.all() and _verified(alphas, betas, restarts, k, which, tol * scale):
             break
     bar.close()
-    theta, Y, wanted, residuals, converged, scale = result
     m = int(state.steps[0])
-    Yw = torch.as_tensor(Y[:, wanted], dtype=op.dtype, device=op.device)
-    return eigen_result(
+    return lanczos_result(
         prov,
-        method="lanczos",
         k=k,
         which=which,
         tol=tol,
-        values=theta[wanted].astype(np.float64),
-        vectors=state.basis_view(0) @ Yw,
-        residuals=residuals,
-        converged=converged,
-        error_bounds=error_bounds(theta, wanted, residuals),
-        scale=scale,
+        ritz=result,
+        basis=state.basis_view(0),
         num_steps=m,
         settings={
             "max_matvecs": budget,
@@ -449,7 +441,7 @@ def _lanczos_top(
             "basis_vectors": budget + 1,
             "basis_bytes": state.Q.numel() * state.Q.element_size(),
         },
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
