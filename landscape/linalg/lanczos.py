@@ -129,6 +129,7 @@ class _BatchedLanczos:
         generator: torch.Generator,
         restart: bool,
         distribution: Distribution = "gaussian",
+        store_basis: bool = True,
     ):
         n = op.shape[0]
         self.op = op
@@ -144,7 +145,11 @@ class _BatchedLanczos:
             raise ValueError("Lanczos start vectors must be nonzero")
         self.start_norms = norms.double().cpu().numpy()
         # Rows are Lanczos vectors: (p, m+1, n) keeps each recurrence's basis contiguous for the batched products.
-        self.Q = torch.zeros(p, max_steps + 1, n, dtype=op.dtype, device=op.device)
+        # Without a stored basis, two slots hold q_{j-1} and q_j (the three-term recurrence; slot j % 2).
+        if restart and not store_basis:
+            raise ValueError("restarts after breakdown need the stored basis")
+        self.store_basis = store_basis
+        self.Q = torch.zeros(p, max_steps + 1 if store_basis else 2, n, dtype=op.dtype, device=op.device)
         self.Q[:, 0] = (V0 / norms).T
         self.alphas = np.zeros((p, max_steps))
         self.betas = np.zeros((p, max_steps))
@@ -159,11 +164,15 @@ class _BatchedLanczos:
     def done(self) -> bool:
         return self.j >= self.max_steps or not self.active.any()
 
+    def _slot(self, j: int) -> int:
+        return j if self.store_basis else j % 2
+
     def _orthogonalise(self, W: Tensor, upto: int) -> tuple[Tensor, Tensor]:
-        """CGS2 of each row of ``W`` (p, n) against its recurrence's first ``upto`` vectors; returns the summed
-        coefficients too (the diagonal coefficient corrects alpha)."""
-        basis = self.Q[:, :upto]
-        total = torch.zeros(W.shape[0], upto, dtype=W.dtype, device=W.device)
+        """CGS2 of each row of ``W`` (p, n) against its recurrence's first ``upto`` vectors (without a stored
+        basis: against ``q_{j-1}`` and ``q_j``, an unused slot being zero); returns the summed coefficients too
+        (the diagonal coefficient corrects alpha)."""
+        basis = self.Q[:, :upto] if self.store_basis else self.Q
+        total = torch.zeros(W.shape[0], basis.shape[1], dtype=W.dtype, device=W.device)
         for _ in range(2):
             c = torch.bmm(basis, W.unsqueeze(2)).squeeze(2)
             W = W - torch.bmm(c.unsqueeze(1), basis).squeeze(1)
@@ -173,7 +182,7 @@ class _BatchedLanczos:
     def step(self) -> None:
         j = self.j
         idx = np.flatnonzero(self.active)
-        q = self.Q[:, j]
+        q = self.Q[:, self._slot(j)]
         if idx.size == q.shape[0]:
             W = (self.op @ q.T).T
         else:
@@ -181,7 +190,7 @@ class _BatchedLanczos:
             W = torch.zeros_like(q)
             W[sel] = (self.op @ q[sel].T).T.to(q.dtype)
         W, coeffs = self._orthogonalise(W, j + 1)
-        alpha = coeffs[:, j].double().cpu().numpy()
+        alpha = coeffs[:, self._slot(j)].double().cpu().numpy()
         beta = W.norm(dim=1).double().cpu().numpy()
         prev = self.betas[:, j - 1] if j > 0 else np.zeros_like(beta)
         self.anorm = np.maximum.reduce([self.anorm, np.abs(alpha), prev, beta])
@@ -189,7 +198,7 @@ class _BatchedLanczos:
         tiny = beta <= 10.0 * math.sqrt(self.n) * self.eps * self.anorm
         full = j + 1 >= self.n
         scale = np.where(tiny | full, 0.0, 1.0 / np.where(beta > 0, beta, 1.0))
-        self.Q[:, j + 1] = W * torch.as_tensor(scale, dtype=W.dtype, device=W.device).unsqueeze(1)
+        self.Q[:, self._slot(j + 1)] = W * torch.as_tensor(scale, dtype=W.dtype, device=W.device).unsqueeze(1)
         for probe in idx:
             self.alphas[probe, j] = alpha[probe]
             self.betas[probe, j] = 0.0 if full else beta[probe]
@@ -248,6 +257,7 @@ def lanczos(
     restart_on_breakdown: bool = True,
     keep_basis: bool = True,
     progress: bool = False,
+    memory_budget: int | None = None,
 ) -> LanczosDecomposition:
     """Run ``num_steps`` Lanczos steps with full reorthogonalisation from one or several start vectors.
 
@@ -277,6 +287,15 @@ def lanczos(
         Return the Lanczos vectors (``p * n * m`` numbers).
     progress
         Show a progress bar over the steps on stderr (:func:`landscape.progress.progress`).
+    memory_budget
+        Bytes the analysis may use (default: half the memory available now, :mod:`landscape.memory`). When the
+        ``p (m + 1)`` basis vectors do not fit half of it, the recurrences keep only their last two vectors and
+        orthogonalise against them (the three-term recurrence, ``2 p`` vectors): the tridiagonals then lose the
+        exact orthogonality of the basis, converged Ritz values may appear more than once ("ghosts"), but the
+        Gauss quadrature weights of each probe stay accurate (Greenbaum 1989; Chen, Trogdon & Ubaru 2021), which
+        is what a density needs. ``settings["reorthogonalisation"]`` records which ran. With ``keep_basis`` (or
+        ``restart_on_breakdown``) the basis is needed: :class:`~landscape.memory.MemoryBudgetError` if it does
+        not fit.
 
     Returns
     -------
@@ -291,13 +310,26 @@ def lanczos(
     gen = make_generator(seed)
     V0 = _start_block(op, v0, num_probes, gen, distribution)
     steps = min(int(num_steps), n)
-    state = _BatchedLanczos(op, V0, steps, generator=gen, restart=restart_on_breakdown, distribution=distribution)
+    vectors = krylov_vectors(memory_budget, n, op.dtype, op.device)
+    store = V0.shape[1] * (steps + 1) <= vectors
+    if not store and (keep_basis or restart_on_breakdown or vectors < 2 * V0.shape[1]):
+        per_vector = n * torch.empty((), dtype=op.dtype).element_size()
+        need = V0.shape[1] * (steps + 1 if keep_basis or restart_on_breakdown else 2)
+        raise MemoryBudgetError(
+            f"Lanczos with {V0.shape[1]} probe(s) x {steps} steps needs {need} basis vectors of {n:,} parameters "
+            f"({gib(need * per_vector)}); {KRYLOV_SHARE:.0%} of memory_budget allows {vectors} "
+            f"({gib(vectors * per_vector)}). Raise memory_budget=, lower num_probes/num_steps, or drop the stored "
+            "basis (keep_basis=False, restart_on_breakdown=False: the three-term recurrence)"
+        )
+    state = _BatchedLanczos(
+        op, V0, steps, generator=gen, restart=restart_on_breakdown, distribution=distribution, store_basis=store
+    )
     with progress_bar(steps, "Lanczos", progress, unit="step") as bar:
         while not state.done:
             state.step()
             bar.update(1)
     m = int(state.steps.max())
-    basis = state.Q[:, :m].transpose(1, 2) if keep_basis else None
+    basis = state.Q[:, :m].transpose(1, 2) if keep_basis and store else None
     return LanczosDecomposition(
         alphas=state.alphas.copy(),
         betas=state.betas.copy(),
@@ -309,7 +341,8 @@ def lanczos(
             "num_steps": int(num_steps),
             "distribution": distribution,
             "restart_on_breakdown": restart_on_breakdown,
-            "reorthogonalisation": "full (CGS2)",
+            "reorthogonalisation": "full (CGS2)" if store else "local: three-term recurrence (memory budget)",
+            "basis_bytes": state.Q.numel() * state.Q.element_size(),
         },
     )
 

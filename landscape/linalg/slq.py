@@ -223,6 +223,7 @@ def spectral_density(
     distribution: Distribution = "rademacher",
     sigma: float | None = None,
     progress: bool = False,
+    memory_budget: int | None = None,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature of the spectral density (see the module docstring).
 
@@ -243,6 +244,11 @@ def spectral_density(
         Smoothing width to record; default the resolution ``(theta_max - theta_min) / num_steps``.
     progress
         Show a progress bar over the Lanczos steps (all probes advance together) on stderr.
+    memory_budget
+        Bytes the analysis may use (default: half the memory available now). When the bases do not fit half of it,
+        each probe keeps two vectors (the three-term recurrence, :func:`landscape.linalg.lanczos.lanczos`); the
+        quadrature stays accurate, ghost copies of converged outliers share their weight
+        (``settings["reorthogonalisation"]`` says which ran).
 
     Returns
     -------
@@ -261,6 +267,7 @@ def spectral_density(
         restart_on_breakdown=False,
         keep_basis=False,
         progress=progress,
+        memory_budget=memory_budget,
     )
     # The inner call saw a generator; record the caller's seed instead.
     decomposition = replace(decomposition, seed=seed_record(seed))

@@ -1,0 +1,54 @@
+"""Stochastic Lanczos quadrature within a memory budget: when the probes' bases do not fit, each probe keeps two
+vectors (the three-term recurrence). Its Gauss quadrature equals the fully reorthogonalised one (moments, outlier
+weights, extreme nodes) on a known spectrum, ghost copies of converged outliers sharing their weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import landscape as L
+from landscape.linalg.lanczos import lanczos
+from landscape.memory import MemoryBudgetError
+from tests.linalg.helpers import operator_with_spectrum
+
+N = 1500
+PROBES = 6
+
+
+@pytest.fixture(scope="module")
+def known():
+    rng = np.random.default_rng(0)
+    lam = np.concatenate([[50.0, 40.0, 30.0, 20.0, 10.0], rng.normal(0.0, 1.0, N - 5)])
+    op, _ = operator_with_spectrum(lam)
+    return lam, op
+
+
+def test_three_term_recurrence_keeps_moments_and_outliers(known):
+    lam, op = known
+    two_per_probe = 2 * PROBES * N * 8
+    full = L.spectral_density(op, num_probes=PROBES, num_steps=120, seed=0)
+    lean = L.spectral_density(op, num_probes=PROBES, num_steps=120, seed=0, memory_budget=2 * two_per_probe)
+    assert full.settings["reorthogonalisation"] == "full (CGS2)"
+    assert lean.settings["reorthogonalisation"].startswith("local: three-term")
+    assert lean.settings["basis_bytes"] == two_per_probe < full.settings["basis_bytes"] / 50
+    # Ghosts: after 120 steps the top outlier has converged several times over in the unreorthogonalised runs.
+    assert np.sum(np.isclose(lean.nodes[0], 50.0, rtol=1e-10)) > 1 == np.sum(np.isclose(full.nodes[0], 50.0))
+    # ... but the quadrature is the same: moments (1/P) tr H^j, the weight of each outlier, the extreme nodes.
+    np.testing.assert_allclose(lean.moments(8).value, full.moments(8).value, rtol=1e-8)
+    for outlier in (50.0, 40.0, 30.0):
+        near = [np.sum(d.weights * (np.abs(d.nodes - outlier) < 1.0) * d.mask, axis=1) for d in (full, lean)]
+        np.testing.assert_allclose(near[1], near[0], rtol=1e-8)
+    assert lean.lambda_max == pytest.approx(50.0, rel=1e-10) and full.lambda_max == pytest.approx(50.0, rel=1e-10)
+    # And the density's first moments are unbiased estimates of the true ones (the probes' sampling error only).
+    exact = np.array([np.mean(lam**j) for j in (1, 2)])
+    est = lean.moments(2)
+    assert np.all(np.abs(est.value - exact) <= 4 * est.stderr)
+
+
+def test_a_stored_basis_that_does_not_fit_is_an_error(known):
+    _, op = known
+    with pytest.raises(MemoryBudgetError, match=r"needs 246 basis vectors.*allows 12"):
+        lanczos(op, 40, num_probes=PROBES, keep_basis=True, memory_budget=24 * N * 8)
+    with pytest.raises(MemoryBudgetError, match="three-term recurrence"):
+        lanczos(op, 40, num_probes=PROBES, keep_basis=False, restart_on_breakdown=True, memory_budget=24 * N * 8)
