@@ -107,6 +107,24 @@ def _load_data(spec: str, seed: int, batch_size: int = 512, sharded: bool = Fals
     return _builtin_data(spec, seed)
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar off for the duration (its setting restored after): the CLI
+    has its own progress output."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _is_pairs(data: Any) -> bool:
     return isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
 
@@ -131,7 +149,8 @@ def _load_hf(path: str, dtype: str | None) -> nn.Module:
     from landscape.checkpoint import CheckpointError, load_hf
 
     try:
-        return load_hf(path, dtype=DTYPES[dtype] if dtype else None)
+        with _quiet_transformers():
+            return load_hf(path, dtype=DTYPES[dtype] if dtype else None)
     except (CheckpointError, FileNotFoundError, ImportError) as err:
         raise UserError(f"--hf {path}: {_first_line(err)}") from err
 
@@ -1365,8 +1384,12 @@ def report_cmd(
         return
     lines = [f"report: {path}  (numbers: {out / 'report.json'})"]
     if results.spectrum is not None:
-        tr = results.spectrum.trace
-        lines.append(f"lambda_max {results.spectrum.lambda_max:.6g}, trace {_pm(float(tr.value), float(tr.stderr))}")
+        from landscape.report.html import best_trace
+
+        # The report's one trace (exact when computed, else the estimate with the smaller error), as its pages show.
+        tr = best_trace(results.spectrum, results.sharpness)
+        shown = f", trace {tr.shown()} ({tr.how})" if tr is not None else ""
+        lines.append(f"lambda_max {results.spectrum.lambda_max:.6g}{shown}")
     for rep in results.stability:
         lines.append(
             f"{rep.optimizer} at lr {rep.lr:g}: {'STABLE' if rep.stable else 'UNSTABLE'} "

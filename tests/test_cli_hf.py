@@ -100,6 +100,9 @@ def test_report_on_a_saved_hugging_face_model(saved):
     assert result.exit_code == 0, result.output
     html = (out / "report.html").read_text()
     assert "causal_lm" in html or "CausalLM" in html
+    # The printed summary shows the report's one trace (the page's), not the SLQ estimate of the spectrum pass.
+    trace = json.loads((out / "report.json").read_text())["trace"]
+    assert f"({trace['how']})" in result.output, (trace, result.output)
 
 
 @pytest.mark.parametrize(
