@@ -133,3 +133,29 @@ def test_bad_hugging_face_inputs_are_one_clear_line(saved, tmp_path, setup, expe
     import re
 
     assert re.search(expected, result.output), result.output
+
+
+def test_a_data_factory_returning_dict_batches(saved, tmp_path, monkeypatch):
+    """``--data module:factory`` may return dict batches (here with padding and explicit labels)."""
+    (tmp_path / "lmdata.py").write_text(
+        "import torch\n\n"
+        "def batches():\n"
+        "    ids = torch.randint(0, 16, (4, 8), generator=torch.Generator().manual_seed(0))\n"
+        "    mask = torch.ones_like(ids); mask[1, 5:] = 0\n"
+        "    labels = ids.masked_fill(mask == 0, -100)\n"
+        "    return [{'input_ids': ids, 'attention_mask': mask, 'labels': labels}]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["eigen", "--hf", str(saved / "model"), "--data", "lmdata:batches", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, [*argv, "--json", "--quiet", "--no-cache", "--top-k", "1"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    import lmdata
+
+    from landscape import Problem, hessian, losses, top_eigen
+    from landscape.checkpoint import load_hf
+
+    problem = Problem(load_hf(saved / "model"), losses.causal_lm(), lmdata.batches())
+    assert problem.num_counted == 4 * 7 - 3  # shifted labels, padding excluded
+    api = top_eigen(hessian(problem), k=1, seed=0)
+    assert out["eigenvalues"][0] == pytest.approx(float(api.values[0]), rel=1e-4)
