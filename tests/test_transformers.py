@@ -246,7 +246,7 @@ def test_gpt2_analyses_leave_the_model_untouched():
     v = probes(problem.num_params, 2)
     L.hessian(problem) @ v
     L.ggn(problem) @ v
-    L.top_eigen(L.hessian(problem), k=1, max_matvecs=10)
+    L.top_eigen(L.hessian(problem), k=1, tol=1e-2, max_matvecs=10)
     surf = surface(problem, random_directions(problem, num=1, seed=0), span=(-0.1, 0.1), resolution=3)
     assert surf.accuracy is not None  # token accuracy
     assert model.config._attn_implementation == "sdpa"
