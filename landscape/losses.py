@@ -114,8 +114,12 @@ class Loss:
         """Correct argmax predictions among the counted positions, or ``None`` when that is not defined."""
         return None
 
+    def mean(self, model: Model, batch: Any) -> Tensor:
+        """The batch's mean loss (what :meth:`__call__` returns first, without counting)."""
+        return self.from_outputs(self.outputs(model, batch), batch)
+
     def __call__(self, model: Model, batch: Any) -> tuple[Tensor, int | None]:
-        return self.from_outputs(self.outputs(model, batch), batch), self.count(batch)
+        return self.mean(model, batch), self.count(batch)
 
     def describe(self) -> dict[str, Any]:
         """Settings recorded with results (and keyed in the cache)."""
@@ -399,6 +403,9 @@ class Custom(Loss):
             )
         mean, weight = result
         return mean, int(weight) if not isinstance(weight, float) else weight
+
+    def mean(self, model: Model, batch: Any) -> Tensor:
+        return self(model, batch)[0]
 
     def outputs(self, model: Model, batch: Any) -> Tensor:
         raise LossError(

@@ -514,8 +514,7 @@ class Problem:
 
     def batch_loss(self, forward: Callable, params: ParamDict, batch: PreparedBatch) -> Tensor:
         """Weighted contribution ``w_b L_b(params)`` of one batch to the full-data loss."""
-        mean, _ = self.objective(self.model_fn(forward, params), batch.data)
-        return batch.weight * mean
+        return batch.weight * self.objective.mean(self.model_fn(forward, params), batch.data)
 
     def example_scale(self, count: float | None = None) -> float:
         """Factor ``a`` making per-example losses average to the full-data loss, ``L = (1/N) sum_i a s_i``.
