@@ -164,6 +164,7 @@ class Problem:
         self._num_samples: int | None = None
         self._num_counted: int | None = None  # what the losses average over, summed over the local batches
         self._total_count: int | None = None  # ... over every rank's batches
+        self._counts: list[int] = []  # per local batch, from the first pass (a custom adapter counts by evaluating)
         self._num_batches = 0  # non-empty batches held here, counted with the samples
         self._shard: ShardInfo | None = None
         self._data_fingerprint: str | None = None
@@ -343,6 +344,7 @@ class Problem:
         """Samples in the data this process holds (its shard when data-parallel)."""
         if self._num_samples is None:
             n = nonempty = counted = 0
+            counts = []
             for i, batch in enumerate(self._data):
                 if isinstance(batch, Tensor):
                     self._prepare(batch, i)  # raises the error that says what a batch must be
@@ -352,10 +354,12 @@ class Problem:
                     raise DataError(str(err)) from None
                 n += size
                 nonempty += size > 0
-                counted += self._count(batch, i) if size > 0 else 0
+                counts.append(self._count(batch, i) if size > 0 else 0)
+                counted += counts[-1]
             if n == 0 and self.dist is None:
                 raise DataError("data yielded no samples: check the DataLoader/dataset is not empty")
             self._num_samples, self._num_batches, self._num_counted = n, nonempty, counted
+            self._counts = counts
         return self._num_samples
 
     @property
@@ -405,7 +409,7 @@ class Problem:
             if size == 0:
                 continue
             seen += size
-            count = self._count(batch, i)
+            count = self._counts[i] if i < len(self._counts) else self._count(batch, i)
             weight = count / total if self.reduction == "mean" else 1.0
             yield PreparedBatch(data, weight, size, count)
         if seen != local:

@@ -439,3 +439,32 @@ def test_token_batches_are_cached_by_content(tmp_path):
     changed = L.spectrum(L.Problem(gpt2(), losses.causal_lm(), other, dtype=torch.float64), k=1, num_probes=2,
                          num_steps=5, seed=0, cache=cache)  # fmt: skip
     assert changed.wall_time != first.wall_time
+
+
+def test_a_custom_loss_callable_weighted_by_its_own_counts():
+    """Any ``(model, batch) -> (mean, weight)`` callable is a loss adapter: its weights (known only by evaluating it,
+    once per batch) make the same token mean, gradient and Hessian as ``causal_lm``."""
+    calls = []
+
+    def next_token(model, batch):
+        calls.append(1)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
+        counted = int((labels != -100).sum())
+        total = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100, reduction="sum")
+        return total / counted, counted
+
+    model, data = gpt2(), token_batches()
+    custom = L.Problem(model, next_token, data, dtype=torch.float64)
+    reference = L.Problem(model, losses.causal_lm(), data, dtype=torch.float64)
+    assert custom.num_counted == reference.num_counted == 20
+    assert abs(custom.loss() - reference.loss()) < 1e-13
+    evaluations = len(calls)
+    custom.loss()
+    assert len(calls) - evaluations == len(data)  # the counts are not re-evaluated on every pass
+    v = probes(custom.num_params, 1)[:, 0]
+    assert (
+        rel(L.hessian(custom, engine="double_backward") @ v, L.hessian(reference, engine="double_backward") @ v) < 1e-12
+    )
+    with pytest.raises(losses.LossError, match="GGN"):
+        L.ggn(custom) @ v
