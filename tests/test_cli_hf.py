@@ -88,7 +88,9 @@ def test_eigen_equals_the_python_api_and_npy_tokens_equal_pt(saved):
     got = [cli["eigenvalues"][0], also["eigenvalues"][0]] if "eigenvalues" in cli else None
     assert got is not None, cli
     assert got[0] == pytest.approx(float(api.values[0]), rel=1e-4)
-    assert got[1] == got[0]
+    # The same tokens from .npy: equal up to float32 rounding (engine="auto" times its candidates, so two runs may
+    # pick different, equally exact, engines; fix engine= for bit-identical reruns).
+    assert got[1] == pytest.approx(got[0], rel=1e-5)
 
 
 def test_report_on_a_saved_hugging_face_model(saved):
