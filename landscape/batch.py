@@ -38,8 +38,9 @@ def _map(fn: Callable[[Tensor], Any], batch: Any) -> Any:
     return pytree.tree_map(lambda x: fn(x) if isinstance(x, Tensor) else x, batch)
 
 
-def to(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """Every tensor moved to ``device``, floating tensors also cast to ``dtype`` (integer ids and masks keep theirs)."""
+def to(batch: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """Every tensor moved to ``device``, floating tensors also cast to ``dtype`` when given (integer ids and masks
+    keep theirs)."""
     return _map(lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else None), as_tree(batch))
 
 

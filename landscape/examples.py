@@ -16,13 +16,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-from landscape.batch import concat, pad_sequences, take
+from landscape.batch import concat, pad_sequences, take, to
 from landscape.problem import DataError, Problem
-
-
-def to(batch: Any, device: torch.device) -> Any:
-    """``batch`` with every tensor on ``device`` (dtypes kept)."""
-    return pytree.tree_map(lambda t: t.to(device) if isinstance(t, Tensor) else t, batch)
 
 
 class Examples:

@@ -293,7 +293,7 @@ class Problem:
         if count is None:  # a custom adapter: its weight is known by evaluating it
             with torch.no_grad(), self.evaluation(order=0) as forward:
                 data = self._prepare(batch, index)
-                _, count = self.objective(functools.partial(forward, self.params_dict()), data)
+                _, count = self.objective(self.model_fn(forward, self.params_dict()), data)
         if not count > 0:
             raise DataError(
                 f"batch {index} has nothing to average the loss over (its weight is {count}: every label is "
