@@ -9,13 +9,32 @@ left to the products themselves (activations, gradient graphs).
 from __future__ import annotations
 
 import os
+import resource
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["MemoryBudgetError", "available_bytes", "default_budget", "krylov_vectors"]
+from landscape.batch import tensor_leaves
+
+if TYPE_CHECKING:
+    from landscape.problem import PreparedBatch, Problem
+
+__all__ = [
+    "MemoryBudgetError",
+    "MemoryEstimate",
+    "available_bytes",
+    "default_budget",
+    "estimate",
+    "krylov_vectors",
+    "resident_bytes",
+]
 
 #: Share of the budget a Krylov basis may take.
 KRYLOV_SHARE = 0.5
+#: A default top-k Krylov basis holds no more than this, or ``2 k + 4`` vectors if more (``top_eigen``).
+LEAN_BASIS_BYTES = 2**30
 
 
 class MemoryBudgetError(MemoryError):
@@ -55,3 +74,222 @@ def krylov_vectors(memory_budget: int | None, n: int, dtype: torch.dtype, device
 def gib(nbytes: float) -> str:
     """``nbytes`` as GiB (MiB below one GiB) for messages."""
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+# ---------------------------------------------------------------------------------------------------- estimate
+#: Analyses :func:`estimate` knows, and the vectors of length ``n`` each holds besides the product's own.
+ANALYSES = ("gradient", "hvp", "top_eigen", "spectrum", "trace")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What an analysis will hold at its peak, by part, before it runs.
+
+    Attributes
+    ----------
+    analysis, settings
+        What was estimated.
+    parts
+        Bytes the analysis adds, by part: ``"gradient graph"`` (the saved activations and the gradient kept for
+        reuse by the double-backward Hessian products), ``"product"`` (one product's output and its transients),
+        ``"Krylov vectors"`` (the estimator's basis, probes and sketches).
+    resident
+        Bytes the process holds already: the runtime, the weights and the data (resident set on a CPU, allocated
+        device memory on a GPU).
+    budget
+        The memory budget the parts must fit (``memory_budget``, else :func:`default_budget`).
+    notes
+        How each part was derived.
+    """
+
+    analysis: str
+    parts: dict[str, int]
+    resident: int
+    budget: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def need(self) -> int:
+        """Bytes the analysis adds to what the process holds."""
+        return sum(self.parts.values())
+
+    @property
+    def total(self) -> int:
+        """Expected peak: resident plus need."""
+        return self.resident + self.need
+
+    @property
+    def fits(self) -> bool:
+        return self.need <= self.budget
+
+    def check(self, fix: str) -> None:
+        """Raise :class:`MemoryBudgetError` naming the need, the budget and ``fix`` when the parts do not fit."""
+        if not self.fits:
+            parts = ", ".join(f"{name} {gib(b)}" for name, b in self.parts.items())
+            raise MemoryBudgetError(
+                f"{self.analysis} needs {gib(self.need)} ({parts}) on top of the {gib(self.resident)} this process "
+                f"holds; the memory budget is {gib(self.budget)}. {fix}, or raise memory_budget="
+            )
+
+    def table(self) -> str:
+        """The estimate as aligned lines (the CLI's ``--dry-run``)."""
+        width = max(len(p) for p in (*self.parts, "resident now")) + 2
+        rows = [f"memory estimate of {self.analysis}:"]
+        rows.append(f"  {'resident now':<{width}}{gib(self.resident):>12}  (runtime, weights, data)")
+        for name, b in self.parts.items():
+            rows.append(f"  {name:<{width}}{gib(b):>12}  {self.notes.get(name, '')}")
+        rows.append(f"  {'expected peak':<{width}}{gib(self.total):>12}")
+        verdict = "fits" if self.fits else "does NOT fit"
+        rows.append(f"  {'budget':<{width}}{gib(self.budget):>12}  the analysis's {gib(self.need)} {verdict}")
+        return "\n".join(rows)
+
+
+def resident_bytes(device: torch.device | str = "cpu") -> int:
+    """Bytes this process holds now: the resident set (``/proc/self/statm``) on a CPU, allocated memory on a GPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _graph_bytes(problem: Problem, batch: PreparedBatch) -> int:
+    """Bytes a batch's gradient graph (``create_graph=True``) saves beyond the weights, buffers and data it uses."""
+    params = problem.params_dict(share=True)
+    held = {t.untyped_storage().data_ptr() for t in params.values()}
+    held |= {b.untyped_storage().data_ptr() for b in problem.model.buffers()}
+    held |= {t.untyped_storage().data_ptr() for _, t in tensor_leaves(batch.data)}
+    saved: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in held:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+
+    with problem.evaluation(order=2) as forward, torch.enable_grad():
+        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = problem.batch_loss(forward, leaves, batch)
+            torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+    return sum(saved.values())
+
+
+def product_memory(problem: Problem) -> tuple[list[int], int]:
+    """``(graph bytes per batch, per_vector bytes)``: each batch's gradient graph, extrapolated linearly in the
+    batch size from graphs built on its first one and two examples (two tiny passes, nothing kept)."""
+    per_vector = problem.num_params * torch.empty((), dtype=problem.dtype).element_size()
+    graphs: list[int] = []
+    slope = intercept = None
+    for batch in problem.batches():
+        if slope is None:
+            one = _graph_bytes(problem, batch.head(1))
+            two = _graph_bytes(problem, batch.head(2)) if batch.size > 1 else one
+            slope, intercept = max(two - one, 0), one - max(two - one, 0)
+        graphs.append(intercept + slope * batch.size)
+    return graphs, per_vector
+
+
+def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: dict[str, Any]) -> tuple[int, str]:
+    """``(vectors, how)``: the length-``n`` vectors an estimator holds (besides the product's output)."""
+    cap = int(budget * KRYLOV_SHARE) // per_vector
+    if analysis == "gradient":
+        return 1, "the gradient"
+    if analysis == "hvp":
+        width = int(settings.get("width", 1))
+        return width, f"{width} input vector(s)"
+    if analysis == "top_eigen":
+        from landscape.linalg.short_recurrence import VECTORS, VECTORS_WITH_RITZ
+        from landscape.linalg.thick_restart import kept_after_restart, min_basis
+
+        k = int(settings.get("k", 1))
+        vectors = bool(settings.get("vectors", True))
+        steps = settings.get("max_matvecs") or min(n, max(20 * k, 100))
+        if settings.get("max_basis"):
+            cap = int(settings["max_basis"])
+        else:
+            cap = min(cap, max(2 * k + 4, min_basis(k) + 1, LEAN_BASIS_BYTES // per_vector))
+        if k == 1 and (not vectors or cap < min(steps + 1, min_basis(k) + 1)):
+            need = VECTORS_WITH_RITZ if vectors else VECTORS
+            return need, "three-term recurrence" + (" and the Ritz vector" if vectors else "")
+        basis = min(cap, steps + 1)
+        if basis > steps:
+            return basis + k + 1, f"full basis of {basis}, {k} Ritz vector(s) and a reorthogonalisation temporary"
+        kept = kept_after_restart(k, basis - 1)
+        return basis + max(k, 1) + 1, f"thick-restart basis of {basis} (keeping {kept}), the Ritz vectors, a temporary"
+    if analysis == "spectrum":
+        p, m = int(settings.get("num_probes", 8)), int(settings.get("num_steps", 40))
+        if p * (m + 1) <= cap:
+            return p * (m + 1) + p, f"{p} probes x {m + 1} basis vectors and {p} products"
+        return 3 * p, f"three-term recurrence: {p} probes x 2 vectors and {p} products"
+    if analysis == "trace":
+        m = int(settings.get("num_matvecs", 100))
+        block = min(m, int(settings.get("block_size") or 50))
+        if settings.get("method") == "hutchinson":
+            return 2 * block, f"blocks of {block} probes and their products"
+        k = m // 3
+        return 2 * k + 2 * (m - k), f"Hutch++: sketch of {k} and {m - k} probes, with products"
+    raise ValueError(f"analysis must be one of {ANALYSES}, got {analysis!r}")
+
+
+def estimate(
+    problem: Problem,
+    analysis: str = "hvp",
+    *,
+    memory_budget: int | None = None,
+    graph_memory_limit: int | None = None,
+    **settings: Any,
+) -> MemoryEstimate:
+    """Estimate the peak memory of ``analysis`` on ``problem`` by part, before running it.
+
+    The gradient graph is measured, not guessed: the saved tensors of a ``create_graph`` gradient on one and on two
+    examples of the first batch give ``a + b * batch_size`` bytes per batch (two tiny passes; the weights, buffers
+    and data the graph refers to are already resident and not counted again). The Hessian operator keeps every
+    batch's graph while they fit ``graph_memory_limit`` together, else one at a time; the graph holds the
+    gradient too (one vector). A product adds its output and about one vector of autograd transients, plus the
+    largest parameter. The estimator's own vectors follow its settings (``k``, ``vectors``, ``max_basis``,
+    ``max_matvecs`` for ``top_eigen``; ``num_probes``, ``num_steps`` for ``spectrum``; ``method``,
+    ``num_matvecs``, ``block_size`` for ``trace``; ``width`` for ``hvp``).
+
+    Parameters
+    ----------
+    problem
+        The problem to analyse.
+    analysis
+        One of ``"gradient"``, ``"hvp"``, ``"top_eigen"``, ``"spectrum"``, ``"trace"``.
+    memory_budget
+        Budget to compare with (default :func:`default_budget`).
+    graph_memory_limit
+        The Hessian operator's graph cache limit (default its default, 2 GiB).
+    """
+    from landscape.operators.hessian import DEFAULT_GRAPH_MEMORY
+
+    if analysis not in ANALYSES:
+        raise ValueError(f"analysis must be one of {ANALYSES}, got {analysis!r}")
+    budget = default_budget(problem.device) if memory_budget is None else int(memory_budget)
+    limit = DEFAULT_GRAPH_MEMORY if graph_memory_limit is None else int(graph_memory_limit)
+    resident = resident_bytes(problem.device)
+    graphs, per_vector = product_memory(problem)
+    largest = max(problem.param_numels) * per_vector // problem.num_params
+    parts: dict[str, int] = {}
+    notes: dict[str, str] = {}
+    if analysis == "gradient":
+        parts["gradient graph"] = max(graphs)
+        notes["gradient graph"] = "the largest batch's activations"
+    else:
+        cached = sum(graphs) <= limit
+        parts["gradient graph"] = (sum(graphs) if cached else max(graphs)) + per_vector
+        notes["gradient graph"] = (
+            f"{len(graphs)} batch graph(s) kept for reuse" if cached else "one batch at a time (over the cache limit)"
+        ) + " and the gradient"
+        width = int(settings.get("width", 1)) if analysis == "hvp" else 1
+        parts["product"] = (width + 1) * per_vector + largest
+        notes["product"] = f"output of {width} column(s), autograd transients and the largest parameter"
+    vectors, how = krylov_need(analysis, problem.num_params, per_vector, budget, settings)
+    parts["Krylov vectors"] = vectors * per_vector
+    notes["Krylov vectors"] = f"{vectors} x {gib(per_vector)}: {how}"
+    return MemoryEstimate(analysis, parts, resident, budget, dict(settings), notes)

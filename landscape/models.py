@@ -128,9 +128,7 @@ def small_cnn(
         blocks = [_conv_block(in_channels, width, 1, batchnorm), _conv_block(width, 2 * width, 2, batchnorm)]
         if image_size >= 16:
             blocks.append(_conv_block(2 * width, 2 * width, 2, batchnorm))
-        return nn.Sequential(
-            *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes)
-        )
+        return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
 
     return _seeded(build, seed)
 
@@ -174,11 +172,13 @@ def small_resnet(
     batchnorm: bool = True,
     seed: int = 0,
     stem_stride: int = 1,
+    stages: int = 3,
 ) -> nn.Sequential:
-    """A CIFAR-style residual network: stem conv, three stages of basic blocks, global pooling, linear head.
+    """A CIFAR-style residual network: stem conv, ``stages`` stages of basic blocks, global pooling, linear head.
 
-    Stages have ``width, 2 * width, 4 * width`` channels and ``num_blocks`` blocks each; stages two and three
-    halve the resolution. With ``num_blocks = n`` the depth is ``6n + 2`` (``n = 3`` is ResNet-20).
+    Stage ``s`` has ``width * 2**s`` channels and ``num_blocks`` blocks; every stage after the first halves the
+    resolution. With three stages and ``num_blocks = n`` the depth is ``6n + 2`` (``n = 3`` is ResNet-20, He et
+    al. 2016); four stages of two blocks from width 64 is the CIFAR ResNet-18 (:func:`resnet18`).
 
     Parameters
     ----------
@@ -196,8 +196,11 @@ def small_resnet(
         Seed of the weight initialisation.
     stem_stride:
         Stride of the stem convolution (2 quarters the cost of every later layer).
+    stages:
+        Number of stages.
     """
     for name, value in (
+        ("stages", stages),
         ("stem_stride", stem_stride),
         ("in_channels", in_channels),
         ("num_classes", num_classes),
@@ -209,7 +212,7 @@ def small_resnet(
     def build() -> nn.Sequential:
         layers: list[nn.Module] = [_conv_block(in_channels, width, stem_stride, batchnorm)]
         c_in = width
-        for stage, c_out in enumerate((width, 2 * width, 4 * width)):
+        for stage, c_out in enumerate(width * 2**s for s in range(stages)):
             for block in range(num_blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
                 layers.append(BasicBlock(c_in, c_out, stride, skip, batchnorm))
@@ -218,6 +221,12 @@ def small_resnet(
         return nn.Sequential(*layers)
 
     return _seeded(build, seed)
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 3, seed: int = 0) -> nn.Sequential:
+    """ResNet-18, CIFAR variant (He et al. 2016): 3x3 stem of width 64 at stride 1, four stages of two basic blocks
+    (64, 128, 256, 512 channels), BatchNorm; 11,173,962 parameters for 10 classes."""
+    return small_resnet(in_channels, num_classes, width=64, num_blocks=2, seed=seed, stages=4)
 
 
 def w1_mlp(seed: int = 0) -> nn.Sequential:

@@ -220,13 +220,19 @@ class Problem:
         k = vector.shape[1]
         return {n: p.T.reshape(k, *s) for n, p, s in zip(self.param_names, pieces, self.param_shapes, strict=True)}
 
-    def params_dict(self, at: Tensor | None = None) -> ParamDict:
-        """Detached copies of the selected parameters (or of the flat point ``at``) on the problem's device/dtype."""
+    def params_dict(self, at: Tensor | None = None, *, share: bool = False) -> ParamDict:
+        """Detached copies of the selected parameters (or of the flat point ``at``) on the problem's device/dtype.
+
+        ``share=True`` (without ``at``): the model's own tensors, detached, wherever device and dtype already match
+        (no copy: one set of weights less, 0.5 GB on GPT-2 small). They share the parameters' version counters, so
+        the caller can detect an in-place change (see :func:`changed_in_place`).
+        """
         if at is not None:
             at = at.detach().to(device=self.device, dtype=self.dtype)
             return {n: t.clone() for n, t in self.unflatten(at).items()}
         named = dict(self.model.named_parameters())
-        return {n: named[n].detach().to(device=self.device, dtype=self.dtype).clone() for n in self.param_names}
+        out = {n: named[n].detach().to(device=self.device, dtype=self.dtype) for n in self.param_names}
+        return out if share else {n: t.clone() for n, t in out.items()}
 
     def params_vector(self) -> Tensor:
         """The current selected parameters as one flat vector (a copy)."""
@@ -658,6 +664,16 @@ class _Within(nn.Module):
 
     def forward(self, body: Callable[[nn.Module], Any]) -> Any:
         return body(self.inner)
+
+
+def versions(params: ParamDict) -> dict[str, int]:
+    """The in-place version counter of each tensor (``Tensor._version``: bumped by every in-place update)."""
+    return {n: t._version for n, t in params.items()}
+
+
+def changed_in_place(params: ParamDict, before: dict[str, int]) -> list[str]:
+    """Names of the tensors updated in place since ``before = versions(params)``."""
+    return [n for n, t in params.items() if t._version != before[n]]
 
 
 def check_finite(value: Tensor, what: str, batch_index: int) -> Tensor:

@@ -35,6 +35,7 @@ from landscape.distributed import decided_by_rank0
 from landscape.linalg.lanczos import lanczos
 from landscape.linalg.probes import SeedLike, make_generator, sample_probes, seed_record
 from landscape.linalg.results import Estimate
+from landscape.linalg.short_recurrence import genuine
 from landscape.linalg.slq import LLACriteria, SpectralDensity
 from landscape.operators import CurvatureOperator, ggn, hessian
 from landscape.problem import Problem
@@ -221,12 +222,27 @@ def _join(cls: type, prefix: str, arrays: dict[str, np.ndarray], rest: dict[str,
 
 
 def _krylov(
-    op: CurvatureOperator, num_probes: int, num_steps: int, gen: torch.Generator, keep_basis: bool, progress: bool
+    op: CurvatureOperator,
+    num_probes: int,
+    num_steps: int,
+    gen: torch.Generator,
+    keep_basis: bool,
+    progress: bool,
+    memory_budget: int | None = None,
 ):
     V0 = sample_probes(
         op.shape[0], num_probes, distribution="rademacher", seed=gen, dtype=op.dtype, device=op.device, normalize=True
     )
-    return lanczos(op, num_steps, v0=V0, seed=gen, restart_on_breakdown=False, keep_basis=keep_basis, progress=progress)
+    return lanczos(
+        op,
+        num_steps,
+        v0=V0,
+        seed=gen,
+        restart_on_breakdown=False,
+        keep_basis=keep_basis,
+        progress=progress,
+        memory_budget=memory_budget,
+    )
 
 
 def spectrum(
@@ -245,6 +261,7 @@ def spectrum(
     seed: SeedLike = 0,
     cache: Cache | str | os.PathLike[str] | None = None,
     progress: bool = False,
+    memory_budget: int | None = None,
 ) -> Spectrum:
     """Top-``k`` eigenvalues, trace, Frobenius norm, spectral density and LLA criteria from one Krylov pass.
 
@@ -278,6 +295,12 @@ def spectrum(
         computing anything. Needs a :class:`Problem`.
     progress
         Show a progress bar over the Lanczos steps (and one per data subset) on stderr; never part of the cache key.
+    memory_budget
+        Bytes the analysis may use (default: half the memory available now). When the ``n_v (m + 1)`` basis
+        vectors do not fit half of it, the probes run on the three-term recurrence (``2 n_v`` vectors; see
+        :func:`landscape.linalg.lanczos.lanczos`): the density keeps its accuracy, and the top-``k`` Ritz values
+        count each eigenvalue once (copies and spurious values removed, Cullum & Willoughby 1985).
+        ``settings["reorthogonalisation"]`` says which ran. Not part of the cache key.
     """
     settings = {
         "engine": engine,
@@ -295,7 +318,7 @@ def spectrum(
     # Data-parallel, rank 0's cache decides (the others' is ignored), so every rank takes the same path.
     on_ranks = isinstance(problem_or_op, Problem) and problem_or_op.ranks is not None
     if cache is None and not on_ranks:
-        return _compute(problem_or_op, **settings, progress=progress)
+        return _compute(problem_or_op, **settings, progress=progress, memory_budget=memory_budget)
     if cache is not None and not isinstance(problem_or_op, Problem):
         raise TypeError(
             f"cache= needs a Problem, got a {type(problem_or_op).__name__}: an operator alone has no content key "
@@ -307,7 +330,7 @@ def spectrum(
             "record. Pass seed=<int>, or drop cache="
         )
     if on_ranks:
-        return _cached_on_ranks(problem_or_op, settings, cache, progress)
+        return _cached_on_ranks(problem_or_op, settings, cache, progress, memory_budget)
     with opened(cache) as store:
         key = store.key_for(problem_or_op, "spectrum", settings, order_free=not settings["subsets"])
         entry = store.get(key)
@@ -318,14 +341,18 @@ def spectrum(
                     "untouched. Fix: use another output directory"
                 )
             return Spectrum.from_arrays(entry.arrays, entry.attrs, device=problem_or_op.device)
-        result = _compute(problem_or_op, **settings, progress=progress)
+        result = _compute(problem_or_op, **settings, progress=progress, memory_budget=memory_budget)
         arrays, attrs = result.to_arrays()
         store.put(key, "spectrum", arrays, attrs)
         return result
 
 
 def _cached_on_ranks(
-    problem: Problem, settings: dict[str, Any], cache: Cache | str | os.PathLike[str], progress: bool
+    problem: Problem,
+    settings: dict[str, Any],
+    cache: Cache | str | os.PathLike[str],
+    progress: bool,
+    memory_budget: int | None = None,
 ) -> Spectrum:
     """:func:`spectrum` through the cache on a Problem spanning several ranks: rank 0 alone opens, reads and writes it.
 
@@ -353,7 +380,7 @@ def _cached_on_ranks(
     found = decided_by_rank0(ranks, lookup, "broadcast of a cache lookup")
     if found is not None:
         return Spectrum.from_arrays(*found, device=problem.device)
-    result = _compute(problem, **settings, progress=progress and ranks.rank == 0)
+    result = _compute(problem, **settings, progress=progress and ranks.rank == 0, memory_budget=memory_budget)
     if key is not None:  # rank 0 with a cache
         arrays, attrs = result.to_arrays()
         with opened(cache) as store:
@@ -376,6 +403,7 @@ def _compute(
     sigma: float | None,
     seed: SeedLike,
     progress: bool = False,
+    memory_budget: int | None = None,
 ) -> Spectrum:
     t0 = time.perf_counter()
     if isinstance(problem_or_op, Problem):
@@ -394,9 +422,9 @@ def _compute(
         raise ValueError(f"k must be between 1 and num_steps={num_steps}, got {k}")
     gen = make_generator(seed)
     before = op.num_matvecs
-    dec = _krylov(op, num_probes, num_steps, gen, keep_basis=eigenvectors, progress=progress)
+    dec = _krylov(op, num_probes, num_steps, gen, eigenvectors, progress, memory_budget)
     density = SpectralDensity.from_lanczos(dec, op.shape[0], sigma=sigma)
-    values, residuals, bounds, converged, vectors = _top_ritz(dec, k, tol)
+    values, residuals, bounds, converged, vectors = _top_ritz(dec, k, tol, torch.finfo(op.dtype).eps)
     moments = density.moments(2)
     P = op.shape[0]
     fro_sq = P * moments.samples[:, 1]
@@ -424,6 +452,7 @@ def _compute(
                 gen,
                 keep_basis=False,
                 progress=progress,
+                memory_budget=memory_budget,
             )
             sub_density = SpectralDensity.from_lanczos(sub, P)
             traces.append(sub_density.trace().value)
@@ -431,6 +460,7 @@ def _compute(
             sizes.append(part.num_samples)
         spread = SubsetSpread(np.array(traces), np.array(lmax), np.array(sizes))
     settings.update(num_probes=num_probes, num_steps=num_steps, k=k, tol=tol, subsets=subsets)
+    settings["reorthogonalisation"] = dec.settings["reorthogonalisation"]
     if hasattr(op, "chosen"):
         settings["engine"] = {str(w): name for w, name in op.chosen.items()}
     return Spectrum(
@@ -452,7 +482,7 @@ def _compute(
     )
 
 
-def _top_ritz(dec, k: int, tol: float):
+def _top_ritz(dec, k: int, tol: float, eps: float):
     """Top-``k`` Ritz pairs of the recurrence whose worst top-``k`` residual is smallest."""
     best = None
     for probe in range(dec.num_probes):
@@ -460,6 +490,14 @@ def _top_ritz(dec, k: int, tol: float):
         if theta.size < k:
             continue
         res = dec.ritz_residuals(probe)
+        if dec.basis is None and dec.settings.get("reorthogonalisation", "").startswith("local"):
+            # Without reorthogonalisation converged eigenvalues repeat and spurious values appear: count each
+            # eigenvalue once (Cullum-Willoughby).
+            alphas, betas = dec.tridiagonal(probe)
+            mask = genuine(alphas, betas, theta, res, eps)
+            theta, Y, res = theta[mask], Y[:, mask], res[mask]
+            if theta.size < k:
+                continue
         idx = np.argsort(theta)[::-1][:k]
         score = float(res[idx].max())
         if best is None or score < best[0]:

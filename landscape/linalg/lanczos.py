@@ -31,14 +31,16 @@ from landscape.linalg._common import Provenance, draw
 from landscape.linalg._ritz import (
     Which,
     check_top_eigen_args,
+    eigen_result,
     lanczos_result,
     select_wanted,
     thick_restart_result,
 )
 from landscape.linalg.probes import Distribution, SeedLike, make_generator
 from landscape.linalg.results import EigenResult
+from landscape.linalg.short_recurrence import VECTORS, VECTORS_WITH_RITZ, ritz_vector, three_term_extreme
 from landscape.linalg.thick_restart import min_basis
-from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, gib, krylov_vectors
+from landscape.memory import KRYLOV_SHARE, LEAN_BASIS_BYTES, MemoryBudgetError, gib, krylov_vectors
 from landscape.operators.base import CurvatureOperator
 from landscape.progress import progress as progress_bar
 
@@ -383,25 +385,77 @@ def _verified(alphas: np.ndarray, betas: np.ndarray, restarts: list[int], k: int
     return not _more_extreme(block_best, kth_before, which, atol)
 
 
-def _basis_size(op: CurvatureOperator, k: int, budget: int, max_basis: int | None, memory_budget: int | None) -> int:
-    """Vectors the Krylov basis may hold: ``max_basis``, else what fits the memory budget (never more than the
-    budget of steps needs); an error naming the numbers when not even thick restart fits."""
-    n = op.shape[0]
-    cap = max_basis if max_basis is not None else krylov_vectors(memory_budget, n, op.dtype, op.device)
+def _basis_cap(op: CurvatureOperator, k: int, max_basis: int | None, memory_budget: int | None) -> int:
+    """Vectors the Krylov basis may hold: ``max_basis``, else what fits the memory budget, and of that no more than
+    ``LEAN_BASIS_BYTES`` or ``2 k + 4`` vectors, whichever is more: at 10^8 parameters each basis vector costs
+    0.5 GB and a reorthogonalisation pass over it as much time as a product, while a restarted basis of a few
+    times ``k`` converges in about as many products."""
     if max_basis is not None and (isinstance(max_basis, bool) or max_basis < 1):
         raise ValueError(f"max_basis must be a positive number of vectors, got {max_basis!r}")
-    if cap >= budget + 1:
-        return budget + 1
-    need = min_basis(k) + 1
-    if cap < need:
-        per_vector = n * torch.empty((), dtype=op.dtype).element_size()
-        have = f"max_basis={max_basis}" if max_basis is not None else f"{KRYLOV_SHARE:.0%} of memory_budget"
-        raise MemoryBudgetError(
-            f"top_eigen(k={k}) needs a Krylov basis of at least {need} vectors of {n:,} parameters "
-            f"({gib(need * per_vector)}); {have} allows {cap} ({gib(cap * per_vector)}). Raise memory_budget= "
-            f"(or max_basis=), lower k, or analyse fewer parameters (params=)"
-        )
-    return cap
+    if max_basis is not None:
+        return max_basis
+    n = op.shape[0]
+    per_vector = n * torch.empty((), dtype=op.dtype).element_size()
+    lean = max(2 * k + 4, min_basis(k) + 1, LEAN_BASIS_BYTES // per_vector)
+    return min(krylov_vectors(memory_budget, n, op.dtype, op.device), lean)
+
+
+def _check_cap(op: CurvatureOperator, k: int, cap: int, need: int, max_basis: int | None) -> None:
+    """An error naming the numbers when ``need`` vectors do not fit into ``cap``."""
+    if cap >= need:
+        return
+    n = op.shape[0]
+    per_vector = n * torch.empty((), dtype=op.dtype).element_size()
+    have = f"max_basis={max_basis}" if max_basis is not None else f"{KRYLOV_SHARE:.0%} of memory_budget"
+    raise MemoryBudgetError(
+        f"top_eigen(k={k}) needs a Krylov basis of at least {need} vectors of {n:,} parameters "
+        f"({gib(need * per_vector)}); {have} allows {cap} ({gib(cap * per_vector)}). Raise memory_budget= "
+        f"(or max_basis=), lower k, or analyse fewer parameters (params=)"
+    )
+
+
+def _short_top(
+    prov: Provenance,
+    op: CurvatureOperator,
+    which: str,
+    tol: float,
+    budget: int,
+    v0: Tensor,
+    vectors: bool,
+    warm: bool,
+    progress: bool,
+) -> EigenResult:
+    """Top-1 by the three-term recurrence (:mod:`landscape.linalg.short_recurrence`), the vector by a second run."""
+    pick = lambda theta: select_wanted(theta, 1, which)[0]  # noqa: E731
+    run = three_term_extreme(op, v0, pick, tol, budget, progress, keep_start=vectors)
+    first = prov.num_matvecs
+    vector = ritz_vector(op, v0, run)[:, None] if vectors else None
+    residuals = np.array([run.residual])
+    theta = np.array([run.theta])
+    return eigen_result(
+        prov,
+        method="lanczos",
+        k=1,
+        which=which,
+        tol=tol,
+        values=theta,
+        vectors=vector,
+        residuals=residuals,
+        converged=np.array([run.converged]),
+        error_bounds=residuals.copy(),
+        scale=run.scale,
+        num_steps=len(run.alphas),
+        settings={
+            "max_matvecs": budget,
+            "warm_start": warm,
+            "reorthogonalisation": "none (three-term recurrence; local against the last vector)",
+            "restart": "none",
+            "basis_vectors": VECTORS_WITH_RITZ if vectors else VECTORS,
+            "basis_bytes": (VECTORS_WITH_RITZ if vectors else VECTORS) * v0.numel() * v0.element_size(),
+            "ritz_vector": f"second run of the recurrence ({prov.num_matvecs - first} products)" if vectors else None,
+        },
+        stacklevel=4,
+    )
 
 
 def _lanczos_top(
@@ -415,18 +469,27 @@ def _lanczos_top(
     progress: bool = False,
     max_basis: int | None = None,
     memory_budget: int | None = None,
+    vectors: bool = True,
 ) -> EigenResult:
     prov = Provenance(op, seed)
     n = op.shape[0]
     budget = min(n, max(20 * k, 100)) if max_matvecs is None else min(int(max_matvecs), n)
     if budget < k:
         raise ValueError(f"Lanczos needs max_matvecs >= k={k} to produce k Ritz pairs, got {max_matvecs}")
-    basis = _basis_size(op, k, budget, max_basis, memory_budget)
+    cap = _basis_cap(op, k, max_basis, memory_budget)
+    short = k == 1 and budget > 1 and (not vectors or cap < min(budget + 1, min_basis(k) + 1))
+    if short:
+        _check_cap(op, k, cap, VECTORS_WITH_RITZ if vectors else VECTORS, max_basis)
+    else:
+        _check_cap(op, k, cap, min(budget + 1, min_basis(k) + 1), max_basis)
+    basis = min(cap, budget + 1)
     gen = make_generator(seed)
     if v0 is not None:
         # A block of guesses is merged into one start vector: the Krylov space then contains all of them.
         v0 = _start_block(op, v0, 1, gen, "gaussian").sum(dim=1, keepdim=True)
     V0 = _start_block(op, v0, 1, gen, "gaussian")
+    if short:
+        return _short_top(prov, op, which, tol, budget, V0[:, 0], vectors, v0 is not None, progress)
     if basis <= budget:
         return thick_restart_result(prov, op, k, which, tol, budget, V0[:, 0], basis - 1, gen, v0, progress)
     state = _BatchedLanczos(op, V0, budget, generator=gen, restart=True, distribution="gaussian")
@@ -491,6 +554,7 @@ def top_eigen(
     progress: bool = False,
     max_basis: int | None = None,
     memory_budget: int | None = None,
+    vectors: bool = True,
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator.
 
@@ -531,10 +595,17 @@ def top_eigen(
     max_basis
         Lanczos: the most vectors the Krylov basis may hold. When the budget of steps needs more, the run
         restarts thickly (:mod:`landscape.linalg.thick_restart`, Wu & Simon 2000) keeping the wanted Ritz vectors,
-        so memory stays ``max_basis * n`` numbers. Default: what fits half of ``memory_budget``.
+        so memory stays ``max_basis * n`` numbers. Default: what fits half of ``memory_budget``, but no more than
+        1 GiB (``landscape.memory.LEAN_BASIS_BYTES``) or ``2 k + 4`` vectors, whichever is more: every step
+        reorthogonalises against the whole basis, which at 10^8 parameters costs as much as a product.
     memory_budget
         Bytes the analysis may use (default :func:`landscape.memory.default_budget`: half the memory available
         now); :class:`~landscape.memory.MemoryBudgetError` when not even a restarted basis fits.
+    vectors
+        Return the eigenvectors (default). ``k=1`` runs without a basis, on the three-term recurrence
+        (:mod:`landscape.linalg.short_recurrence`: three vectors of memory, as fast as with a basis), when
+        ``vectors=False`` or when the budget has no room for a restarted basis (then the vector costs a second
+        run of the recurrence: twice the products, four vectors). ``vectors=False`` gives ``.vectors = None``.
 
     Returns
     -------
@@ -543,7 +614,7 @@ def top_eigen(
     """
     check_top_eigen_args(op, k, which, tol, max_matvecs)
     if method == "lanczos":
-        return _lanczos_top(op, k, which, tol, max_matvecs, v0, seed, progress, max_basis, memory_budget)
+        return _lanczos_top(op, k, which, tol, max_matvecs, v0, seed, progress, max_basis, memory_budget, vectors)
     if method == "power":
         from landscape.linalg.power import power_iteration
 

@@ -31,6 +31,10 @@ from landscape.progress import progress as progress_bar
 MIN_BASIS_EXTRA = 2  # the basis must hold the k wanted vectors, at least one more to grow, and the residual vector
 
 
+#: Columns of the basis recombined at a time at a restart (bounds its temporary).
+RESTART_COLUMNS = 1 << 18
+
+
 def min_basis(k: int) -> int:
     """The smallest useful basis for ``k`` eigenpairs: the ``k`` kept vectors plus room to grow."""
     return k + MIN_BASIS_EXTRA + 1
@@ -70,7 +74,7 @@ class ThickRestartState:
         total = torch.zeros(j + 1, dtype=w.dtype, device=w.device)
         for _ in range(2):
             c = basis @ w
-            w = w - c @ basis
+            w.sub_(c @ basis)  # in place: one temporary vector, not two
             total = total + c
         coeffs = total.double().cpu().numpy()
         # The computed column is the projection in exact arithmetic; symmetrise with the row already there.
@@ -101,10 +105,12 @@ class ThickRestartState:
         """Keep the Ritz vectors ``keep`` and the residual vector: ``Q <- [Q Y_keep, q_{m+1}]``, arrowhead ``M``."""
         s, ell = self.size, keep.size
         Yk = torch.as_tensor(Y[:, keep], dtype=self.Q.dtype, device=self.Q.device)  # (s, l)
-        kept = Yk.T @ self.Q[:s]  # (l, n): the only temporary, l < m vectors
-        residual = self.Q[s].clone()
-        self.Q[:ell] = kept
-        self.Q[ell] = residual
+        # Q[:l] <- Y_keep^T Q[:s] in place, a slice of columns at a time: each slice reads only its own columns, so
+        # the temporary is l x RESTART_COLUMNS numbers instead of l whole vectors.
+        for c in range(0, self.n, RESTART_COLUMNS):
+            cols = slice(c, min(c + RESTART_COLUMNS, self.n))
+            self.Q[:ell, cols] = Yk.T @ self.Q[:s, cols]
+        self.Q[ell] = self.Q[s]
         self.Q[ell + 1 :] = 0
         arrow = self.beta * Y[s - 1, keep]
         self.M[:] = 0

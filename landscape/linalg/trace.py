@@ -29,6 +29,7 @@ The three estimators only multiply the operator with blocks of probe vectors (on
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Literal
 
@@ -55,6 +56,7 @@ from landscape.linalg._common import (
 )
 from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator
 from landscape.linalg.results import Estimate
+from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, gib, krylov_vectors
 from landscape.operators.base import CurvatureOperator
 from landscape.problem import Problem
 from landscape.progress import progress as progress_bar
@@ -284,6 +286,43 @@ def xtrace(
     return prov.estimate(value, stderr, method="xtrace", samples=samples, settings=settings)
 
 
+def trace_vectors(estimator: str, num_matvecs: int, block_size: int | None) -> int:
+    """Length-``n`` vectors an estimator holds at once: a Hutchinson block and its product (``2 b``); Hutch++'s
+    sketch, its products and basis, then the deflated probes with theirs (``~ 2 m + m / 3``); XTrace's test
+    vectors, their products and basis (``~ 2 m``)."""
+    if estimator == "hutchinson":
+        return 2 * default_block_size(block_size, num_matvecs)
+    if estimator == "hutch++":
+        return 2 * num_matvecs + num_matvecs // 3
+    return 2 * num_matvecs
+
+
+def fit_memory(
+    op: CurvatureOperator, estimator: str, num_matvecs: int, block_size: int | None, memory_budget: int | None
+) -> tuple[str, int | None, str]:
+    """``(estimator, block_size, note)`` within ``KRYLOV_SHARE`` of the memory budget: a sketching estimator whose
+    vectors do not fit gives way to Hutchinson in blocks that do (same budget of products, the variance of plain
+    Hutchinson); :class:`~landscape.memory.MemoryBudgetError` when not even one probe and its product fit."""
+    n = op.shape[0]
+    cap = krylov_vectors(memory_budget, n, op.dtype, op.device)
+    need = trace_vectors(estimator, num_matvecs, block_size)
+    if need <= cap:
+        return estimator, block_size, ""
+    per_vector = n * torch.empty((), dtype=op.dtype).element_size()
+    if cap < 2:
+        raise MemoryBudgetError(
+            f"trace needs at least 2 vectors of {n:,} parameters ({gib(2 * per_vector)}: a probe and its product); "
+            f"{KRYLOV_SHARE:.0%} of memory_budget allows {cap}. Raise memory_budget= or analyse fewer parameters"
+        )
+    block = min(default_block_size(block_size, num_matvecs), cap // 2)
+    note = (
+        f"{estimator} with {num_matvecs} products needs {need} vectors ({gib(need * per_vector)}); "
+        f"{KRYLOV_SHARE:.0%} of memory_budget allows {cap}: "
+    )
+    note += "Hutchinson" if estimator != "hutchinson" else "smaller blocks"
+    return "hutchinson", block, note + f" in blocks of {block} probes instead"
+
+
 def trace(
     op: CurvatureOperator | Problem,
     *,
@@ -297,6 +336,7 @@ def trace(
     rtol: float | None = None,
     atol: float | None = None,
     progress: bool = False,
+    memory_budget: int | None = None,
 ) -> Estimate:
     """``tr(H)``: exact from the exact diagonal where supported, else estimated from ``num_matvecs`` products.
 
@@ -333,6 +373,10 @@ def trace(
         Hutchinson only: stop once ``stderr <= max(atol, rtol |estimate|)``.
     progress
         Show a progress bar over the estimator's products on stderr (advanced once per block product).
+    memory_budget
+        Bytes the analysis may use (default: half the memory available now). When the estimator's vectors
+        (:func:`trace_vectors`) do not fit half of it, Hutchinson runs instead, in blocks that fit
+        (``settings["memory"]`` says so); :class:`~landscape.memory.MemoryBudgetError` if not even one probe fits.
 
     Returns
     -------
@@ -366,6 +410,7 @@ def trace(
                 samples=None,
                 settings=exact_settings(exact, method, "trace"),
             )
+    estimator, block_size, memory_note = fit_memory(op, estimator, num_matvecs, block_size, memory_budget)
     bar = progress_bar(num_matvecs, f"trace ({estimator})", progress, unit="matvec")
     if progress:
         op = _Counted(op, bar)
@@ -385,4 +430,7 @@ def trace(
             op, num_matvecs=num_matvecs, seed=seed, distribution=distribution, block_size=block_size, adaptive=adaptive
         )
     bar.close()
-    return with_note(est, method, reason, start)
+    est = with_note(est, method, reason, start)
+    if memory_note:
+        est = dataclasses.replace(est, settings={**est.settings, "note": memory_note, "memory": memory_note})
+    return est

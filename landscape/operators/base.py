@@ -56,6 +56,21 @@ class CurvatureOperator:
         self.num_matvecs += V.shape[1]
         return out.reshape(x.shape)
 
+    def add_product_(self, v: Tensor, out: Tensor) -> Tensor:
+        """``out += H v`` in place for a flat ``v``; counts one product. Operators that can accumulate the product
+        straight into ``out`` override :meth:`_add_product` and never hold a second vector (the Lanczos three-term
+        recurrence then needs two); this default allocates ``H v`` and adds it."""
+        if v.ndim != 1 or v.shape != out.shape or v.shape[0] != self._n:
+            raise ValueError(f"add_product_ needs two flat vectors of length {self._n}")
+        if not self._add_product(v, out):
+            out.add_(self._matmat(v[:, None])[:, 0])
+        self.num_matvecs += 1
+        return out
+
+    def _add_product(self, v: Tensor, out: Tensor) -> bool:
+        """Accumulate ``H v`` into ``out`` without a temporary vector; ``False`` when this operator cannot."""
+        return False
+
     def to_scipy(self) -> scipy.sparse.linalg.LinearOperator:
         """Export as a ``scipy.sparse.linalg.LinearOperator`` (numpy in, numpy out; for interoperability only)."""
         np_dtype = torch.empty((), dtype=self._dtype).numpy().dtype

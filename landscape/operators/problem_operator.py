@@ -11,18 +11,26 @@ import torch
 from torch import Tensor
 
 from landscape.operators.base import CurvatureOperator
-from landscape.problem import ParamDict, PreparedBatch, Problem, check_finite
+from landscape.problem import ParamDict, PreparedBatch, Problem, changed_in_place, check_finite, versions
 
 BlockDict = dict[str, Tensor]
 
 
 def dict_to_block(problem: Problem, tensors: BlockDict, k: int, like: Tensor) -> Tensor:
-    """Dict of ``(k, *shape)`` tensors (missing or ``None`` = zero) -> ``(n, k)`` block."""
-    cols = []
+    """Dict of ``(k, *shape)`` tensors (missing or ``None`` = zero) -> ``(n, k)`` block.
+
+    The dict is emptied as its tensors are copied over, and the block is allocated uninitialised (its pages are
+    touched only as they are filled), so the two copies never coexist whole: one vector less at the peak of every
+    product (0.5 GB on GPT-2 small)."""
+    out = like.new_empty(k, problem.num_params)
+    offset = 0
     for name, numel in zip(problem.param_names, problem.param_numels, strict=True):
-        t = tensors.get(name)
-        cols.append(like.new_zeros(k, numel) if t is None else t.reshape(k, numel))
-    return torch.cat(cols, dim=1).T
+        t = tensors.pop(name, None)
+        piece = out[:, offset : offset + numel]
+        piece.zero_() if t is None else piece.copy_(t.reshape(k, numel))
+        del t
+        offset += numel
+    return out.T
 
 
 def accumulate(total: BlockDict, part: BlockDict) -> None:
@@ -45,15 +53,17 @@ SCRATCH = -1  # batch index of the measurement slice: its one-off state (a gradi
 
 
 class ProblemOperator(CurvatureOperator):
-    """A curvature operator of a problem's full-data loss at a fixed point ``w`` (a copy taken at construction).
+    """A curvature operator of a problem's full-data loss at a fixed point ``w``: ``at``, copied, or the model's
+    current parameters, shared with the model (no copy; changing them in place afterwards is an error).
 
     Subclasses provide named strategies ``_product_<name>(forward, batch_index, batch, V)`` returning one batch's
     contribution as a dict of ``(k, *shape)`` tensors; with ``engine="auto"`` the fastest strategy for each block
     width is measured (see :meth:`_measure`) on the first batch of the first product of that width and used from
-    then on. ``block`` restricts how a block of vectors is multiplied: ``"loop"``
-    (column by column) or ``"batched"`` (one vmapped/batched call); blocks wider than ``max_block`` are cut into
-    chunks of at most that many columns, all within the same data pass. Results agree between strategies to rounding;
-    for bit-identical re-runs fix ``engine`` and ``block`` (the choice is recorded in :meth:`describe`).
+    then on, unless it is clear without timing (:meth:`_clear_choice`). ``block`` restricts how a block of vectors
+    is multiplied: ``"loop"`` (column by column) or ``"batched"`` (one vmapped/batched call); blocks wider than
+    ``max_block`` are cut into chunks of at most that many columns, all within the same data pass. Results agree
+    between strategies to rounding; for bit-identical re-runs fix ``engine`` and ``block`` (the choice is recorded
+    in :meth:`describe`).
     """
 
     def __init__(
@@ -67,7 +77,10 @@ class ProblemOperator(CurvatureOperator):
     ):
         super().__init__(problem.num_params, problem.dtype, problem.device)
         self.problem = problem
-        self.params = problem.params_dict(at)
+        # The model's own tensors when no point is given (no copy of the weights); an in-place change of them is
+        # caught before the next product (see _check_point).
+        self.params = problem.params_dict(at, share=at is None)
+        self._versions = versions(self.params)
         strategies = self._strategies()
         engines = sorted({name for name, _ in strategies})
         if engine != "auto" and engine not in engines:
@@ -103,7 +116,18 @@ class ProblemOperator(CurvatureOperator):
         """One batch's contribution as a dict of ``(k, *shape)`` tensors."""
         return getattr(self, f"_product_{name}")(forward, i, batch, V)
 
+    def _check_point(self) -> None:
+        changed = changed_in_place(self.params, self._versions)
+        if changed:
+            raise RuntimeError(
+                f"the model's parameters were changed in place since this {type(self).__name__} was built "
+                f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}): it shares them with the model "
+                "instead of copying them, so it no longer multiplies at the point it was built at. Build a new "
+                "operator at the new point, or pass at=problem.params_vector() to give the operator its own copy."
+            )
+
     def _matmat(self, V: Tensor) -> Tensor:
+        self._check_point()
         # Wide blocks go through in chunks of at most max_block columns (bounded memory for vmapped strategies),
         # all within one pass over the data.
         chunks = list(torch.split(V, self.max_block, dim=1))
@@ -114,9 +138,8 @@ class ProblemOperator(CurvatureOperator):
                 for C, total in zip(chunks, totals, strict=True):
                     w = C.shape[1]
                     if w not in self.chosen:
-                        accumulate(total, self._measure(w, forward, i, batch, C))
-                    else:
-                        accumulate(total, self._run(self.chosen[w], forward, i, batch, C))
+                        self._choose(w, forward, i, batch, C)
+                    accumulate(total, self._run(self.chosen[w], forward, i, batch, C))
         blocks = [dict_to_block(self.problem, t, C.shape[1], V) for C, t in zip(chunks, totals, strict=True)]
         out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
         if self.problem.dist is not None:
@@ -136,8 +159,23 @@ class ProblemOperator(CurvatureOperator):
     def _cached_batches(self):
         raise NotImplementedError
 
-    def _measure(self, k: int, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
-        """Time the candidates, remember the fastest for width ``k``, return this batch's product by it.
+    def _clear_choice(
+        self, k: int, candidates: list[str], forward: Callable, i: int, batch: PreparedBatch
+    ) -> str | None:
+        """The strategy for width ``k`` when it is known without timing (``None``: measure): the only candidate."""
+        return candidates[0] if len(candidates) == 1 else None
+
+    def _choose(self, k: int, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> None:
+        """Set ``self.chosen[k]``: the clear choice when there is one, else the fastest measured candidate."""
+        candidates = self._candidates(k)
+        clear = self._clear_choice(k, candidates, forward, i, batch)
+        if clear is not None:
+            self.chosen[k] = clear
+        else:
+            self._measure(k, candidates, forward, batch, V)
+
+    def _measure(self, k: int, candidates: list[str], forward: Callable, batch: PreparedBatch, V: Tensor) -> None:
+        """Time the candidates and remember the fastest for width ``k``.
 
         Every candidate is first warmed up, untimed, on two samples (a failing one is dropped here). Timing runs
         on a slice of the batch (``MEASURE_SAMPLES`` samples, or an eighth of a larger batch) and on
@@ -146,7 +184,6 @@ class ProblemOperator(CurvatureOperator):
         rounds keep each candidate's fastest time, since one timing on a busy machine can be off by several times;
         only close calls (within 1.5x of the best after the first round) are timed again.
         """
-        candidates = self._candidates(k)
         m = min(batch.size, max(MEASURE_SAMPLES, batch.size // 8))
         sub = batch.head(m)
         times: dict[str, float] = {}
@@ -179,7 +216,6 @@ class ProblemOperator(CurvatureOperator):
         best = min(times, key=times.get)
         first = next(c for c in candidates if c in times)
         self.chosen[k] = best if times[best] * SWITCH_MARGIN < times[first] else first
-        return self._run(self.chosen[k], forward, i, batch, V)
 
     def _prepare_batch(self, forward: Callable, i: int, batch: PreparedBatch) -> None:
         """One-off work per batch that is not part of a product's steady-state cost (e.g. a cached graph).

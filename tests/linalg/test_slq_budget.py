@@ -52,3 +52,17 @@ def test_a_stored_basis_that_does_not_fit_is_an_error(known):
         lanczos(op, 40, num_probes=PROBES, keep_basis=True, memory_budget=24 * N * 8)
     with pytest.raises(MemoryBudgetError, match="three-term recurrence"):
         lanczos(op, 40, num_probes=PROBES, keep_basis=False, restart_on_breakdown=True, memory_budget=24 * N * 8)
+
+
+def test_spectrum_top_k_within_a_budget_counts_each_eigenvalue_once(known):
+    lam, op = known
+    budget = 2 * 3 * PROBES * N * 8  # room for the three-term recurrence, not for the bases
+    lean = L.spectrum(op, k=5, num_probes=PROBES, num_steps=120, seed=0, memory_budget=budget)
+    full = L.spectrum(op, k=5, num_probes=PROBES, num_steps=120, seed=0)
+    assert lean.settings["reorthogonalisation"].startswith("local: three-term")
+    assert full.settings["reorthogonalisation"] == "full (CGS2)"
+    # The raw tridiagonals repeat the converged outliers (the test above); the top-5 names each one once.
+    np.testing.assert_allclose(lean.eigenvalues, [50.0, 40.0, 30.0, 20.0, 10.0], rtol=1e-8)
+    np.testing.assert_allclose(lean.eigenvalues, full.eigenvalues, rtol=1e-8)
+    assert lean.eigen_converged.all()
+    np.testing.assert_allclose(lean.trace.value, full.trace.value, rtol=1e-8)

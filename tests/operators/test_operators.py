@@ -67,8 +67,8 @@ def test_auto_engine_matches_and_records_choice(name):
         assert rel(op @ V[:, 1], H @ V[:, 1]) < RTOL
     assert set(op.chosen) == {1, 3}
     assert set(op.timings[3]) | set(op.failures[3]) == set(STRATEGIES)
-    assert set(op.timings[1]) | set(op.failures[1]) == {"double_backward", "forward_over_reverse"}
-    assert (name == "mse") == bool(op.failures[1])
+    # One vector needs no timing: double backward on the cached graph is one backward pass.
+    assert op.chosen[1] == "double_backward" and 1 not in op.timings
 
 
 def test_wide_blocks_are_chunked_within_one_pass():
@@ -186,3 +186,20 @@ def test_operator_metadata_and_bad_shapes():
         op @ torch.zeros(n + 1, dtype=torch.float64)
     with pytest.raises(ValueError, match="engine must be"):
         L.hessian(problem_of(make_case("mlp")), engine="magic")
+
+
+def test_operator_shares_the_weights_and_refuses_after_an_in_place_change():
+    case = make_case("mlp")
+    problem = problem_of(case)
+    H = reference_hessian(case)
+    op = L.hessian(problem)
+    at = L.hessian(problem, at=problem.params_vector())
+    weight = next(iter(problem.model.parameters()))
+    assert next(iter(op.params.values())).data_ptr() == weight.data_ptr()  # no copy of the weights
+    v = probes(op.shape[0], 1)[:, 0]
+    assert rel(op @ v, H @ v) < RTOL
+    with torch.no_grad():
+        weight.mul_(2.0)  # e.g. an optimizer step
+    with pytest.raises(RuntimeError, match=r"changed in place since this HessianOperator was built.*at=problem"):
+        op @ v
+    assert rel(at @ v, H @ v) < RTOL  # an operator given its point keeps its own copy

@@ -1,0 +1,365 @@
+"""Benchmark at real scale: ResNet-18 and GPT-2 small, one method per fresh process, wall time and peak RSS.
+
+Workloads (``/work/shared/PEERS.md``, "At real scale"):
+
+- ``resnet18``: :func:`landscape.models.resnet18` (CIFAR variant, 11,173,962 parameters, BatchNorm in eval mode) on
+  one batch of 128 synthetic images 3x32x32 (:func:`landscape.data.synthetic_images`), mean cross-entropy.
+- ``gpt2``: GPT-2 small shape built from ``GPT2Config`` (12 layers, 12 heads, width 768, vocabulary 50,257; 124M
+  parameters, untrained: the cost does not depend on the weights) on one batch of 4 x 64 random tokens, causal LM
+  loss; landscape runs the ``sdpa`` model (its curvature products on the math kernel), the peers ``eager``
+  attention (their double backward cannot go through the fused CPU kernel).
+
+Methods (``--methods``), each in a fresh ``python`` process so that its peak RSS (``resource.getrusage``) is its own:
+
+- ``gradient``: a plain torch ``loss.backward()``: the baseline every time and memory is divided by.
+- ``hvp``: ``landscape.hessian(problem) @ v`` with defaults: the first product and the median of later ones.
+- ``top1``, ``top5``: ``landscape.top_eigen(op, k)`` with defaults; ``top1_lean``: the eigenvalue alone
+  (``vectors=False``: the three-term recurrence, three vectors of memory) to ``tol=1e-3``; ``trace``: ``landscape.trace(op)``;
+  ``spectrum``: ``landscape.spectrum(problem)`` (top-5, trace, density).
+- ``reference``: the top eigenvalue to a tight tolerance (``top_eigen(tol=1e-7)``), stored in
+  ``experiments/results/scale_reference.json``: every top-1 figure's error is measured against it.
+- ``pyhessian``: ``PyHessian(data=(X, y)).eigenvalues(top_n=1)`` (power iteration, ``tol=1e-3``: its default).
+- ``eigenthings``: hessian-eigenthings 1.0.0a5 ``lanczos(HessianOperator, k=1, max_iter=20)``.
+- ``curvlinops``: ``scipy.sparse.linalg.eigsh(HessianLinearOperator.to_scipy(), k=1, which="LA", tol=1e-3)``.
+
+Every landscape method also records ``landscape.memory.estimate`` made before it runs, to compare with the peak.
+
+Usage::
+
+    python experiments/bench_scale.py                               # every workload and method (~1.5 h)
+    python experiments/bench_scale.py --workloads resnet18 --methods gradient hvp top1
+    python experiments/bench_scale.py --one resnet18 top1           # one method in this process (JSON line)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import landscape
+from landscape import losses
+from landscape.models import resnet18
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+REFERENCE = RESULTS / "scale_reference.json"
+SEED = 0
+WORKLOADS = ("resnet18", "gpt2")
+METHODS = (
+    "gradient",
+    "hvp",
+    "top1",
+    "top1_lean",
+    "top5",
+    "trace",
+    "spectrum",
+    "pyhessian",
+    "eigenthings",
+    "curvlinops",
+)
+ALL = ("reference", *METHODS)
+
+
+# ---------------------------------------------------------------------------------------------------- workloads
+def gpt2_model(attn: str) -> nn.Module:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    cfg = transformers.GPT2Config(
+        n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024, attn_implementation=attn
+    )
+    torch.manual_seed(SEED)  # transformers initialises from the global generator; a fresh process, nothing to spoil
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def gpt2_tokens() -> torch.Tensor:
+    return torch.randint(50257, (4, 64), generator=torch.Generator().manual_seed(SEED))
+
+
+def resnet_data() -> tuple[torch.Tensor, torch.Tensor]:
+    return landscape.data.synthetic_images(128, seed=SEED)
+
+
+class NextToken(nn.Module):
+    """``input_ids -> (tokens, vocab)`` logits of every position but the last: the peers' supervised form."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=ids).logits[:, :-1].flatten(0, 1)
+
+
+def supervised(workload: str, attn: str = "eager") -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """``(model, X, y)`` with ``CrossEntropyLoss()(model(X), y)`` the workload's loss."""
+    if workload == "resnet18":
+        X, y = resnet_data()
+        return resnet18(seed=SEED).eval(), X, y
+    ids = gpt2_tokens()
+    return NextToken(gpt2_model(attn)).eval(), ids, ids[:, 1:].flatten()
+
+
+def problem(workload: str) -> landscape.Problem:
+    if workload == "resnet18":
+        X, y = resnet_data()
+        return landscape.Problem(resnet18(seed=SEED), nn.CrossEntropyLoss(), [(X, y)])
+    return landscape.Problem(gpt2_model("sdpa"), losses.causal_lm(), [{"input_ids": gpt2_tokens()}])
+
+
+# ---------------------------------------------------------------------------------------------------- methods
+def peak_rss() -> float:
+    """Peak resident set of this process so far, GiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+
+
+def run_gradient(workload: str) -> dict:
+    model, X, y = supervised(workload, attn="sdpa")
+    loss_fn = nn.CrossEntropyLoss()
+    times = []
+    for _ in range(4):
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        loss_fn(model(X), y).backward()
+        times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times[1:]), "first_s": times[0]}
+
+
+def estimate(p: landscape.Problem, analysis: str, **settings) -> dict:
+    if not hasattr(landscape.memory, "estimate"):
+        return {}
+    est = landscape.memory.estimate(p, analysis, **settings)
+    return {"estimate_gib": est.total / 2**30, "estimate_parts": {k: v / 2**30 for k, v in est.parts.items()}}
+
+
+def run_hvp(workload: str) -> dict:
+    p = problem(workload)
+    info = estimate(p, "hvp")
+    op = landscape.hessian(p)
+    v = torch.randn(p.num_params, generator=torch.Generator().manual_seed(SEED))
+    t0 = time.perf_counter()
+    op @ v
+    first = time.perf_counter() - t0
+    later = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        op @ v
+        later.append(time.perf_counter() - t0)
+    return {**info, "first_s": first, "seconds": statistics.median(later), "chosen": op.chosen}
+
+
+def _top(workload: str, k: int, **kw) -> dict:
+    p = problem(workload)
+    info = estimate(p, "top_eigen", k=k, **kw)
+    t0 = time.perf_counter()
+    r = landscape.top_eigen(landscape.hessian(p), k=k, seed=SEED, **kw)
+    return {
+        **info,
+        "seconds": time.perf_counter() - t0,
+        "eigenvalues": [float(x) for x in r.values],
+        "products": int(r.num_matvecs),
+        "converged": bool(r.converged.all()),
+    }
+
+
+def run_top1(workload: str) -> dict:
+    return _top(workload, 1)
+
+
+def run_top1_lean(workload: str) -> dict:
+    return _top(workload, 1, vectors=False, tol=1e-3)
+
+
+def run_top5(workload: str) -> dict:
+    return _top(workload, 5)
+
+
+def run_reference(workload: str) -> dict:
+    out = _top(workload, 1, tol=1e-7, max_matvecs=300)
+    refs = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {}
+    refs[workload] = {"eigenvalue": out["eigenvalues"][0], "products": out["products"], "tol": 1e-7}
+    REFERENCE.parent.mkdir(exist_ok=True)
+    REFERENCE.write_text(json.dumps(refs, indent=1) + "\n")
+    return out
+
+
+def run_trace(workload: str) -> dict:
+    p = problem(workload)
+    info = estimate(p, "trace")
+    t0 = time.perf_counter()
+    r = landscape.trace(landscape.hessian(p), seed=SEED)
+    return {
+        **info,
+        "seconds": time.perf_counter() - t0,
+        "trace": float(r.value),
+        "stderr": float(r.stderr),
+        "products": int(r.num_matvecs),
+    }
+
+
+def run_spectrum(workload: str) -> dict:
+    p = problem(workload)
+    info = estimate(p, "spectrum")
+    t0 = time.perf_counter()
+    s = landscape.spectrum(p, seed=SEED)
+    return {
+        **info,
+        "seconds": time.perf_counter() - t0,
+        "eigenvalues": [float(x) for x in s.eigenvalues],
+        "trace": float(s.trace.value),
+        "products": int(s.num_matvecs),
+    }
+
+
+def run_pyhessian(workload: str) -> dict:
+    import pyhessian.hessian as ph
+
+    model, X, y = supervised(workload)
+    counted = {"n": 0}
+    hvp = ph.hessian_vector_product
+
+    def counting(*a, **kw):
+        counted["n"] += 1
+        return hvp(*a, **kw)
+
+    ph.hessian_vector_product = counting
+    t0 = time.perf_counter()
+    h = ph.hessian(model, nn.CrossEntropyLoss(), data=(X, y), cuda=False)
+    eig, _ = h.eigenvalues(top_n=1)
+    return {"seconds": time.perf_counter() - t0, "eigenvalues": [float(eig[0])], "products": counted["n"]}
+
+
+def run_eigenthings(workload: str) -> dict:
+    import hessian_eigenthings as he
+
+    model, X, y = supervised(workload)
+    op = he.HessianOperator(model, [(X, y)], he.supervised_loss(nn.CrossEntropyLoss()), full_dataset=True)
+    t0 = time.perf_counter()
+    r = he.lanczos(op, k=1, max_iter=20, which="LA", seed=SEED)
+    return {"seconds": time.perf_counter() - t0, "eigenvalues": [float(r.eigenvalues[0])], "products": 20}
+
+
+def run_curvlinops(workload: str) -> dict:
+    import curvlinops
+    from scipy.sparse.linalg import eigsh
+
+    model, X, y = supervised(workload)
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0 = time.perf_counter()
+    op = curvlinops.HessianLinearOperator(model, nn.CrossEntropyLoss(), params, [(X, y)], check_deterministic=False)
+    sp = op.to_scipy()
+    counted = {"n": 0}
+    matvec = sp.matvec
+
+    def counting(x):
+        counted["n"] += 1
+        return matvec(x)
+
+    sp.matvec = counting
+    ev = eigsh(sp, k=1, which="LA", tol=1e-3, return_eigenvectors=False)
+    return {"seconds": time.perf_counter() - t0, "eigenvalues": [float(ev[0])], "products": counted["n"]}
+
+
+def run_one(workload: str, method: str) -> dict:
+    torch.manual_seed(SEED)
+    out = {"workload": workload, "method": method}
+    try:
+        out.update(globals()[f"run_{method}"](workload))
+    except Exception as err:  # noqa: BLE001 - a failing method is a result (e.g. a peer's MemoryError)
+        out["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    out["peak_gib"] = peak_rss()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+def relative_error(row: dict, refs: dict) -> float | None:
+    ref = refs.get(row["workload"], {}).get("eigenvalue")
+    if ref is None or not row.get("eigenvalues"):
+        return None
+    return abs(row["eigenvalues"][0] - ref) / abs(ref)
+
+
+def table(rows: list[dict]) -> str:
+    refs = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {}
+    lines = []
+    for w in WORKLOADS:
+        mine = [r for r in rows if r["workload"] == w]
+        if not mine:
+            continue
+        grad = next((r for r in mine if r["method"] == "gradient" and "error" not in r), None)
+        gs, gm = (grad["seconds"], grad["peak_gib"]) if grad else (math.nan, math.nan)
+        lines += [
+            f"\n{w}: gradient {gs:.2f} s, peak {gm:.2f} GiB",
+            "",
+            "| method | wall s | / gradient | peak GiB | / gradient | estimate GiB | products | top eig | rel. error "
+            "| note |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in mine:
+            err = relative_error(r, refs)
+            eig = r.get("eigenvalues", [None])[0]
+            note = r.get("error", "")
+            if r["method"] == "hvp" and "first_s" in r:
+                note = f"first {r['first_s']:.2f} s = {r['first_s'] / r['seconds']:.2f}x a later one; {r['chosen']}"
+            lines.append(
+                f"| {r['method']} | {r.get('seconds', math.nan):.2f} | {r.get('seconds', math.nan) / gs:.2f} | "
+                f"{r['peak_gib']:.2f} | {r['peak_gib'] / gm:.2f} | {r.get('estimate_gib', math.nan):.2f} | "
+                f"{r.get('products', '')} | {'' if eig is None else f'{eig:.6g}'} | "
+                f"{'' if err is None else f'{err:.1e}'} | {note} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    ap.add_argument("--methods", nargs="+", choices=ALL, default=list(ALL))
+    ap.add_argument("--one", nargs=2, metavar=("WORKLOAD", "METHOD"), help="run one method here, print JSON")
+    ap.add_argument("--out", type=Path, default=RESULTS / "bench_scale.jsonl", help="rows are appended here")
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(*args.one)), flush=True)
+        return
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}",
+        flush=True,
+    )
+    rows = []
+    args.out.parent.mkdir(exist_ok=True)
+    for w in args.workloads:
+        for m in args.methods:
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, "--one", w, m], capture_output=True, text=True)
+            line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = {
+                    "workload": w,
+                    "method": m,
+                    "peak_gib": math.nan,
+                    "error": f"process exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}",
+                }
+            row["process_s"] = time.perf_counter() - t0
+            rows.append(row)
+            with args.out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The extreme eigenvalue by the Lanczos three-term recurrence: two vectors of memory, whatever the step count.
+
+``beta_j q_{j+1} = H q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` (Lanczos 1950) needs only ``q_{j-1}`` and ``q_j``: the
+product is added into the buffer holding ``-beta_{j-1} q_{j-1}`` (:meth:`CurvatureOperator.add_product_`), which
+becomes ``q_{j+1}``. The tridiagonal ``T_m`` it builds gives the Ritz values. Without reorthogonalisation the
+basis loses orthogonality once a Ritz value converges, which makes copies of converged eigenvalues appear later
+("ghosts") but leaves the extreme Ritz value and its residual bound ``beta_m |y_m|`` valid (Paige 1976; Parlett
+1998, ch. 13): for one extreme eigenvalue the recurrence converges as fast as fully reorthogonalised Lanczos and
+stops before ghosts matter. The Ritz vector ``sum_j y_j q_j`` needs the basis; without it, a second run of the same
+recurrence regenerates ``q_j`` from the stored ``alpha, beta`` and accumulates the vector (Cullum & Willoughby
+1985): twice the products, four vectors of memory (the start vector, two for the recurrence, the Ritz vector).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+
+from landscape.operators.base import CurvatureOperator
+from landscape.progress import progress as progress_bar
+
+#: Vectors held at once: ``q_j`` and the buffer that turns from ``q_{j-1}`` into ``q_{j+1}`` (Paige 1972's
+#: two-vector form: ``r = -beta_{j-1} q_{j-1}``, then ``r += H q_j`` in place); the start vector and the Ritz vector
+#: on top when the vector is wanted.
+VECTORS = 2
+VECTORS_WITH_RITZ = 4
+_CHUNK = 1 << 20
+
+
+def dot(a: Tensor, b: Tensor) -> float:
+    """``a . b`` accumulated in float64 chunk by chunk (no float64 copy of a 10^8-entry vector)."""
+    return float(sum(torch.dot(x.double(), y.double()) for x, y in zip(a.split(_CHUNK), b.split(_CHUNK), strict=True)))
+
+
+@dataclass
+class ShortRecurrence:
+    """The tridiagonal coefficients of a three-term Lanczos run and its extreme Ritz pair's data."""
+
+    alphas: list[float]
+    betas: list[float]
+    theta: float
+    y: np.ndarray
+    residual: float
+    scale: float
+    converged: bool
+
+
+def _ritz(alphas: list[float], betas: list[float], pick) -> tuple[float, np.ndarray, float, float]:
+    from landscape.linalg.lanczos import tridiagonal_eigh
+
+    m = len(alphas)
+    theta, Y = tridiagonal_eigh(np.asarray(alphas), np.asarray(betas[: m - 1]))
+    i = pick(theta)
+    return float(theta[i]), Y[:, i], abs(betas[m - 1] * Y[-1, i]), float(np.max(np.abs(theta)))
+
+
+def _step(op: CurvatureOperator, q: Tensor, r: Tensor, beta_prev: float, alpha: float | None) -> tuple[float, float]:
+    """Turn ``r`` (holding ``q_{j-1}``, or anything when ``beta_prev == 0``) into ``beta_j q_{j+1}`` in place.
+
+    ``alpha`` given (a second run) replays the first run's coefficient; else it is measured, with one local
+    reorthogonalisation against ``q_j``. Returns ``(alpha_j, beta_j)``."""
+    if beta_prev == 0.0:
+        r.zero_()
+    else:
+        r.mul_(-beta_prev)
+    op.add_product_(q, r)
+    if alpha is not None:
+        r.sub_(q, alpha=alpha)
+        return alpha, float("nan")
+    a = dot(q, r)
+    r.sub_(q, alpha=a)
+    correction = dot(q, r)  # keeps alpha accurate in float32
+    r.sub_(q, alpha=correction)
+    return a + correction, float(r.norm())
+
+
+def three_term_extreme(
+    op: CurvatureOperator, v0: Tensor, pick, tol: float, budget: int, progress: bool = False, keep_start: bool = True
+) -> ShortRecurrence:
+    """Run the recurrence from ``v0`` until the Ritz value chosen by ``pick(theta) -> index`` has relative residual
+    ``<= tol`` (of ``max |theta|``), the space is exhausted (``beta ~ 0``: exact) or ``budget`` products are spent.
+    ``keep_start=False`` normalises ``v0`` in place and uses it as the first vector (no copy)."""
+    q = v0 / v0.norm() if keep_start else v0.div_(v0.norm())
+    r = torch.empty_like(q)
+    alphas: list[float] = []
+    betas: list[float] = []
+    bar = progress_bar(budget, "top eigenvalue", progress, unit="step")
+    last_check = 0
+    try:
+        while True:
+            alpha, beta = _step(op, q, r, betas[-1] if betas else 0.0, None)
+            alphas.append(alpha)
+            betas.append(beta)
+            bar.update(1)
+            m = len(alphas)
+            exhausted = beta <= 1e-10 * max(abs(a) for a in alphas) or m >= min(budget, op.shape[0])
+            # The tridiagonal solve is O(m^2): every step early on, then every ~m/10 steps.
+            if exhausted or m - last_check >= max(1, m // 10):
+                last_check = m
+                theta, y, residual, scale = _ritz(alphas, betas, pick)
+                converged = residual <= tol * scale or beta <= 1e-10 * scale
+                if converged or exhausted:
+                    return ShortRecurrence(alphas, betas, theta, y, residual, scale, bool(converged))
+            q, r = r.div_(beta), q  # q_{j+1}; the buffer now holds q_j, the next step's q_{j-1}
+    finally:
+        bar.close()
+
+
+def ritz_vector(op: CurvatureOperator, v0: Tensor, run: ShortRecurrence) -> Tensor:
+    """``sum_j y_j q_j`` by regenerating the ``q_j`` with the run's own coefficients (``len(y) - 1`` products)."""
+    q = v0 / v0.norm()
+    r = torch.empty_like(q)
+    x = q * float(run.y[0])
+    for j in range(len(run.y) - 1):
+        _step(op, q, r, run.betas[j - 1] if j else 0.0, run.alphas[j])
+        q, r = r.div_(run.betas[j]), q
+        x.add_(q, alpha=float(run.y[j + 1]))
+    return x / x.norm()
+
+
+def genuine(alphas: np.ndarray, betas: np.ndarray, theta: np.ndarray, residuals: np.ndarray, eps: float) -> np.ndarray:
+    """Mask of the Ritz values ``theta`` (ascending) of a recurrence run without reorthogonalisation that are
+    genuine and first of their kind.
+
+    Copies of a converged eigenvalue (within the larger of their residuals) keep one representative. A simple Ritz
+    value that is also an eigenvalue of ``T_hat`` (``T_m`` without its first row and column) is spurious: it owes
+    nothing to the start vector (Cullum & Willoughby 1985, Lanczos Algorithms for Large Symmetric Eigenvalue
+    Computations, vol. 1, sec. 4.5). ``eps`` is the operator's unit roundoff; the match tolerance is
+    ``10 m eps max|theta|``.
+    """
+    m = theta.size
+    scale = float(np.max(np.abs(theta))) if m else 0.0
+    match = 10 * m * eps * scale
+    keep = np.ones(m, dtype=bool)
+    if m < 2:
+        return keep
+    hat = scipy.linalg.eigvalsh_tridiagonal(alphas[1:m], betas[1 : m - 1]) if m > 2 else alphas[1:2].copy()
+    order = np.argsort(-theta, kind="stable")
+    multiple = np.zeros(m, dtype=bool)
+    kept = order[0]
+    for b in order[1:]:
+        if abs(theta[kept] - theta[b]) <= max(residuals[kept], residuals[b]) + match:
+            multiple[kept] = multiple[b] = True
+            keep[b] = False  # a copy of the value last kept
+        else:
+            kept = b
+    for i in range(m):
+        if keep[i] and not multiple[i] and np.min(np.abs(hat - theta[i])) <= match:
+            keep[i] = False
+    return keep
