@@ -12,11 +12,13 @@ Workloads (``/work/shared/PEERS.md``, "At real scale"):
 Methods (``--methods``), each in a fresh ``python`` process so that its peak RSS (``resource.getrusage``) is its own:
 
 - ``gradient``: a plain torch ``loss.backward()``: the baseline every time and memory is divided by.
+- ``forward``: a plain forward pass without gradients; ``surface``: a 4 x 4 filter-normalised loss surface
+  (``landscape.surface.surface``), time per grid point (to divide by the forward's).
 - ``hvp``: ``landscape.hessian(problem) @ v`` with defaults: the first product and the median of later ones.
 - ``top1``, ``top5``: ``landscape.top_eigen(op, k)`` with defaults; ``top1_lean``: the eigenvalue alone
-  (``vectors=False``: the three-term recurrence, three vectors of memory) to ``tol=1e-3``; ``trace``: ``landscape.trace(op)``;
-  ``spectrum``: ``landscape.spectrum(problem)`` (top-5, trace, density).
-- ``reference``: the top eigenvalue to a tight tolerance (``top_eigen(tol=1e-7)``), stored in
+  (``vectors=False``: the three-term recurrence, two vectors of memory) to ``tol=1e-3``;
+  ``trace``: ``landscape.trace(op)``; ``spectrum``: ``landscape.spectrum(problem)`` (top-5, trace, density).
+- ``reference``: the top eigenvalue to a tight tolerance (``top_eigen(tol=1e-7, vectors=False)``), stored in
   ``experiments/results/scale_reference.json``: every top-1 figure's error is measured against it.
 - ``pyhessian``: ``PyHessian(data=(X, y)).eigenvalues(top_n=1)`` (power iteration, ``tol=1e-3``: its default).
 - ``eigenthings``: hessian-eigenthings 1.0.0a5 ``lanczos(HessianOperator, k=1, max_iter=20)``.
@@ -137,6 +139,32 @@ def run_gradient(workload: str) -> dict:
     return {"seconds": statistics.median(times[1:]), "first_s": times[0]}
 
 
+def run_forward(workload: str) -> dict:
+    """A plain full-batch forward pass without gradients: the baseline of a loss surface."""
+    model, X, y = supervised(workload, attn="sdpa")
+    loss_fn = nn.CrossEntropyLoss()
+    times = []
+    with torch.no_grad():
+        for _ in range(4):
+            t0 = time.perf_counter()
+            loss_fn(model(X), y)
+            times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times[1:])}
+
+
+def run_surface(workload: str) -> dict:
+    """A 2D filter-normalised surface, 4 x 4 points (loss and accuracy): per point, against a forward."""
+    p = problem(workload)
+    dirs = landscape.surface.filter_normalized(p, 2, seed=SEED)
+    t0 = time.perf_counter()
+    s = landscape.surface.surface(p, dirs, resolution=4)
+    return {
+        "seconds": (time.perf_counter() - t0) / 16,
+        "note": "per grid point (16 points)",
+        "min_loss": float(s.loss.min()),
+    }
+
+
 def estimate(p: landscape.Problem, analysis: str, **settings) -> dict:
     if not hasattr(landscape.memory, "estimate"):
         return {}
@@ -187,7 +215,7 @@ def run_top5(workload: str) -> dict:
 
 
 def run_reference(workload: str) -> dict:
-    out = _top(workload, 1, tol=1e-7, max_matvecs=300)
+    out = _top(workload, 1, tol=1e-7, max_matvecs=300, vectors=False)
     refs = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {}
     refs[workload] = {"eigenvalue": out["eigenvalues"][0], "products": out["products"], "tol": 1e-7}
     REFERENCE.parent.mkdir(exist_ok=True)
@@ -311,6 +339,7 @@ def table(rows: list[dict]) -> str:
             err = relative_error(r, refs)
             eig = r.get("eigenvalues", [None])[0]
             note = r.get("error", "")
+            note = r.get("note", note) if not note else note
             if r["method"] == "hvp" and "first_s" in r:
                 note = f"first {r['first_s']:.2f} s = {r['first_s'] / r['seconds']:.2f}x a later one; {r['chosen']}"
             lines.append(

@@ -33,12 +33,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.memory import parse_bytes
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss}
 # Loss adapters for dict batches (language models): landscape.losses.
 ADAPTERS = ("causal_lm", "masked_lm", "model_output")
 TOKEN_SUFFIXES = (".pt", ".npy")
 CACHE_FILE = "landscape.h5"
+# Commands with a memory estimate (--dry-run), and where the context keeps --max-memory / --dry-run.
+ESTIMATED = ("eigen", "spectrum", "trace", "density")
+MEMORY = "landscape.memory"
 
 
 class UserError(click.ClickException):
@@ -286,6 +291,17 @@ def common_options(fn: Callable) -> Callable:
         click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a summary."),
         click.option("--quiet", is_flag=True, help="No progress bars or training messages."),
         click.option("--debug", is_flag=True, help="Show full tracebacks."),
+        click.option(
+            "--max-memory",
+            default=None,
+            help="Memory budget, e.g. 12GiB or 500MiB (default: half the memory available now). An analysis that "
+            "would need more stops before it starts, naming the need and the setting that fixes it.",
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help=f"Print the analysis's memory estimate by part and exit without running it ({', '.join(ESTIMATED)}).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -296,6 +312,15 @@ def common_options(fn: Callable) -> Callable:
         from landscape.cache import CacheError
 
         debug = kwargs.pop("debug")
+        ctx = click.get_current_context()
+        max_memory, dry_run = kwargs.pop("max_memory"), kwargs.pop("dry_run")
+        if dry_run and ctx.info_name not in ESTIMATED:
+            raise UserError(f"--dry-run: no memory estimate for {ctx.info_name!r}; {', '.join(ESTIMATED)} have one")
+        try:
+            budget = None if max_memory is None else parse_bytes(max_memory)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--max-memory") from None
+        ctx.meta[MEMORY] = (budget, dry_run)
         try:
             if distributed.get_rank() > 0:
                 # Under torchrun only rank 0 prints and writes (and owns the cache); the others compute alongside
@@ -615,6 +640,17 @@ def _setup(kw: dict, quiet: bool):
     return problem
 
 
+def _memory_budget(problem, analysis: str, **settings: Any) -> int | None:
+    """``--max-memory`` in bytes; under ``--dry-run`` print the estimate of ``analysis`` and exit instead."""
+    from landscape.memory import estimate
+
+    budget, dry_run = click.get_current_context().meta[MEMORY]
+    if dry_run:
+        click.echo(estimate(problem, analysis, memory_budget=budget, **settings).table())
+        raise click.exceptions.Exit(0)
+    return budget
+
+
 def _operator(problem, operator: str):
     from landscape.operators import ggn, hessian
 
@@ -658,6 +694,7 @@ def spectrum(top_k, probes, steps, subsets, operator, out, no_cache, as_json, qu
         "operator": operator,
         "seed": kw["seed"],
     }
+    budget = _memory_budget(problem, "spectrum", num_probes=probes, num_steps=steps)
     with _opened_store(out, no_cache) as store:
         record = _Record(store, problem, "spectrum", config)
         if store is not None and not record.hit:
@@ -672,6 +709,7 @@ def spectrum(top_k, probes, steps, subsets, operator, out, no_cache, as_json, qu
             seed=kw["seed"],
             cache=store,
             progress=_progress(quiet),
+            memory_budget=budget,
         )
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
         result.density.plot(ax=axes[0])
@@ -701,10 +739,19 @@ def eigen(top_k, tol, max_matvecs, operator, out, no_cache, as_json, quiet, **kw
     t0 = time.perf_counter()
     problem = _setup(kw, quiet)
     out = Path(out)
+    budget = _memory_budget(problem, "top_eigen", k=top_k, max_matvecs=max_matvecs)
 
     def compute() -> tuple[dict, str]:
         op = _operator(problem, operator)
-        res = top_eigen(op, k=top_k, tol=tol, max_matvecs=max_matvecs, seed=kw["seed"], progress=_progress(quiet))
+        res = top_eigen(
+            op,
+            k=top_k,
+            tol=tol,
+            max_matvecs=max_matvecs,
+            seed=kw["seed"],
+            progress=_progress(quiet),
+            memory_budget=budget,
+        )
         result = {
             "operator": operator,
             "num_params": int(op.shape[0]),
@@ -752,6 +799,7 @@ def trace_cmd(method, num_matvecs, operator, out, no_cache, as_json, quiet, **kw
     t0 = time.perf_counter()
     problem = _setup(kw, quiet)
     out = Path(out)
+    budget = _memory_budget(problem, "trace", method=method, num_matvecs=num_matvecs)
 
     def compute() -> tuple[dict, str]:
         est = trace(
@@ -760,6 +808,7 @@ def trace_cmd(method, num_matvecs, operator, out, no_cache, as_json, quiet, **kw
             num_matvecs=num_matvecs,
             seed=kw["seed"],
             progress=_progress(quiet),
+            memory_budget=budget,
         )
         result = {
             "operator": operator,
@@ -820,10 +869,16 @@ def density(probes, steps, operator, out, no_cache, as_json, quiet, **kw):
     t0 = time.perf_counter()
     problem = _setup(kw, quiet)
     out = Path(out)
+    budget = _memory_budget(problem, "spectrum", num_probes=probes, num_steps=steps)
 
     def compute() -> tuple[dict, str]:
         dens = spectral_density(
-            _operator(problem, operator), num_probes=probes, num_steps=steps, seed=kw["seed"], progress=_progress(quiet)
+            _operator(problem, operator),
+            num_probes=probes,
+            num_steps=steps,
+            seed=kw["seed"],
+            progress=_progress(quiet),
+            memory_budget=budget,
         )
         tr = dens.trace()
         result = {

@@ -28,6 +28,8 @@ __all__ = [
     "default_budget",
     "estimate",
     "krylov_vectors",
+    "parse_bytes",
+    "require",
     "resident_bytes",
 ]
 
@@ -72,8 +74,10 @@ def krylov_vectors(memory_budget: int | None, n: int, dtype: torch.dtype, device
 
 
 def gib(nbytes: float) -> str:
-    """``nbytes`` as GiB (MiB below one GiB) for messages."""
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+    """``nbytes`` as GiB (MiB below one GiB, KiB below one MiB) for messages."""
+    if nbytes >= 2**30:
+        return f"{nbytes / 2**30:.2f} GiB"
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
 
 
 # ---------------------------------------------------------------------------------------------------- estimate
@@ -157,8 +161,9 @@ def resident_bytes(device: torch.device | str = "cpu") -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _graph_bytes(problem: Problem, batch: PreparedBatch) -> int:
-    """Bytes a batch's gradient graph (``create_graph=True``) saves beyond the weights, buffers and data it uses."""
+def _graph_bytes(problem: Problem, batch: PreparedBatch, create_graph: bool) -> int:
+    """Bytes a batch's graph saves beyond the weights, buffers and data it uses: the forward's (``create_graph``
+    false), or the forward's and the gradient's (``create_graph=True``: what double backward keeps)."""
     params = problem.params_dict(share=True)
     held = {t.untyped_storage().data_ptr() for t in params.values()}
     held |= {b.untyped_storage().data_ptr() for b in problem.model.buffers()}
@@ -175,23 +180,39 @@ def _graph_bytes(problem: Problem, batch: PreparedBatch) -> int:
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = problem.batch_loss(forward, leaves, batch)
-            torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+            if create_graph:
+                torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
     return sum(saved.values())
 
 
-def product_memory(problem: Problem) -> tuple[list[int], int]:
-    """``(graph bytes per batch, per_vector bytes)``: each batch's gradient graph, extrapolated linearly in the
-    batch size from graphs built on its first one and two examples (two tiny passes, nothing kept)."""
+@dataclass(frozen=True)
+class GraphSizes:
+    """Bytes of the graphs of a problem's products: the largest batch's double-backward graph, every batch's
+    together, and the largest batch's forward activations; plus the bytes of one parameter-sized vector."""
+
+    one: int
+    every: int
+    forward: int
+    per_vector: int
+
+
+def product_memory(problem: Problem) -> GraphSizes:
+    """The :class:`GraphSizes` of ``problem``: a batch's graph is ``a + b * size``, fitted to graphs built on the
+    first batch's first one and two examples (four tiny passes, nothing kept; the fit is remembered by the
+    problem), the first batch taken as the largest."""
     per_vector = problem.num_params * torch.empty((), dtype=problem.dtype).element_size()
-    graphs: list[int] = []
-    slope = intercept = None
-    for batch in problem.batches():
-        if slope is None:
-            one = _graph_bytes(problem, batch.head(1))
-            two = _graph_bytes(problem, batch.head(2)) if batch.size > 1 else one
-            slope, intercept = max(two - one, 0), one - max(two - one, 0)
-        graphs.append(intercept + slope * batch.size)
-    return graphs, per_vector
+    fit = getattr(problem, "_graph_fit", None)
+    if fit is None:
+        first = next(iter(problem.batches()))
+        fit = []
+        for create_graph in (True, False):
+            one = _graph_bytes(problem, first.head(1), create_graph)
+            two = _graph_bytes(problem, first.head(2), create_graph) if first.size > 1 else one
+            fit.append((one - max(two - one, 0), max(two - one, 0)))
+        fit = problem._graph_fit = (*fit, first.size)
+    (a, b), (fa, fb), size = fit
+    every = a * max(problem.num_batches, 1) + b * problem.num_local_samples
+    return GraphSizes(a + b * size, every, fa + fb * size, per_vector)
 
 
 def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: dict[str, Any]) -> tuple[int, str]:
@@ -224,15 +245,15 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
     if analysis == "spectrum":
         p, m = int(settings.get("num_probes", 8)), int(settings.get("num_steps", 40))
         if p * (m + 1) <= cap:
-            return p * (m + 1) + p, f"{p} probes x {m + 1} basis vectors and {p} products"
-        return 3 * p, f"three-term recurrence: {p} probes x 2 vectors and {p} products"
+            return p * (m + 1) + 2 * p, f"{p} probes x {m + 1} basis vectors, the block's input and CGS2 temporary"
+        return 4 * p, f"three-term recurrence: {p} probes x 2 vectors, the block's input and CGS2 temporary"
     if analysis == "trace":
+        from landscape.linalg.trace import trace_vectors
+
+        method = settings.get("method", "hutch++")
+        method = "hutch++" if method in ("auto", "exact") else method
         m = int(settings.get("num_matvecs", 100))
-        block = min(m, int(settings.get("block_size") or 50))
-        if settings.get("method") == "hutchinson":
-            return 2 * block, f"blocks of {block} probes and their products"
-        k = m // 3
-        return 2 * k + 2 * (m - k), f"Hutch++: sketch of {k} and {m - k} probes, with products"
+        return trace_vectors(method, m, settings.get("block_size")), f"{method} with {m} products"
     raise ValueError(f"analysis must be one of {ANALYSES}, got {analysis!r}")
 
 
@@ -247,8 +268,9 @@ def estimate(
     """Estimate the peak memory of ``analysis`` on ``problem`` by part, before running it.
 
     The gradient graph is measured, not guessed: the saved tensors of a ``create_graph`` gradient on one and on two
-    examples of the first batch give ``a + b * batch_size`` bytes per batch (two tiny passes; the weights, buffers
-    and data the graph refers to are already resident and not counted again). The Hessian operator keeps every
+    examples of the first batch give ``a + b * batch_size`` bytes per batch (tiny passes; the weights, buffers and
+    data the graph refers to are already resident and not counted again); a backward pass over it holds about
+    twice the forward's activations on top (measured the same way). The Hessian operator keeps every
     batch's graph while they fit ``graph_memory_limit`` together, else one at a time; the graph holds the
     gradient too (one vector). A product adds its output and about one vector of autograd transients, plus the
     largest parameter. The estimator's own vectors follow its settings (``k``, ``vectors``, ``max_basis``,
@@ -267,29 +289,91 @@ def estimate(
         The Hessian operator's graph cache limit (default its default, 2 GiB).
     """
     from landscape.operators.hessian import DEFAULT_GRAPH_MEMORY
+    from landscape.operators.problem_operator import DEFAULT_MAX_BLOCK
 
     if analysis not in ANALYSES:
         raise ValueError(f"analysis must be one of {ANALYSES}, got {analysis!r}")
     budget = default_budget(problem.device) if memory_budget is None else int(memory_budget)
     limit = DEFAULT_GRAPH_MEMORY if graph_memory_limit is None else int(graph_memory_limit)
     resident = resident_bytes(problem.device)
-    graphs, per_vector = product_memory(problem)
+    g = product_memory(problem)
+    per_vector = g.per_vector
     largest = max(problem.param_numels) * per_vector // problem.num_params
     parts: dict[str, int] = {}
     notes: dict[str, str] = {}
     if analysis == "gradient":
-        parts["gradient graph"] = max(graphs)
+        parts["gradient graph"] = g.forward
         notes["gradient graph"] = "the largest batch's activations"
+        parts["backward transients"] = g.forward
+        notes["backward transients"] = "about the activations again (their gradients)"
     else:
-        cached = sum(graphs) <= limit
-        parts["gradient graph"] = (sum(graphs) if cached else max(graphs)) + per_vector
+        cached = g.every <= limit
+        parts["gradient graph"] = (g.every if cached else g.one) + per_vector
         notes["gradient graph"] = (
-            f"{len(graphs)} batch graph(s) kept for reuse" if cached else "one batch at a time (over the cache limit)"
+            f"{problem.num_batches} batch graph(s) kept for reuse"
+            if cached
+            else "one batch at a time (over the cache limit)"
         ) + " and the gradient"
-        width = int(settings.get("width", 1)) if analysis == "hvp" else 1
+        width = min(block_width(analysis, settings), DEFAULT_MAX_BLOCK)
+        # A block may go through a batched (vmapped) strategy, holding every column's transients at once, unless
+        # the operator rules that out because they would not fit (HessianOperator._clear_choice).
+        batched = width > 1 and (g.one + per_vector) * width <= budget
+        copies = width if batched else 1
+        parts["backward transients"] = 2 * g.forward * copies
+        notes["backward transients"] = (
+            "twice the forward's activations (the gradients a double backward pass holds at once; measured 1.5-2x "
+            "on GPT-2 small and ResNet-18)" + (f", for {copies} columns at once (batched)" if batched else "")
+        )
         parts["product"] = (width + 1) * per_vector + largest
         notes["product"] = f"output of {width} column(s), autograd transients and the largest parameter"
     vectors, how = krylov_need(analysis, problem.num_params, per_vector, budget, settings)
     parts["Krylov vectors"] = vectors * per_vector
     notes["Krylov vectors"] = f"{vectors} x {gib(per_vector)}: {how}"
     return MemoryEstimate(analysis, parts, resident, budget, dict(settings), notes)
+
+
+def block_width(analysis: str, settings: dict[str, Any]) -> int:
+    """Columns of the blocks an analysis multiplies with (before the operator's chunking)."""
+    if analysis == "hvp":
+        return int(settings.get("width", 1))
+    if analysis == "spectrum":
+        return int(settings.get("num_probes", 8))
+    if analysis == "trace":
+        from landscape.linalg._common import default_block_size
+
+        m = int(settings.get("num_matvecs", 100))
+        if settings.get("method") == "hutchinson":
+            return default_block_size(settings.get("block_size"), m)
+        return max(m // 3, 1)
+    return 1
+
+
+def require(target: Any, analysis: str, memory_budget: int | None, fix: str, **settings: Any) -> None:
+    """Check :func:`estimate` before ``analysis`` runs on a :class:`~landscape.problem.Problem` or an operator built
+    on one; :class:`MemoryBudgetError` naming the need, the budget and ``fix`` when it does not fit. Operators
+    without a problem (matrices, user operators) have no product to estimate: their Krylov vectors are checked
+    by the estimators themselves."""
+    from landscape.problem import Problem
+
+    problem = target if isinstance(target, Problem) else getattr(target, "problem", None)
+    if not isinstance(problem, Problem):
+        return
+    estimate(problem, analysis, memory_budget=memory_budget, **settings).check(fix)
+
+
+def parse_bytes(text: str) -> int:
+    """``"12GiB"``, ``"12G"``, ``"1.5GB"``, ``"500MiB"``, ``"500M"`` or a plain number of bytes -> bytes."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    s = text.strip().upper().replace(" ", "")
+    for suffix in ("IB", "B"):
+        if s.endswith(suffix) and s[: -len(suffix)][-1:] in "KMGT":
+            s = s[: -len(suffix)]
+            break
+    unit = s[-1] if s and s[-1] in "KMGT" else ""
+    try:
+        value = float(s[:-1] if unit else s)
+    except ValueError:
+        raise ValueError(f"not a memory size: {text!r} (e.g. 12GiB, 500MiB or a number of bytes)") from None
+    if value <= 0:
+        raise ValueError(f"a memory size must be positive, got {text!r}")
+    return int(value * units[unit])

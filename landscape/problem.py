@@ -369,6 +369,12 @@ class Problem:
         return self._num_samples
 
     @property
+    def num_batches(self) -> int:
+        """Non-empty batches this process holds."""
+        _ = self.num_local_samples
+        return self._num_batches
+
+    @property
     def num_counted(self) -> int:
         """What the full-data loss averages over: samples, or counted tokens for a token-weighted loss (summed over
         ranks when data-parallel)."""

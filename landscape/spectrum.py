@@ -37,6 +37,7 @@ from landscape.linalg.probes import SeedLike, make_generator, sample_probes, see
 from landscape.linalg.results import Estimate
 from landscape.linalg.short_recurrence import genuine
 from landscape.linalg.slq import LLACriteria, SpectralDensity
+from landscape.memory import require
 from landscape.operators import CurvatureOperator, ggn, hessian
 from landscape.problem import Problem
 
@@ -420,6 +421,8 @@ def _compute(
         raise TypeError(f"spectrum expects a Problem or CurvatureOperator, got {type(problem_or_op).__name__}")
     if k < 1 or k > num_steps:
         raise ValueError(f"k must be between 1 and num_steps={num_steps}, got {k}")
+    fix = "Use fewer probes (num_probes=) or smaller batches"
+    require(op, "spectrum", memory_budget, fix, num_probes=num_probes, num_steps=num_steps)
     gen = make_generator(seed)
     before = op.num_matvecs
     dec = _krylov(op, num_probes, num_steps, gen, eigenvectors, progress, memory_budget)

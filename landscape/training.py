@@ -146,9 +146,7 @@ def train(
     device = _device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 

@@ -99,9 +99,7 @@ def test_gaussian_mixture_classes_and_separation():
     assert torch.bincount(y).tolist() == [1000] * 4
     means = torch.stack([X[y == c].mean(0) for c in range(4)])
     # class means have norm `separation`, up to the sampling error of 1000 unit-variance samples per class
-    torch.testing.assert_close(
-        means.norm(dim=1), torch.full((4,), 5.0, dtype=torch.float64), atol=0.2, rtol=0
-    )
+    torch.testing.assert_close(means.norm(dim=1), torch.full((4,), 5.0, dtype=torch.float64), atol=0.2, rtol=0)
     within = (X - means[y]).var(0).mean()
     assert abs(float(within) - 1.0) < 0.05
 

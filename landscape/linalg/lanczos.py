@@ -40,7 +40,7 @@ from landscape.linalg.probes import Distribution, SeedLike, make_generator
 from landscape.linalg.results import EigenResult
 from landscape.linalg.short_recurrence import VECTORS, VECTORS_WITH_RITZ, ritz_vector, three_term_extreme
 from landscape.linalg.thick_restart import min_basis
-from landscape.memory import KRYLOV_SHARE, LEAN_BASIS_BYTES, MemoryBudgetError, gib, krylov_vectors
+from landscape.memory import KRYLOV_SHARE, LEAN_BASIS_BYTES, MemoryBudgetError, gib, krylov_vectors, require
 from landscape.operators.base import CurvatureOperator
 from landscape.progress import progress as progress_bar
 
@@ -177,7 +177,7 @@ class _BatchedLanczos:
         total = torch.zeros(W.shape[0], basis.shape[1], dtype=W.dtype, device=W.device)
         for _ in range(2):
             c = torch.bmm(basis, W.unsqueeze(2)).squeeze(2)
-            W = W - torch.bmm(c.unsqueeze(1), basis).squeeze(1)
+            W = W.sub_(torch.bmm(c.unsqueeze(1), basis).squeeze(1))  # W is this step's own product: in place
             total = total + c
         return W, total
 
@@ -600,7 +600,9 @@ def top_eigen(
         reorthogonalises against the whole basis, which at 10^8 parameters costs as much as a product.
     memory_budget
         Bytes the analysis may use (default :func:`landscape.memory.default_budget`: half the memory available
-        now); :class:`~landscape.memory.MemoryBudgetError` when not even a restarted basis fits.
+        now). On an operator built on a problem the whole run is estimated first (:func:`landscape.memory.estimate`:
+        gradient graphs, products, Krylov vectors); :class:`~landscape.memory.MemoryBudgetError` when it, or not
+        even a restarted basis, fits.
     vectors
         Return the eigenvectors (default). ``k=1`` runs without a basis, on the three-term recurrence
         (:mod:`landscape.linalg.short_recurrence`: three vectors of memory, as fast as with a basis), when
@@ -614,6 +616,9 @@ def top_eigen(
     """
     check_top_eigen_args(op, k, which, tol, max_matvecs)
     if method == "lanczos":
+        settings = {"k": k, "vectors": vectors, "max_basis": max_basis, "max_matvecs": max_matvecs}
+        fix = "Lower k, pass vectors=False (the top eigenvalue on two vectors), lower max_basis= or use smaller batches"
+        require(op, "top_eigen", memory_budget, fix, **settings)
         return _lanczos_top(op, k, which, tol, max_matvecs, v0, seed, progress, max_basis, memory_budget, vectors)
     if method == "power":
         from landscape.linalg.power import power_iteration

@@ -56,7 +56,7 @@ from landscape.linalg._common import (
 )
 from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator
 from landscape.linalg.results import Estimate
-from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, gib, krylov_vectors
+from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, gib, krylov_vectors, require
 from landscape.operators.base import CurvatureOperator
 from landscape.problem import Problem
 from landscape.progress import progress as progress_bar
@@ -411,6 +411,8 @@ def trace(
                 settings=exact_settings(exact, method, "trace"),
             )
     estimator, block_size, memory_note = fit_memory(op, estimator, num_matvecs, block_size, memory_budget)
+    settings = {"method": estimator, "num_matvecs": num_matvecs, "block_size": block_size}
+    require(op, "trace", memory_budget, "Lower num_matvecs/block_size or use smaller batches", **settings)
     bar = progress_bar(num_matvecs, f"trace ({estimator})", progress, unit="matvec")
     if progress:
         op = _Counted(op, bar)

@@ -63,4 +63,3 @@ def test_model_weights_flags_and_mode_are_untouched():
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
     assert model.training and all(p.grad is None for p in model.parameters())
-

@@ -1,0 +1,93 @@
+"""``landscape.memory``: the estimate by part against what the analyses allocate (a tracking allocator, not a
+timed or RSS-based test), the check every analysis makes before it runs, and the CLI's --dry-run / --max-memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import landscape as L
+from landscape.cli import main
+from landscape.memory import MemoryBudgetError, _graph_bytes, estimate, parse_bytes
+from landscape.models import mlp
+from tests.linalg.test_thick_restart import _LiveBytes
+
+
+@pytest.fixture(scope="module")
+def problem() -> L.Problem:
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(1024, 64, generator=g), torch.randint(0, 10, (1024,), generator=g)
+    return L.Problem(
+        mlp(64, (256, 256), 10, seed=0), torch.nn.CrossEntropyLoss(), [(X[:512], y[:512]), (X[512:], y[512:])]
+    )
+
+
+RUNS = {
+    "hvp": ({}, lambda op, n: op @ torch.randn(n)),
+    "top_eigen k=3": ({"k": 3}, lambda op, n: L.top_eigen(op, k=3)),
+    "top_eigen eigenvalue only": ({"k": 1, "vectors": False}, lambda op, n: L.top_eigen(op, k=1, vectors=False)),
+    "spectrum": ({"num_probes": 4, "num_steps": 20}, lambda op, n: L.spectrum(op, num_probes=4, num_steps=20)),
+    "trace hutch++": ({"num_matvecs": 60}, lambda op, n: L.trace(op, method="hutch++", num_matvecs=60)),
+}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_estimate_is_within_a_quarter_of_what_the_analysis_allocates(problem, name):
+    settings, run = RUNS[name]
+    est = estimate(problem, name.split()[0], **settings)
+    assert est.fits and est.total == est.resident + est.need
+    with _LiveBytes() as alloc:
+        run(L.hessian(problem), problem.num_params)
+    assert 0.75 <= est.need / alloc.peak <= 1.25, (est.parts, alloc.peak)
+
+
+def test_the_graph_is_measured_on_two_examples_and_scales_to_the_batch(problem):
+    batch = next(iter(problem.batches()))
+    direct = _graph_bytes(problem, batch, create_graph=True)
+    est = estimate(problem, "hvp", graph_memory_limit=0)  # one batch's graph at a time
+    per_vector = problem.num_params * 4
+    assert est.parts["gradient graph"] - per_vector == pytest.approx(direct, rel=0.01)
+    assert "one batch at a time" in est.notes["gradient graph"]
+    assert estimate(problem, "hvp").parts["gradient graph"] - per_vector == pytest.approx(2 * direct, rel=0.01)
+
+
+def test_an_analysis_that_cannot_fit_stops_first_naming_need_budget_and_fix(problem):
+    op = L.hessian(problem)
+    with pytest.raises(MemoryBudgetError, match=r"top_eigen needs .* the memory budget is 1\.0 MiB.*vectors=False"):
+        L.top_eigen(op, k=1, memory_budget=2**20)
+    with pytest.raises(MemoryBudgetError, match=r"spectrum needs .*Krylov vectors.*fewer probes"):
+        L.spectrum(problem, num_probes=4, num_steps=20, memory_budget=2**20)
+    with pytest.raises(MemoryBudgetError, match=r"trace needs .*num_matvecs"):
+        L.trace(problem, method="hutchinson", num_matvecs=20, memory_budget=4 * 2**20)
+    assert op.num_matvecs == 0  # nothing ran
+
+
+def test_parse_bytes():
+    assert parse_bytes("12GiB") == parse_bytes("12G") == parse_bytes("12 gb") == 12 * 2**30
+    assert parse_bytes("1.5G") == int(1.5 * 2**30) and parse_bytes("500MiB") == 500 * 2**20
+    assert parse_bytes("4096") == 4096
+    for bad in ("12Q", "", "-1G", "GiB"):
+        with pytest.raises(ValueError, match="memory size"):
+            parse_bytes(bad)
+
+
+def _cli(tmp_path, *args):
+    return CliRunner().invoke(main, [*args, "--data", "synthetic", "--out", str(tmp_path), "--quiet", "--no-cache"])
+
+
+def test_cli_dry_run_prints_the_estimate_and_runs_nothing(tmp_path):
+    r = _cli(tmp_path, "eigen", "--dry-run", "--top-k", "2", "--max-memory", "2GiB")
+    assert r.exit_code == 0, r.output
+    assert "memory estimate of top_eigen" in r.output and "expected peak" in r.output and "2.00 GiB" in r.output
+    assert not list(tmp_path.glob("*.json"))
+    r = _cli(tmp_path, "surface", "--dry-run")
+    assert r.exit_code != 0 and "no memory estimate for 'surface'" in r.output
+
+
+def test_cli_max_memory_too_small_is_one_clear_line(tmp_path):
+    r = _cli(tmp_path, "spectrum", "--max-memory", "64KiB", "--probes", "2", "--steps", "5")
+    assert r.exit_code == 2, r.output
+    assert "MemoryBudgetError: spectrum needs" in r.output and "memory budget is 64.0 KiB" in r.output
+    r = _cli(tmp_path, "trace", "--max-memory", "lots")
+    assert r.exit_code == 2 and "Invalid value for --max-memory" in r.output
