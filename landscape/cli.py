@@ -294,7 +294,7 @@ def common_options(fn: Callable) -> Callable:
         click.option(
             "--max-memory",
             default=None,
-            help="Memory budget, e.g. 12GiB or 500MiB (default: half the memory available now). An analysis that "
+            help="Memory budget, e.g. 12GiB or 500MiB (default: 80% of the memory available now). An analysis that "
             "would need more stops before it starts, naming the need and the setting that fixes it.",
         ),
         click.option(

@@ -33,11 +33,11 @@ from torch import Tensor
 from landscape.cache import Cache, CacheError, opened
 from landscape.distributed import decided_by_rank0
 from landscape.linalg.lanczos import lanczos
-from landscape.linalg.probes import SeedLike, make_generator, sample_probes, seed_record
+from landscape.linalg.probes import SeedLike, make_generator, seed_record
 from landscape.linalg.results import Estimate
 from landscape.linalg.short_recurrence import genuine
 from landscape.linalg.slq import LLACriteria, SpectralDensity
-from landscape.memory import require
+from landscape.memory import estimate
 from landscape.operators import CurvatureOperator, ggn, hessian
 from landscape.problem import Problem
 
@@ -230,20 +230,36 @@ def _krylov(
     keep_basis: bool,
     progress: bool,
     memory_budget: int | None = None,
+    group: int | None = None,
 ):
-    V0 = sample_probes(
-        op.shape[0], num_probes, distribution="rademacher", seed=gen, dtype=op.dtype, device=op.device, normalize=True
-    )
     return lanczos(
         op,
         num_steps,
-        v0=V0,
+        num_probes=num_probes,
+        distribution="rademacher",
         seed=gen,
         restart_on_breakdown=False,
         keep_basis=keep_basis,
         progress=progress,
         memory_budget=memory_budget,
+        probe_group=group,
     )
+
+
+def _probe_group(op: CurvatureOperator, num_probes: int, num_steps: int, memory_budget: int | None) -> int | None:
+    """The most probes that may run at once within the memory budget (:func:`landscape.memory.estimate`; all of
+    them when the operator has no problem to estimate); :class:`MemoryBudgetError` when not even one fits."""
+    problem = getattr(op, "problem", None)
+    if not isinstance(problem, Problem):
+        return None
+    for group in range(num_probes, 0, -1):
+        est = estimate(
+            problem, "spectrum", memory_budget=memory_budget, num_probes=num_probes, num_steps=num_steps, group=group
+        )
+        if est.fits:
+            return group
+    est.check("Use fewer steps (num_steps=) or smaller batches")
+    return None
 
 
 def spectrum(
@@ -297,10 +313,12 @@ def spectrum(
     progress
         Show a progress bar over the Lanczos steps (and one per data subset) on stderr; never part of the cache key.
     memory_budget
-        Bytes the analysis may use (default: half the memory available now). When the ``n_v (m + 1)`` basis
+        Bytes the analysis may use (default: 80% of the memory available now). When the ``n_v (m + 1)`` basis
         vectors do not fit half of it, the probes run on the three-term recurrence (``2 n_v`` vectors; see
         :func:`landscape.linalg.lanczos.lanczos`): the density keeps its accuracy, and the top-``k`` Ritz values
-        count each eigenvalue once (copies and spurious values removed, Cullum & Willoughby 1985).
+        count each eigenvalue once (copies and spurious values removed, Cullum & Willoughby 1985). When the whole
+        run (:func:`landscape.memory.estimate`) does not fit with every probe at once, the probes run in groups,
+        one after another (``settings["probe_groups"]``).
         ``settings["reorthogonalisation"]`` says which ran. Not part of the cache key.
     """
     settings = {
@@ -421,11 +439,10 @@ def _compute(
         raise TypeError(f"spectrum expects a Problem or CurvatureOperator, got {type(problem_or_op).__name__}")
     if k < 1 or k > num_steps:
         raise ValueError(f"k must be between 1 and num_steps={num_steps}, got {k}")
-    fix = "Use fewer probes (num_probes=) or smaller batches"
-    require(op, "spectrum", memory_budget, fix, num_probes=num_probes, num_steps=num_steps)
+    group = _probe_group(op, num_probes, num_steps, memory_budget)
     gen = make_generator(seed)
     before = op.num_matvecs
-    dec = _krylov(op, num_probes, num_steps, gen, eigenvectors, progress, memory_budget)
+    dec = _krylov(op, num_probes, num_steps, gen, eigenvectors, progress, memory_budget, group)
     density = SpectralDensity.from_lanczos(dec, op.shape[0], sigma=sigma)
     values, residuals, bounds, converged, vectors = _top_ritz(dec, k, tol, torch.finfo(op.dtype).eps)
     moments = density.moments(2)
@@ -456,6 +473,7 @@ def _compute(
                 keep_basis=False,
                 progress=progress,
                 memory_budget=memory_budget,
+                group=group,
             )
             sub_density = SpectralDensity.from_lanczos(sub, P)
             traces.append(sub_density.trace().value)
@@ -464,6 +482,7 @@ def _compute(
         spread = SubsetSpread(np.array(traces), np.array(lmax), np.array(sizes))
     settings.update(num_probes=num_probes, num_steps=num_steps, k=k, tol=tol, subsets=subsets)
     settings["reorthogonalisation"] = dec.settings["reorthogonalisation"]
+    settings["probe_groups"] = dec.settings["probe_groups"]
     if hasattr(op, "chosen"):
         settings["engine"] = {str(w): name for w, name in op.chosen.items()}
     return Spectrum(

@@ -56,7 +56,7 @@ def test_an_analysis_that_cannot_fit_stops_first_naming_need_budget_and_fix(prob
     op = L.hessian(problem)
     with pytest.raises(MemoryBudgetError, match=r"top_eigen needs .* the memory budget is 1\.0 MiB.*vectors=False"):
         L.top_eigen(op, k=1, memory_budget=2**20)
-    with pytest.raises(MemoryBudgetError, match=r"spectrum needs .*Krylov vectors.*fewer probes"):
+    with pytest.raises(MemoryBudgetError, match=r"spectrum needs .*Krylov vectors.*fewer steps"):
         L.spectrum(problem, num_probes=4, num_steps=20, memory_budget=2**20)
     with pytest.raises(MemoryBudgetError, match=r"trace needs .*num_matvecs"):
         L.trace(problem, method="hutchinson", num_matvecs=20, memory_budget=4 * 2**20)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.models import BasicBlock, mlp, small_cnn, small_resnet, w1_mlp, w2_cnn
+from landscape.models import BasicBlock, mlp, resnet18, small_cnn, small_resnet, w1_mlp, w2_cnn
 
 FACTORIES = {
     "mlp": lambda seed: mlp(seed=seed),
@@ -89,6 +89,16 @@ def test_invalid_arguments_are_named():
         small_cnn(width=0)
     with pytest.raises(ValueError, match="num_blocks"):
         small_resnet(num_blocks=0)
+    with pytest.raises(ValueError, match="stages"):
+        small_resnet(stages=0)
+
+
+def test_resnet18_is_the_cifar_variant():
+    model = resnet18(seed=0).eval()
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962  # He et al.'s CIFAR ResNet-18, 10 classes
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 17 and [c.out_channels for c in convs[::4]] == [64, 64, 128, 256, 512]
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 @pytest.mark.parametrize(("channels", "size", "convs"), [(1, 8, 2), (3, 32, 3)])

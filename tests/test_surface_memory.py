@@ -110,6 +110,7 @@ def test_grid_is_numpy_linspace_bit_for_bit_with_exact_values_snapped():
     coords = _grid((-0.1, 0.5), 7, exact=(0.0,))
     assert coords[1] == 0.0 and np.array_equal(coords[2:], reference[2:]) and coords[0] == reference[0]
 
+
 def test_non_finite_points_are_counted_and_the_first_is_named():
     losses = np.array([[0.5, np.inf, 0.1], [np.nan, 0.2, -np.inf]])
     with pytest.warns(RuntimeWarning, match=r"3 of 6 grid points have a non-finite loss \(first at index \(0, 1\)\)"):

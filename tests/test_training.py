@@ -90,9 +90,7 @@ def test_train_and_accuracy_restore_every_module_mode(start):
 def test_adam_and_custom_loss_fit_a_regression():
     X, y = synthetic_regression(512, 6, 0, noise=0.1)
     model = nn.Linear(6, 1)
-    log = train(
-        model, X, y, loss_fn=nn.functional.mse_loss, optimizer="adam", lr=0.05, steps=300, batch_size=64
-    )
+    log = train(model, X, y, loss_fn=nn.functional.mse_loss, optimizer="adam", lr=0.05, steps=300, batch_size=64)
     assert log.optimizer == "adam"
     assert log.final_loss < 0.02  # noise variance is 0.01
 

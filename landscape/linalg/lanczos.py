@@ -260,6 +260,7 @@ def lanczos(
     keep_basis: bool = True,
     progress: bool = False,
     memory_budget: int | None = None,
+    probe_group: int | None = None,
 ) -> LanczosDecomposition:
     """Run ``num_steps`` Lanczos steps with full reorthogonalisation from one or several start vectors.
 
@@ -290,14 +291,17 @@ def lanczos(
     progress
         Show a progress bar over the steps on stderr (:func:`landscape.progress.progress`).
     memory_budget
-        Bytes the analysis may use (default: half the memory available now, :mod:`landscape.memory`). When the
+        Bytes the analysis may use (default: 80% of the memory available now, :mod:`landscape.memory`). When the
         ``p (m + 1)`` basis vectors do not fit half of it, the recurrences keep only their last two vectors and
         orthogonalise against them (the three-term recurrence, ``2 p`` vectors): the tridiagonals then lose the
         exact orthogonality of the basis, converged Ritz values may appear more than once ("ghosts"), but the
         Gauss quadrature weights of each probe stay accurate (Greenbaum 1989; Chen, Trogdon & Ubaru 2021), which
         is what a density needs. ``settings["reorthogonalisation"]`` records which ran. With ``keep_basis`` (or
         ``restart_on_breakdown``) the basis is needed: :class:`~landscape.memory.MemoryBudgetError` if it does
-        not fit.
+        not fit. When not even two vectors per probe fit for all probes together, the probes run in groups, one
+        after another (the same products in all, over more data passes).
+    probe_group
+        At most this many probes at once (default: all that fit).
 
     Returns
     -------
@@ -310,41 +314,59 @@ def lanczos(
     if num_probes < 1:
         raise ValueError(f"num_probes must be >= 1, got {num_probes}")
     gen = make_generator(seed)
-    V0 = _start_block(op, v0, num_probes, gen, distribution)
+    p = num_probes if v0 is None else as_start_block(v0, n).shape[1]
     steps = min(int(num_steps), n)
     vectors = krylov_vectors(memory_budget, n, op.dtype, op.device)
-    store = V0.shape[1] * (steps + 1) <= vectors
-    if not store and (keep_basis or restart_on_breakdown or vectors < 2 * V0.shape[1]):
+    store = p * (steps + 1) <= vectors
+    if not store and (keep_basis or restart_on_breakdown or vectors < 2):
         per_vector = n * torch.empty((), dtype=op.dtype).element_size()
-        need = V0.shape[1] * (steps + 1 if keep_basis or restart_on_breakdown else 2)
+        need = p * (steps + 1) if keep_basis or restart_on_breakdown else 2
         raise MemoryBudgetError(
-            f"Lanczos with {V0.shape[1]} probe(s) x {steps} steps needs {need} basis vectors of {n:,} parameters "
+            f"Lanczos with {p} probe(s) x {steps} steps needs {need} basis vectors of {n:,} parameters "
             f"({gib(need * per_vector)}); {KRYLOV_SHARE:.0%} of memory_budget allows {vectors} "
             f"({gib(vectors * per_vector)}). Raise memory_budget=, lower num_probes/num_steps, or drop the stored "
             "basis (keep_basis=False, restart_on_breakdown=False: the three-term recurrence)"
         )
-    state = _BatchedLanczos(
-        op, V0, steps, generator=gen, restart=restart_on_breakdown, distribution=distribution, store_basis=store
-    )
-    with progress_bar(steps, "Lanczos", progress, unit="step") as bar:
-        while not state.done:
-            state.step()
-            bar.update(1)
-    m = int(state.steps.max())
-    basis = state.Q[:, :m].transpose(1, 2) if keep_basis and store else None
+    group = p if store else min(p, vectors // 2)
+    group = min(group, probe_group) if probe_group and not keep_basis else group
+    runs = []
+    with progress_bar(steps * math.ceil(p / group), "Lanczos", progress, unit="step") as bar:
+        for first in range(0, p, group):
+            # Groups of probes one after another when their vectors do not fit together; start vectors drawn per
+            # group (the same draws as all at once when there is one group).
+            size = min(group, p - first)
+            if v0 is None:
+                V0 = draw(op, size, distribution, gen)
+            else:
+                V0 = as_start_block(v0, n)[:, first : first + size].to(device=op.device, dtype=op.dtype)
+            state = _BatchedLanczos(
+                op, V0, steps, generator=gen, restart=restart_on_breakdown, distribution=distribution, store_basis=store
+            )
+            del V0
+            while not state.done:
+                state.step()
+                bar.update(1)
+            m = int(state.steps.max())
+            basis = state.Q[:, :m].transpose(1, 2) if keep_basis and store else None
+            runs.append((state.alphas.copy(), state.betas.copy(), state.steps.copy(), state.start_norms, basis))
+            del state
     return LanczosDecomposition(
-        alphas=state.alphas.copy(),
-        betas=state.betas.copy(),
-        steps=state.steps.copy(),
-        start_norms=state.start_norms,
-        basis=basis,
+        alphas=np.concatenate([r[0] for r in runs]),
+        betas=np.concatenate([r[1] for r in runs]),
+        steps=np.concatenate([r[2] for r in runs]),
+        start_norms=np.concatenate([r[3] for r in runs]),
+        basis=runs[0][4] if len(runs) == 1 else None,
         **prov.fields(),
         settings={
             "num_steps": int(num_steps),
             "distribution": distribution,
             "restart_on_breakdown": restart_on_breakdown,
             "reorthogonalisation": "full (CGS2)" if store else "local: three-term recurrence (memory budget)",
-            "basis_bytes": state.Q.numel() * state.Q.element_size(),
+            "basis_bytes": min(group, p)
+            * (steps + 1 if store else 2)
+            * n
+            * torch.empty((), dtype=op.dtype).element_size(),
+            "probe_groups": math.ceil(p / group),
         },
     )
 

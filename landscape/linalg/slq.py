@@ -245,7 +245,7 @@ def spectral_density(
     progress
         Show a progress bar over the Lanczos steps (all probes advance together) on stderr.
     memory_budget
-        Bytes the analysis may use (default: half the memory available now). When the bases do not fit half of it,
+        Bytes the analysis may use (default: 80% of the memory available now). When the bases do not fit half of it,
         each probe keeps two vectors (the three-term recurrence, :func:`landscape.linalg.lanczos.lanczos`); the
         quadrature stays accurate, ghost copies of converged outliers share their weight
         (``settings["reorthogonalisation"]`` says which ran).

@@ -374,7 +374,7 @@ def trace(
     progress
         Show a progress bar over the estimator's products on stderr (advanced once per block product).
     memory_budget
-        Bytes the analysis may use (default: half the memory available now). When the estimator's vectors
+        Bytes the analysis may use (default: 80% of the memory available now). When the estimator's vectors
         (:func:`trace_vectors`) do not fit half of it, Hutchinson runs instead, in blocks that fit
         (``settings["memory"]`` says so); :class:`~landscape.memory.MemoryBudgetError` if not even one probe fits.
 

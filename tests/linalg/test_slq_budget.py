@@ -66,3 +66,44 @@ def test_spectrum_top_k_within_a_budget_counts_each_eigenvalue_once(known):
     np.testing.assert_allclose(lean.eigenvalues, full.eigenvalues, rtol=1e-8)
     assert lean.eigen_converged.all()
     np.testing.assert_allclose(lean.trace.value, full.trace.value, rtol=1e-8)
+
+
+def test_probes_run_in_groups_when_not_all_fit_at_once(known):
+    lam, op = known
+    budget = 2 * 2 * PROBES * N * 8  # two vectors for every probe, not their bases
+    together = lanczos(op, 30, num_probes=PROBES, keep_basis=False, restart_on_breakdown=False, memory_budget=budget)
+    grouped = lanczos(
+        op, 30, num_probes=PROBES, keep_basis=False, restart_on_breakdown=False, memory_budget=budget, probe_group=2
+    )
+    assert together.settings["probe_groups"] == 1 and grouped.settings["probe_groups"] == PROBES // 2
+    assert grouped.num_matvecs == together.num_matvecs == PROBES * 30
+    # The groups draw the same start vectors, one group after another: the same recurrences, to rounding until the
+    # unreorthogonalised runs lose orthogonality (then rounding decides where the ghosts appear), and the same
+    # quadrature throughout.
+    np.testing.assert_allclose(grouped.alphas[:, :10], together.alphas[:, :10], rtol=1e-10)
+    from landscape.linalg.slq import SpectralDensity
+
+    moments = [SpectralDensity.from_lanczos(d, N).moments(6).value for d in (grouped, together)]
+    np.testing.assert_allclose(moments[0], moments[1], rtol=1e-8)
+
+
+def test_spectrum_of_a_problem_groups_its_probes_to_fit_the_budget():
+    import torch
+
+    from landscape.memory import estimate
+    from landscape.models import mlp
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(256, 32, generator=g), torch.randint(0, 5, (256,), generator=g)
+    problem = L.Problem(mlp(32, (128, 128), 5, seed=0), torch.nn.CrossEntropyLoss(), (X, y))
+    tight = 40 * problem.num_params * 4  # no room for the bases: the three-term recurrence
+    fits = [
+        estimate(problem, "spectrum", memory_budget=tight, num_probes=8, num_steps=15, group=m).fits for m in (8, 2)
+    ]
+    assert fits == [False, True]  # all eight probes at once do not fit, two at a time do
+    lean = L.spectrum(problem, k=3, num_probes=8, num_steps=15, memory_budget=tight)
+    assert lean.settings["probe_groups"] > 1 and lean.settings["reorthogonalisation"].startswith("local")
+    roomy = L.spectrum(problem, k=3, num_probes=8, num_steps=15, memory_budget=8 * 10 * problem.num_params * 4 * 3)
+    assert roomy.settings["probe_groups"] == 1
+    np.testing.assert_allclose(lean.trace.value, roomy.trace.value, rtol=1e-5)
+    np.testing.assert_allclose(lean.eigenvalues, roomy.eigenvalues, rtol=1e-4)
