@@ -77,6 +77,16 @@ def krylov_vectors(memory_budget: int | None, n: int, dtype: torch.dtype, device
     return int(budget * KRYLOV_SHARE) // per_vector
 
 
+def lean_basis(k: int, per_vector: int) -> int:
+    """Vectors a top-``k`` Lanczos basis holds by default (before the budget caps it): ``LEAN_BASIS_BYTES`` or
+    ``2 k + 4`` vectors, whichever is more, and at least one more than thick restart keeps. At 10^8 parameters a
+    vector costs 0.5 GB and a reorthogonalisation pass over the basis as much time as a product, while a
+    restarted basis of a few times ``k`` converges in about as many products (Wu & Simon 2000)."""
+    from landscape.linalg.thick_restart import min_basis
+
+    return max(2 * k + 4, min_basis(k) + 1, LEAN_BASIS_BYTES // per_vector)
+
+
 def gib(nbytes: float) -> str:
     """``nbytes`` as GiB (MiB below one GiB, KiB below one MiB) for messages."""
     if nbytes >= 2**30:
@@ -178,7 +188,7 @@ def _graph_bytes(problem: Problem, batch: PreparedBatch, create_graph: bool) -> 
         s = t.untyped_storage()
         if s.data_ptr() not in held:
             saved[s.data_ptr()] = s.nbytes()
-        return t
+        return t.detach()  # not t itself: that would leak the graph (see operators.hessian._GradientGraph)
 
     with problem.evaluation(order=2) as forward, torch.enable_grad():
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
@@ -237,7 +247,7 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
         if settings.get("max_basis"):
             cap = int(settings["max_basis"])
         else:
-            cap = min(cap, max(2 * k + 4, min_basis(k) + 1, LEAN_BASIS_BYTES // per_vector))
+            cap = min(cap, lean_basis(k, per_vector))
         if k == 1 and (not vectors or cap < min(steps + 1, min_basis(k) + 1)):
             need = VECTORS_WITH_RITZ if vectors else VECTORS
             return need, "three-term recurrence" + (" and the Ritz vector" if vectors else "")

@@ -40,7 +40,7 @@ from landscape.linalg.probes import Distribution, SeedLike, make_generator
 from landscape.linalg.results import EigenResult
 from landscape.linalg.short_recurrence import VECTORS, VECTORS_WITH_RITZ, ritz_vector, three_term_extreme
 from landscape.linalg.thick_restart import min_basis
-from landscape.memory import KRYLOV_SHARE, LEAN_BASIS_BYTES, MemoryBudgetError, gib, krylov_vectors, require
+from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, gib, krylov_vectors, lean_basis, require
 from landscape.operators.base import CurvatureOperator
 from landscape.progress import progress as progress_bar
 
@@ -409,17 +409,14 @@ def _verified(alphas: np.ndarray, betas: np.ndarray, restarts: list[int], k: int
 
 def _basis_cap(op: CurvatureOperator, k: int, max_basis: int | None, memory_budget: int | None) -> int:
     """Vectors the Krylov basis may hold: ``max_basis``, else what fits the memory budget, and of that no more than
-    ``LEAN_BASIS_BYTES`` or ``2 k + 4`` vectors, whichever is more: at 10^8 parameters each basis vector costs
-    0.5 GB and a reorthogonalisation pass over it as much time as a product, while a restarted basis of a few
-    times ``k`` converges in about as many products."""
+    :func:`landscape.memory.lean_basis`."""
     if max_basis is not None and (isinstance(max_basis, bool) or max_basis < 1):
         raise ValueError(f"max_basis must be a positive number of vectors, got {max_basis!r}")
     if max_basis is not None:
         return max_basis
     n = op.shape[0]
     per_vector = n * torch.empty((), dtype=op.dtype).element_size()
-    lean = max(2 * k + 4, min_basis(k) + 1, LEAN_BASIS_BYTES // per_vector)
-    return min(krylov_vectors(memory_budget, n, op.dtype, op.device), lean)
+    return min(krylov_vectors(memory_budget, n, op.dtype, op.device), lean_basis(k, per_vector))
 
 
 def _check_cap(op: CurvatureOperator, k: int, cap: int, need: int, max_basis: int | None) -> None:

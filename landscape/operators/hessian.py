@@ -44,12 +44,14 @@ class _GradientGraph:
         storages: dict[int, int] = {}
 
         def pack(t: Tensor) -> Tensor:
-            if measure:
-                s = t.untyped_storage()
-                storages[s.data_ptr()] = s.nbytes()
-            return t
+            s = t.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()
+            # Detached: a hook that hands back the tensor itself makes a node that saves its own output hold it
+            # strongly, a reference cycle through C++ that nothing collects (0.5 GB leaked per graph on GPT-2).
+            return t.detach()
 
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if measure else contextlib.nullcontext()
+        with torch.enable_grad(), hooks:
             loss = problem.batch_loss(forward, self.leaves, batch)
             grads = torch.autograd.grad(loss, list(self.leaves.values()), create_graph=True, allow_unused=True)
         self.used = [n for n, g in zip(self.leaves, grads, strict=True) if g is not None and g.requires_grad]
