@@ -489,3 +489,19 @@ def test_pca_leaves_no_trace():
     _assert_same_state(before, _state(problem.model))
     for b, m in zip(before_checkpoints, checkpoints, strict=True):
         _assert_same_state(b, _state(m))
+
+
+@pytest.mark.parametrize("make", [dirs.random, dirs.filter_normalized, dirs.layer_normalized, dirs.model_normalized])
+def test_directions_hold_their_block_and_one_parameter_at_a_time(make):
+    """Counted bytes (a tracking allocator): the ``(num, n)`` block plus a few copies of the largest parameter's
+    piece, no dicts of whole directions or flat copies beside it (on GPT-2 small each vector is 0.5 GB)."""
+    from tests.linalg.test_thick_restart import _LiveBytes
+
+    problem = _problem("cnn_bn_eval")
+    numel = max(problem.param_numels)
+    with _LiveBytes() as alloc:
+        d = make(problem, 3, seed=0)
+    block = d.vectors.numel() * d.vectors.element_size()
+    extra = 4 * numel * 8  # the float64 draw, its cast, the rescaled piece, the norms (less): a parameter's worth
+    extra += problem.num_params * d.vectors.element_size() if make is dirs.model_normalized else 0  # ||w||
+    assert alloc.peak <= block + extra, (alloc.peak - block) / (problem.num_params * 4)
