@@ -128,6 +128,7 @@ class HessianOperator(ProblemOperator):
         if i == SCRATCH:
             return self._scratch, True
         g = _GradientGraph(self.problem, forward, self.params, batch, measure=not self._cache_closed)
+        self._release()  # the build's transients, freed between the tensors the graph keeps
         if not self._warned_unused:
             warn_unused(g.unused)
             self._warned_unused = True
@@ -208,6 +209,7 @@ class HessianOperator(ProblemOperator):
                     for leaf in leaves:
                         leaf.grad = None
         check_finite(out.sum(), "curvature-vector product", -1)
+        self._release()
         return True
 
     # -------------------------------------------------------------- forward over reverse

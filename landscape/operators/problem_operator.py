@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from landscape import memory
 from landscape.operators.base import CurvatureOperator
 from landscape.problem import ParamDict, PreparedBatch, Problem, changed_in_place, check_finite, versions
 
@@ -149,7 +150,12 @@ class ProblemOperator(CurvatureOperator):
             out = self.problem.dist.all_reduce_(out.contiguous(), "all_reduce of a curvature-vector product")
         # A sum is non-finite iff some entry is (barring overflow), and costs less than an elementwise check.
         check_finite(out.sum(), "curvature-vector product", -1)
+        self._release()
         return out
+
+    def _release(self) -> None:
+        """The product's freed transients back to the system (large models on CPU; see memory.release_free_memory)."""
+        memory.release_free_memory(self.shape[0] * torch.empty((), dtype=self.dtype).element_size(), self.device)
 
     def _batches(self, widths: set[int]):
         """``(index, batch)`` pairs to multiply with, or ``None`` when everything needed is cached (then neither
