@@ -282,7 +282,7 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
             cap = int(settings["max_basis"])
         else:
             cap = min(cap, lean_basis(k, per_vector))
-        if k == 1 and (not vectors or cap < min(steps + 1, min_basis(k) + 1)):
+        if k == 1 and (settings.get("guarantee") or not vectors or cap < min(steps + 1, min_basis(k) + 1)):
             need = VECTORS_WITH_RITZ if vectors else VECTORS
             return need, "three-term recurrence" + (" and the Ritz vector" if vectors else "")
         basis = min(cap, steps + 1)

@@ -119,3 +119,23 @@ def test_measuring_a_graph_leaves_nothing_alive(problem):
         del op
         gc.collect()
     assert kept > 0 and alloc.live == Hv.numel() * Hv.element_size(), (alloc.live, kept)
+
+
+def test_large_products_hand_free_heap_pages_back(problem, monkeypatch):
+    """``malloc_trim(0)`` after every product on vectors of ``TRIM_BYTES`` or more (and after a graph's build), on
+    CPU only: it returns whole free pages and changes no allocator setting."""
+    import landscape.memory as M
+
+    calls = []
+    monkeypatch.setattr(M, "_malloc_trim", lambda: calls.append)
+    v = torch.randn(problem.num_params, generator=torch.Generator().manual_seed(0))
+    op = L.hessian(problem)
+    op @ v
+    assert calls == []  # 85k parameters: below TRIM_BYTES, nothing to gain
+    monkeypatch.setattr(M, "TRIM_BYTES", 0)
+    op @ v
+    assert calls == [0]  # the graphs are cached: one product, one trim
+    L.hessian(problem) @ v
+    assert calls == [0] * (1 + problem.num_batches + 1)  # a new operator: each batch's graph build, then the product
+    M.release_free_memory(2**40, "cuda")  # torch's caching allocator keeps its own pool
+    assert len(calls) == 2 + problem.num_batches

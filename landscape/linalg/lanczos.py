@@ -27,6 +27,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from landscape.linalg import random_start
 from landscape.linalg._common import Provenance, draw
 from landscape.linalg._ritz import (
     Which,
@@ -443,10 +444,16 @@ def _short_top(
     vectors: bool,
     warm: bool,
     progress: bool,
+    guarantee: float | None = None,
+    confidence: float = 0.99,
 ) -> EigenResult:
-    """Top-1 by the three-term recurrence (:mod:`landscape.linalg.short_recurrence`), the vector by a second run."""
+    """Top-1 by the three-term recurrence (:mod:`landscape.linalg.short_recurrence`), the vector by a second run;
+    with ``guarantee``, for at least the steps after which a random start is within ``guarantee`` of the spread
+    with probability ``confidence`` (:mod:`landscape.linalg.random_start`)."""
     pick = lambda theta: select_wanted(theta, 1, which)[0]  # noqa: E731
-    run = three_term_extreme(op, v0, pick, tol, budget, progress, keep_start=vectors)
+    n = op.shape[0]
+    min_steps = random_start.steps_for(n, guarantee, confidence) if guarantee is not None else 1
+    run = three_term_extreme(op, v0, pick, tol, budget, progress, keep_start=vectors, min_steps=min_steps)
     first = prov.num_matvecs
     vector = ritz_vector(op, v0, run)[:, None] if vectors else None
     residuals = np.array([run.residual])
@@ -472,9 +479,44 @@ def _short_top(
             "basis_vectors": VECTORS_WITH_RITZ if vectors else VECTORS,
             "basis_bytes": (VECTORS_WITH_RITZ if vectors else VECTORS) * v0.numel() * v0.element_size(),
             "ritz_vector": f"second run of the recurrence ({prov.num_matvecs - first} products)" if vectors else None,
+            "guarantee": guarantee,
+            # Kuczynski & Wozniakowski's gap-free bound for these steps (a random start, an end of the spectrum).
+            "random_start": None
+            if warm or which == "LM"
+            else {
+                "confidence": confidence,
+                "error_vs_spread": random_start.error_at(n, len(run.alphas), confidence),
+                "steps": len(run.alphas),
+            },
         },
         stacklevel=4,
     )
+
+
+def _guaranteed_budget(
+    n: int,
+    k: int,
+    which: str,
+    v0: Tensor | None,
+    guarantee: float,
+    confidence: float,
+    max_matvecs: int | None,
+    budget: int,
+) -> int:
+    """The step budget for ``guarantee``: at least :func:`random_start.steps_for`; errors for what it cannot bound."""
+    if k != 1 or which not in ("LA", "SA") or v0 is not None:
+        raise ValueError(
+            "guarantee= bounds the error of the extreme eigenvalue from a random start: it needs k=1, which='LA' or "
+            f"'SA' and no v0 (got k={k}, which={which!r}, v0 {'given' if v0 is not None else 'None'})"
+        )
+    need = random_start.steps_for(n, guarantee, confidence)
+    if max_matvecs is not None and budget < need:
+        raise ValueError(
+            f"guarantee={guarantee:g} at confidence {confidence:g} needs {need} Lanczos steps on {n:,} parameters "
+            f"(Kuczynski & Wozniakowski 1992); max_matvecs={max_matvecs} allows {budget}. Raise max_matvecs, "
+            "loosen guarantee= or lower confidence="
+        )
+    return max(budget, need)
 
 
 def _lanczos_top(
@@ -489,14 +531,18 @@ def _lanczos_top(
     max_basis: int | None = None,
     memory_budget: int | None = None,
     vectors: bool = True,
+    guarantee: float | None = None,
+    confidence: float = 0.99,
 ) -> EigenResult:
     prov = Provenance(op, seed)
     n = op.shape[0]
     budget = min(n, max(20 * k, 100)) if max_matvecs is None else min(int(max_matvecs), n)
     if budget < k:
         raise ValueError(f"Lanczos needs max_matvecs >= k={k} to produce k Ritz pairs, got {max_matvecs}")
+    if guarantee is not None:
+        budget = _guaranteed_budget(n, k, which, v0, guarantee, confidence, max_matvecs, budget)
     cap = _basis_cap(op, k, max_basis, memory_budget)
-    short = k == 1 and budget > 1 and (not vectors or cap < min(budget + 1, min_basis(k) + 1))
+    short = k == 1 and budget > 1 and (guarantee is not None or not vectors or cap < min(budget + 1, min_basis(k) + 1))
     if short:
         _check_cap(op, k, cap, VECTORS_WITH_RITZ if vectors else VECTORS, max_basis)
     else:
@@ -508,7 +554,9 @@ def _lanczos_top(
         v0 = _start_block(op, v0, 1, gen, "gaussian").sum(dim=1, keepdim=True)
     V0 = _start_block(op, v0, 1, gen, "gaussian")
     if short:
-        return _short_top(prov, op, which, tol, budget, V0[:, 0], vectors, v0 is not None, progress)
+        return _short_top(
+            prov, op, which, tol, budget, V0[:, 0], vectors, v0 is not None, progress, guarantee, confidence
+        )
     if basis <= budget:
         return thick_restart_result(prov, op, k, which, tol, budget, V0[:, 0], basis - 1, gen, v0, progress)
     state = _BatchedLanczos(op, V0, budget, generator=gen, restart=True, distribution="gaussian")
@@ -574,6 +622,8 @@ def top_eigen(
     max_basis: int | None = None,
     memory_budget: int | None = None,
     vectors: bool = True,
+    guarantee: float | None = None,
+    confidence: float = 0.99,
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator.
 
@@ -618,15 +668,25 @@ def top_eigen(
         1 GiB (``landscape.memory.LEAN_BASIS_BYTES``) or ``2 k + 4`` vectors, whichever is more: every step
         reorthogonalises against the whole basis, which at 10^8 parameters costs as much as a product.
     memory_budget
-        Bytes the analysis may use (default :func:`landscape.memory.default_budget`: half the memory available
+        Bytes the analysis may use (default :func:`landscape.memory.default_budget`: 80% of the memory available
         now). On an operator built on a problem the whole run is estimated first (:func:`landscape.memory.estimate`:
         gradient graphs, products, Krylov vectors); :class:`~landscape.memory.MemoryBudgetError` when it, or not
         even a restarted basis, fits.
     vectors
         Return the eigenvectors (default). ``k=1`` runs without a basis, on the three-term recurrence
-        (:mod:`landscape.linalg.short_recurrence`: three vectors of memory, as fast as with a basis), when
+        (:mod:`landscape.linalg.short_recurrence`: two vectors of memory, as fast as with a basis), when
         ``vectors=False`` or when the budget has no room for a restarted basis (then the vector costs a second
         run of the recurrence: twice the products, four vectors). ``vectors=False`` gives ``.vectors = None``.
+    guarantee
+        ``k=1``: also run at least the steps after which, with probability ``confidence`` over the random start,
+        the eigenvalue is within ``guarantee * (lambda_max - lambda_min)`` of the true one, whatever the gaps
+        (Kuczynski & Wozniakowski 1992; :mod:`landscape.linalg.random_start`): a Ritz residual alone certifies
+        closeness to *an* eigenvalue, and a start that holds little of the top eigenvector can settle on the one
+        below. ``ln(1.648 sqrt(n) / (1 - confidence)) / (2 sqrt(guarantee))`` steps: 230 for ``1e-3`` on 1.24e8
+        parameters. Runs on the three-term recurrence. Without it, ``settings["random_start"]`` still reports what
+        the steps taken guarantee.
+    confidence
+        Probability of ``guarantee`` (default 0.99).
 
     Returns
     -------
@@ -635,10 +695,20 @@ def top_eigen(
     """
     check_top_eigen_args(op, k, which, tol, max_matvecs)
     if method == "lanczos":
-        settings = {"k": k, "vectors": vectors, "max_basis": max_basis, "max_matvecs": max_matvecs}
+        settings = {
+            "k": k,
+            "vectors": vectors,
+            "max_basis": max_basis,
+            "max_matvecs": max_matvecs,
+            "guarantee": guarantee,
+        }
         fix = "Lower k, pass vectors=False (the top eigenvalue on two vectors), lower max_basis= or use smaller batches"
         require(op, "top_eigen", memory_budget, fix, **settings)
-        return _lanczos_top(op, k, which, tol, max_matvecs, v0, seed, progress, max_basis, memory_budget, vectors)
+        return _lanczos_top(
+            op, k, which, tol, max_matvecs, v0, seed, progress, max_basis, memory_budget, vectors, guarantee, confidence
+        )
+    if guarantee is not None:
+        raise ValueError("guarantee= is a bound for Lanczos (method='lanczos'), not for power iteration")
     if method == "power":
         from landscape.linalg.power import power_iteration
 

@@ -79,11 +79,19 @@ def _step(op: CurvatureOperator, q: Tensor, r: Tensor, beta_prev: float, alpha: 
 
 
 def three_term_extreme(
-    op: CurvatureOperator, v0: Tensor, pick, tol: float, budget: int, progress: bool = False, keep_start: bool = True
+    op: CurvatureOperator,
+    v0: Tensor,
+    pick,
+    tol: float,
+    budget: int,
+    progress: bool = False,
+    keep_start: bool = True,
+    min_steps: int = 1,
 ) -> ShortRecurrence:
     """Run the recurrence from ``v0`` until the Ritz value chosen by ``pick(theta) -> index`` has relative residual
-    ``<= tol`` (of ``max |theta|``), the space is exhausted (``beta ~ 0``: exact) or ``budget`` products are spent.
-    ``keep_start=False`` normalises ``v0`` in place and uses it as the first vector (no copy)."""
+    ``<= tol`` (of ``max |theta|``) after at least ``min_steps`` steps, the space is exhausted (``beta ~ 0``:
+    exact) or ``budget`` products are spent. ``keep_start=False`` normalises ``v0`` in place and uses it as the
+    first vector (no copy)."""
     q = v0 / v0.norm() if keep_start else v0.div_(v0.norm())
     r = torch.empty_like(q)
     alphas: list[float] = []
@@ -99,10 +107,10 @@ def three_term_extreme(
             m = len(alphas)
             exhausted = beta <= 1e-10 * max(abs(a) for a in alphas) or m >= min(budget, op.shape[0])
             # The tridiagonal solve is O(m^2): every step early on, then every ~m/10 steps.
-            if exhausted or m - last_check >= max(1, m // 10):
+            if exhausted or m == min_steps or (m > min_steps and m - last_check >= max(1, m // 10)):
                 last_check = m
                 theta, y, residual, scale = _ritz(alphas, betas, pick)
-                converged = residual <= tol * scale or beta <= 1e-10 * scale
+                converged = beta <= 1e-10 * scale or (residual <= tol * scale and m >= min_steps)
                 if converged or exhausted:
                     return ShortRecurrence(alphas, betas, theta, y, residual, scale, bool(converged))
             q, r = r.div_(beta), q  # q_{j+1}; the buffer now holds q_j, the next step's q_{j-1}
