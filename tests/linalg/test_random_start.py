@@ -3,6 +3,7 @@ formula's inverses agree, and an unlucky start that a residual test accepts on t
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -85,3 +86,14 @@ def test_guarantee_refuses_what_it_cannot_bound():
         warnings.simplefilter("error")
         r = L.top_eigen(op, which="SA", vectors=False, guarantee=1e-2, seed=0)  # the other end by symmetry
     assert abs(r.values[0]) <= 1e-2
+
+
+def test_cli_eigen_guarantee(tmp_path):
+    from tests.test_memory import _cli
+
+    r = _cli(tmp_path, "eigen", "--top-k", "1", "--guarantee", "0.01", "--max-matvecs", "400", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{") :])
+    assert out["random_start"]["error_vs_spread"] <= 0.01 and out["num_matvecs"] >= R.steps_for(out["num_params"], 0.01)
+    r = _cli(tmp_path, "eigen", "--top-k", "2", "--guarantee", "0.01")
+    assert r.exit_code != 0 and "k=1" in r.output
