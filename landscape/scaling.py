@@ -303,7 +303,7 @@ def batch_sharpness(
         warnings.simplefilter("always")
         for idx in draws:
             op = hessian(_minibatch(problem, examples, idx), engine=engine, block="loop")
-            res = top_eigen(op, 1, tol=float(tol), max_matvecs=max_matvecs, seed=gen)
+            res = top_eigen(op, 1, tol=float(tol), max_matvecs=max_matvecs, seed=gen, vectors=False)
             values.append(scale * float(res.values[0]))
             residuals.append(scale * float(res.residuals[0]))
             converged.append(bool(res.converged[0]))

@@ -1048,7 +1048,7 @@ def sharpness(
     if eigen or trace or frobenius:
         op = hessian(problem, engine=engine, block="loop" if engine != "auto" else "auto")
         if eigen:
-            lam = top_eigen(op, 1, seed=seed)
+            lam = top_eigen(op, 1, seed=seed, vectors=False)  # the value alone: two vectors of memory
             done("lambda_max")
         if trace:
             tr = estimate_trace(op, method=trace_method, num_matvecs=num_matvecs, seed=seed)

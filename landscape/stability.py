@@ -618,8 +618,17 @@ def _preconditioned_diagonal(op: CurvatureOperator, rule: _Rule) -> dict[str, An
     }
 
 
-def _top(op: CurvatureOperator, k: int, tol: float, seed: int | torch.Generator, progress: bool = False) -> EigenResult:
-    return top_eigen(op, k, tol=tol, seed=seed, progress=progress)
+def _top(
+    op: CurvatureOperator,
+    k: int,
+    tol: float,
+    seed: int | torch.Generator,
+    progress: bool = False,
+    vectors: bool = False,
+) -> EigenResult:
+    """Top eigenvalue(s); without the vectors unless asked (``k=1`` then runs on two vectors of memory: 1 GB on
+    GPT-2 small instead of a basis)."""
+    return top_eigen(op, k, tol=tol, seed=seed, progress=progress, vectors=vectors)
 
 
 # ------------------------------------------------------------------------------------------------------ per-example
@@ -852,7 +861,7 @@ def _matrix_free_stats(
     """SGD statistics without dense matrices: Lanczos, one per-example pass along ``v_1``, Hutchinson probes."""
     _check_per_example(problem)
     op = hessian(problem, engine="double_backward")
-    top = _top(_Transformed(op, shift=shift), 1, tol, gen, progress)
+    top = _top(_Transformed(op, shift=shift), 1, tol, gen, progress, vectors=True)
     lam, v1 = float(top.values[0]), top.vectors[:, 0]
     pe = _PerExample(problem)
     n, P = pe.n, problem.num_params
