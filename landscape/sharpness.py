@@ -69,6 +69,7 @@ import torch
 from scipy.optimize import Bounds, minimize
 from torch import Tensor
 
+from landscape import memory
 from landscape.examples import Examples
 from landscape.linalg import frobenius_norm, top_eigen
 from landscape.linalg import trace as estimate_trace
@@ -85,6 +86,8 @@ INITIAL_STEP = 2.0
 MAX_STEP = 16.0
 # Dimension of the random Keskar subspace in the gathered report (capped at the number of parameters).
 KESKAR_SUBSPACE_DIM = 100
+# Corrections scipy's L-BFGS-B keeps (its ``maxcor`` default): its float64 workspace holds 2 maxcor + 5 vectors.
+LBFGSB_MAXCOR = 10
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -433,6 +436,8 @@ class Sharpness:
             if part is not None:
                 space = "full space" if part.subspace_dim is None else f"{part.subspace_dim}-dim subspace"
                 lines.append(f"Keskar (eps = {part.eps:g}, {space}): {part.value:.6g} %")
+        for name, why in self.settings.get("skipped", {}).items():
+            lines.append(f"{name}: skipped, {why.split('; ')[0]}")
         lines.append(
             f"({self.num_matvecs} Hessian-vector products, {self.num_gradient_evaluations} gradient and "
             f"{self.num_loss_evaluations} loss evaluations, {self.wall_time:.2f} s)"
@@ -847,6 +852,32 @@ def average_sharpness(
     )
 
 
+def keskar_memory(problem: Problem, subspace_dim: int | None) -> tuple[int, str]:
+    """``(bytes, what)`` Keskar sharpness holds beyond the problem: the full space runs scipy's L-BFGS-B on ``P``
+    float64 coordinates (``2 maxcor + 5`` workspace vectors, ``maxcor = 10``, and about five more for the start,
+    the box, the gradient handed over and the best point), plus four parameter-sized tensors; a ``p``-dim subspace
+    holds the ``P x p`` basis and its float64 copy for the least-squares coordinates (twice: the solver's own)."""
+    n, size = problem.num_params, torch.empty((), dtype=problem.dtype).element_size()
+    if subspace_dim is None:
+        vectors = 2 * LBFGSB_MAXCOR + 5 + 5
+        return vectors * n * 8 + 4 * n * size, f"L-BFGS-B on all {n:,} coordinates ({vectors} float64 vectors)"
+    return n * subspace_dim * (size + 16), f"a {n:,} x {subspace_dim} random basis and its float64 least squares"
+
+
+def _keskar_fits(problem: Problem, subspace_dim: int | None, memory_budget: int | None) -> str | None:
+    """``None`` when Keskar sharpness fits ``memory_budget`` (default :func:`landscape.memory.default_budget`),
+    else the message of the :class:`~landscape.memory.MemoryBudgetError` it would raise."""
+    need, what = keskar_memory(problem, subspace_dim)
+    budget = memory.default_budget(problem.device) if memory_budget is None else int(memory_budget)
+    if need <= budget:
+        return None
+    return (
+        f"Keskar sharpness ({'full space' if subspace_dim is None else f'{subspace_dim}-dim subspace'}) needs "
+        f"{memory.gib(need)} for {what}; the memory budget is {memory.gib(budget)}. Use a smaller subspace_dim "
+        "(its basis is P x subspace_dim numbers), keskar=False in sharpness(), or a larger memory_budget="
+    )
+
+
 def keskar_sharpness(
     problem: Problem,
     eps: float = 1e-3,
@@ -855,6 +886,7 @@ def keskar_sharpness(
     maxiter: int = 10,
     maxfun: int | None = None,
     seed: SeedLike = 0,
+    memory_budget: int | None = None,
 ) -> KeskarSharpness:
     """Keskar et al. 2017 epsilon-sharpness ``100 [max_{y in C_eps} f(x + A y) - f(x)] / (1 + f(x))``.
 
@@ -877,6 +909,10 @@ def keskar_sharpness(
         Budget of loss-and-gradient evaluations inside L-BFGS-B (default ``5 maxiter + 5``).
     seed : int or torch.Generator
         For ``A`` and the random start.
+    memory_budget : int, optional
+        Bytes it may hold (:func:`keskar_memory`; default :func:`landscape.memory.default_budget`):
+        :class:`~landscape.memory.MemoryBudgetError` before anything runs when it does not fit (the full space on
+        GPT-2 small needs 32 GB, a 100-dim subspace 250 GB).
 
     Returns
     -------
@@ -893,6 +929,9 @@ def keskar_sharpness(
         if subspace_dim > n:
             raise ValueError(f"subspace_dim = {subspace_dim} exceeds the number of parameters P = {n}")
     _check_seed(seed)
+    refused = _keskar_fits(problem, subspace_dim, memory_budget)
+    if refused is not None:
+        raise memory.MemoryBudgetError(refused)
     gen = make_generator(seed)
 
     x = problem.params_vector()
@@ -982,9 +1021,10 @@ def sharpness(
     sam: bool = True,
     asam: bool = True,
     average: bool = True,
-    keskar: bool = True,
+    keskar: bool | str = "auto",
     engine: str = "double_backward",
     progress: bool = False,
+    memory_budget: int | None = None,
 ) -> Sharpness:
     """Curvature summaries and every sharpness measure of the current point, in one report.
 
@@ -1017,12 +1057,17 @@ def sharpness(
         supported by BackPACK's second-order backpropagation and Hutch++ otherwise (``trace.settings["note"]`` says
         which ran and why).
     eigen, trace, frobenius, sam, asam, average, keskar
-        Set to ``False`` to skip that (expensive) part; it is then ``None`` in the result.
+        Set to ``False`` to skip that (expensive) part; it is then ``None`` in the result. ``keskar="auto"``
+        (default) runs each Keskar part that fits ``memory_budget`` and records why the others were skipped in
+        ``settings["skipped"]`` (at 10^7-10^8 parameters neither L-BFGS-B on every coordinate nor a 100-column
+        random basis fits); ``True`` runs both or raises :class:`~landscape.memory.MemoryBudgetError`.
     engine
         Hessian-vector product engine; fixed by default (with column-by-column blocks) so the same seed gives
         bit-identical results, ``"auto"`` picks the fastest by timing.
     progress : bool
         Show a progress bar over the parts (eigenvalue, trace, ..., each SAM ascent, the average-case draws) on stderr.
+    memory_budget : int, optional
+        Bytes the Keskar parts may hold (default :func:`landscape.memory.default_budget`).
 
     Returns
     -------
@@ -1073,12 +1118,24 @@ def sharpness(
         avg = average_sharpness(problem, rho, num_samples=num_samples, seed=seed)
         done("average")
     kes = kes_sub = None
+    if keskar not in (True, False, "auto"):
+        raise ValueError(f"keskar must be True, False or 'auto', got {keskar!r}")
+    skipped: dict[str, str] = {}
     if keskar:
-        kes = keskar_sharpness(problem, eps, maxiter=maxiter, seed=seed)
-        done("Keskar")
-        if subspace_dim is not None:
-            kes_sub = keskar_sharpness(problem, eps, subspace_dim=subspace_dim, maxiter=maxiter, seed=seed)
-            done("Keskar subspace")
+        for dim, name in ((None, "Keskar"), (subspace_dim, "Keskar subspace")):
+            if name == "Keskar subspace" and dim is None:
+                continue
+            refused = _keskar_fits(problem, dim, memory_budget) if keskar == "auto" else None
+            if refused is not None:
+                skipped[name] = refused
+            else:
+                part = keskar_sharpness(
+                    problem, eps, subspace_dim=dim, maxiter=maxiter, seed=seed, memory_budget=memory_budget
+                )
+                kes, kes_sub = (part, kes_sub) if dim is None else (kes, part)
+            done(name)
+    if skipped:
+        settings["skipped"] = skipped
     bar.close()
     settings.update(
         {
@@ -1119,6 +1176,7 @@ __all__ = [
     "SAMSharpness",
     "Sharpness",
     "average_sharpness",
+    "keskar_memory",
     "keskar_sharpness",
     "sam_sharpness",
     "sharpness",

@@ -382,6 +382,28 @@ def test_sharpness_gathers_every_measure_with_its_error_bar():
     assert "average-case" in lean.summary()
 
 
+def test_keskar_says_when_it_cannot_fit_and_sharpness_skips_it_with_the_reason():
+    """At 10^7-10^8 parameters neither L-BFGS-B on every coordinate nor a 100-column basis fits: keskar_sharpness
+    refuses before any evaluation, naming need, budget and fix; sharpness(keskar="auto") runs the rest."""
+    from landscape.memory import MemoryBudgetError
+    from landscape.sharpness import keskar_memory
+
+    X, Y = _data()
+    problem = Problem(_least_squares_model(X, Y), nn.MSELoss(), (X, Y))
+    full, _ = keskar_memory(problem, None)
+    sub, what = keskar_memory(problem, 3)
+    assert full == 30 * 8 * 8 + 4 * 8 * 8 and sub == 8 * 3 * (8 + 16) and "8 x 3" in what
+    with pytest.raises(MemoryBudgetError, match=r"needs 2.1 KiB .* budget is 1.0 KiB.*subspace_dim"):
+        keskar_sharpness(problem, 1e-3, memory_budget=1024)
+    s = sharpness(problem, 0.05, steps=2, subspace_dim=3, num_samples=4, seed=0, memory_budget=1000)
+    assert s.keskar is None and s.keskar_subspace is not None  # the 576-byte subspace fits, the full space not
+    assert "needs 2.1 KiB" in s.settings["skipped"]["Keskar"] and "Keskar: skipped" in s.summary()
+    with pytest.raises(MemoryBudgetError):
+        sharpness(problem, 0.05, subspace_dim=3, seed=0, keskar=True, memory_budget=1000)
+    with pytest.raises(ValueError, match="keskar must be"):
+        sharpness(problem, keskar="yes")
+
+
 # ------------------------------------------------------------------------------------------------ provenance
 def test_same_seed_is_bit_identical_and_the_global_rng_untouched():
     X, Y = _data()
