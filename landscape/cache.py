@@ -171,7 +171,7 @@ def key_for(problem: Any, kind: str, config: Mapping[str, Any], *, order_free: b
     and the problem is in eval mode: such a result is shared by any batching and any number of data-parallel ranks.
     Otherwise it is :meth:`Problem.data_fingerprint` (the batches in order).
     """
-    state = {**problem._fixed_state(), **problem.params_dict()}
+    state = {**problem._fixed_state(), **problem.params_dict(share=True)}
     full = {
         "kind": str(kind),
         # Without the ranks and shard sizes of a data-parallel run: the data fingerprint describes the whole data

@@ -430,7 +430,7 @@ def check_data_fits(problem) -> None:
     what = f"inputs of shape {shape}" if pairs else f"the batch {shape}"
     try:
         with torch.no_grad(), problem.evaluation(order=0) as forward:
-            outputs = objective.outputs(problem.model_fn(forward, problem.params_dict()), first.data)
+            outputs = objective.outputs(problem.model_fn(forward, problem.params_dict(share=True)), first.data)
     except Exception as err:
         raise UserError(
             f"the data do not fit the model: the first batch has {what} and the forward pass fails "

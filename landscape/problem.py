@@ -236,7 +236,7 @@ class Problem:
 
     def params_vector(self) -> Tensor:
         """The current selected parameters as one flat vector (a copy)."""
-        return self.flatten(self.params_dict())
+        return self.flatten(self.params_dict(share=True))
 
     def _fixed_state(self) -> ParamDict:
         """Unselected parameters and all buffers, on the problem's device/dtype, detached."""
@@ -299,7 +299,7 @@ class Problem:
         if count is None:  # a custom adapter: its weight is known by evaluating it
             with torch.no_grad(), self.evaluation(order=0) as forward:
                 data = self._prepare(batch, index)
-                _, count = self.objective(self.model_fn(forward, self.params_dict()), data)
+                _, count = self.objective(self.model_fn(forward, self.params_dict(share=True)), data)
         if not count > 0:
             raise DataError(
                 f"batch {index} has nothing to average the loss over (its weight is {count}: every label is "
@@ -602,7 +602,7 @@ class Problem:
         """
         if rtol is None:
             rtol = 1e-5 if self.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10
-        params = self.params_dict()
+        params = self.params_dict(share=True)
         with self.evaluation(order=1) as forward:
             l1, g1 = self._loss_and_grad(forward, params)
             l2, g2 = self._loss_and_grad(forward, params)

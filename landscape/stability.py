@@ -667,7 +667,7 @@ class _PerExample:
         Returns ``(c, P)`` or ``(c, m, P)``.
         """
         problem = self.problem
-        params = problem.params_dict()
+        params = problem.params_dict(share=True)  # read only: no copy of the weights per chunk
         examples = take(self.data, rows)
         count = rows.stop - rows.start
         randomness = "different" if problem.mode == "train" else "error"
