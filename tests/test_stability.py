@@ -135,6 +135,34 @@ def test_sgd_family_threshold_matches_bisection_on_torch_sgd(momentum, nesterov,
     assert found == pytest.approx(predicted, rel=1e-3)
 
 
+@pytest.mark.parametrize(
+    "momentum, nesterov, formula",
+    [
+        (0.0, False, lambda lam, b: 2 / lam),
+        (0.9, False, lambda lam, b: (2 + 2 * b) / lam),
+        (0.9, True, lambda lam, b: (2 + 2 * b) / ((1 + 2 * b) * lam)),
+    ],
+    ids=["gd", "heavy_ball", "nesterov"],
+)
+def test_coupled_weight_decay_shifts_the_sgd_family_thresholds(momentum, nesterov, formula):
+    """``w <- w - lr (grad L + wd w)`` iterates ``I - lr (H + wd I)`` around its own fixed point
+    ``(H + wd I)^-1 H w*``: every threshold is the one of ``lambda_max(H) + wd``, checked by bisection on torch's SGD
+    (dropping the shift would predict the threshold of ``lambda_max(H)`` alone, 25% too large here)."""
+    q = Regression()
+    wd = 0.25 * q.lam  # the shift moves every threshold by 20%, far beyond the bisection's 1e-3
+    model = q.model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    predicted = stability(q.problem(model), opt).max_stable_lr
+    assert predicted == pytest.approx(formula(q.lam + wd, momentum), rel=1e-6)
+    center = torch.linalg.solve(q.H + wd * torch.eye(q.d, dtype=F64), q.H @ q.w_star)
+
+    def make(params, lr):
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+
+    found = _critical_lr(lambda lr: q.diverges(make, lr, center=center), predicted)
+    assert found == pytest.approx(predicted, rel=1e-3)
+
+
 def _frozen_adam(pre: torch.Tensor, weight_decay: float = 0.0, decoupled: bool = False, momentum0=None):
     """Real torch.optim.Adam/AdamW whose preconditioner stays sqrt(max_exp_avg_sq) + eps: AMSGrad's running maximum
     is set far above any v the run reaches, and the step count is large enough that both bias corrections are 1.
