@@ -81,3 +81,41 @@ def test_spectrum_of_an_operator_and_bad_arguments():
         spectrum(op, subsets=2)
     with pytest.raises(ValueError, match="k must be"):
         spectrum(op, k=50, num_steps=40)
+
+
+def test_each_subset_is_the_spectrum_of_its_own_data():
+    """``subsets=3`` on three batches: subset ``j`` is batch ``j`` alone (batch ``b`` goes to part ``b mod k``). With
+    ``num_steps = P`` its SLQ top eigenvalue is that batch's exact one, and its trace is within five Hutchinson
+    standard deviations (``sqrt(2 / probes) ||H_j||_F`` for Gaussian probes) of that batch's exact trace: computing
+    every subset on the whole data fails both."""
+    import dataclasses
+
+    case = make_case("mlp")  # 27 examples in batches of 10, 10, 7
+    p = problem_of(case)
+    P, probes = p.num_params, 6
+    s = spectrum(p, k=1, num_probes=probes, num_steps=P, subsets=3, seed=2)
+    whole = torch.linalg.eigvalsh(reference_hessian(case))[-1]
+    for j, lo in enumerate(range(0, 27, 10)):
+        part = dataclasses.replace(case, X=case.X[lo : lo + 10], y=case.y[lo : lo + 10])
+        H = reference_hessian(part)
+        lam = float(torch.linalg.eigvalsh(H)[-1])
+        assert abs(lam - whole) > 1e-3 * abs(whole)  # the subsets differ from the whole
+        assert s.subsets.lambda_max[j] == pytest.approx(lam, rel=1e-8)
+        assert abs(s.subsets.traces[j] - float(torch.trace(H))) <= 5 * math.sqrt(2 / probes) * float(H.norm())
+        assert s.subsets.sizes[j] == part.y.numel()
+
+
+def test_spectrum_of_the_ggn_is_the_ggn_s():
+    """``operator="ggn"``: the top eigenvalues are the dense GGN's, not the Hessian's (they differ here)."""
+    from tests.operators.test_operators import _reference_ggn_and_fisher
+
+    case = make_case("mlp")
+    G, _ = _reference_ggn_and_fisher(case)
+    H = reference_hessian(case)
+    P = G.shape[0]
+    s = spectrum(problem_of(case), k=2, num_probes=2, num_steps=P, operator="ggn", seed=0)
+    exact = torch.linalg.eigvalsh(G).flip(0)[:2].numpy()
+    assert not np.allclose(exact, torch.linalg.eigvalsh(H).flip(0)[:2].numpy(), rtol=1e-3)
+    np.testing.assert_allclose(s.eigenvalues, exact, rtol=1e-8)
+    assert abs(s.trace.value - float(torch.trace(G))) <= 5 * s.trace.stderr + 1e-10
+    assert s.settings["operator"] == "ggn"
