@@ -15,16 +15,7 @@ import landscape as L
 from landscape.linalg import random_start as R
 from landscape.linalg.lanczos import _start_block
 from landscape.linalg.probes import make_generator
-from landscape.operators.base import CurvatureOperator
-
-
-class _Diagonal(CurvatureOperator):
-    def __init__(self, lam: torch.Tensor):
-        super().__init__(lam.numel(), lam.dtype, lam.device)
-        self.lam = lam
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self.lam[:, None] * V
+from tests.linalg.helpers import DiagonalOperator
 
 
 @pytest.mark.parametrize("n", [1_000, 10**6, 124_439_808])
@@ -49,7 +40,7 @@ def test_gpt2_small_needs_230_steps_for_1e_3():
 def test_an_unlucky_start_passes_the_residual_test_on_the_second_eigenvalue_and_guarantee_catches_it():
     n = 20_000
     lam = np.concatenate([[1.0, 0.99], 0.95 * np.random.default_rng(0).random(n - 2)])
-    op = _Diagonal(torch.tensor(lam))
+    op = DiagonalOperator(torch.tensor(lam))
     spread = lam.max() - lam.min()
     # The seed whose start vector holds the least of the top eigenvector e_1 (top_eigen's own draw).
     weight = [
@@ -71,7 +62,7 @@ def test_an_unlucky_start_passes_the_residual_test_on_the_second_eigenvalue_and_
 
 
 def test_guarantee_refuses_what_it_cannot_bound():
-    op = _Diagonal(torch.linspace(0, 1, 500, dtype=torch.float64))
+    op = DiagonalOperator(torch.linspace(0, 1, 500, dtype=torch.float64))
     with pytest.raises(ValueError, match="k=1"):
         L.top_eigen(op, k=2, guarantee=1e-3)
     with pytest.raises(ValueError, match="v0"):

@@ -11,8 +11,12 @@ import torch
 import landscape as L
 from landscape.linalg.short_recurrence import VECTORS, VECTORS_WITH_RITZ
 from landscape.memory import MemoryBudgetError
-from landscape.operators.base import CurvatureOperator
-from tests.linalg.helpers import assert_same_rng_state, global_rng_state, operator_with_spectrum
+from tests.linalg.helpers import (
+    DiagonalOperator,
+    assert_same_rng_state,
+    global_rng_state,
+    operator_with_spectrum,
+)
 from tests.linalg.test_thick_restart import _LiveBytes, spectrum_with_gaps
 
 
@@ -50,20 +54,11 @@ def test_vector_by_a_second_run_when_no_restarted_basis_fits():
     assert float((H @ v - res.values[0] * v).norm()) <= res.residuals[0] + 1e-9 * lam.max()
 
 
-class _Diagonal(CurvatureOperator):
-    def __init__(self, d: torch.Tensor):
-        super().__init__(d.numel(), d.dtype, d.device)
-        self.d = d
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self.d[:, None] * V
-
-
 def test_memory_is_three_vectors_and_same_seed_same_bits():
     n = 20000
     lam = spectrum_with_gaps(n, seed=5)
     lam[1] = 9.9  # a close second: many steps
-    op = _Diagonal(torch.as_tensor(lam))
+    op = DiagonalOperator(torch.as_tensor(lam))
     vector = n * 8
     before = global_rng_state()
     with _LiveBytes() as alloc:
