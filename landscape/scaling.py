@@ -55,6 +55,7 @@ from torch import Tensor
 from landscape.examples import Examples
 from landscape.linalg import ConvergenceWarning, top_eigen
 from landscape.operators import hessian
+from landscape.operators.base import CurvatureOperator
 from landscape.problem import Problem
 from landscape.progress import progress as progress_bar
 
@@ -468,6 +469,11 @@ def _stderr(samples: np.ndarray) -> float:
     return float(samples.std(ddof=1) / math.sqrt(samples.size)) if samples.size > 1 else math.nan
 
 
+def _curvature_along(op: CurvatureOperator, v: Tensor) -> float:
+    """``v^T H v`` by one product."""
+    return float((v * (op @ v)).sum())
+
+
 def gradient_noise_scale(
     problem: Problem,
     *,
@@ -488,9 +494,9 @@ def gradient_noise_scale(
 
     both unbiased; they are averaged over pairs and ``B_simple = mean tr(Sigma) / mean |G|^2``. The Hessian-weighted
     scale uses the full-data gradient ``G`` and Hessian ``H``: ``tr(H Sigma) ~ mean (G_s - G)^T H (G_s - G) / x_s``,
-    ``B_noise = tr(H Sigma) / (G^T H G)`` and ``eps_max = |G|^2 / (G^T H G)`` (all ``num_pairs + 1`` products in one
-    block). ``B_noise`` is the critical batch size: the optimal step ``eps_opt(B) = eps_max / (1 + B_noise / B)``
-    grows linearly below it and saturates above it.
+    ``B_noise = tr(H Sigma) / (G^T H G)`` and ``eps_max = |G|^2 / (G^T H G)`` (``num_pairs + 1`` products, each
+    pair's as it is drawn: memory does not grow with ``num_pairs``). ``B_noise`` is the critical batch size: the
+    optimal step ``eps_opt(B) = eps_max / (1 + B_noise / B)`` grows linearly below it and saturates above it.
 
     Parameters
     ----------
@@ -538,7 +544,11 @@ def gradient_noise_scale(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x_s, x_b = finite_population_factor(small, n), finite_population_factor(large, n)
     num_grads = 1
-    sq_small, sq_large, deviations = [], [], []
+    # One product per pair as it is drawn: nothing parameter-sized outlives its pair (num_pairs deviations and their
+    # products held at once would be 33 GB on GPT-2 small's 1.24e8 parameters).
+    op = hessian(problem, engine=engine, block="loop")
+    quad = [_curvature_along(op, G)]
+    sq_small, sq_large = [], []
     for _ in range(num_pairs):
         perm = torch.randperm(n, generator=gen)
         g_s = _loss_scale(problem, small, n) * _minibatch(problem, examples, perm[:small]).loss_and_grad()[1]
@@ -550,7 +560,8 @@ def gradient_noise_scale(
         num_grads += 1
         sq_small.append(float(g_s @ g_s))
         sq_large.append(float(g_b @ g_b))
-        deviations.append(g_s - G)
+        quad.append(_curvature_along(op, g_s.sub_(G)))
+        del g_s, g_b
     sq_small, sq_large = np.asarray(sq_small), np.asarray(sq_large)
     trace_samples = (sq_small - sq_large) / (x_s - x_b)
     norm_samples = (x_s * sq_large - x_b * sq_small) / (x_s - x_b)
@@ -563,10 +574,7 @@ def gradient_noise_scale(
             stacklevel=2,
         )
 
-    op = hessian(problem, engine=engine, block="loop")
-    V = torch.stack([G, *deviations], dim=1)
-    HV = op @ V
-    quad = (V * HV).sum(dim=0).to(torch.float64).cpu().numpy()
+    quad = np.asarray(quad)
     ghg = float(quad[0])
     h_sigma_samples = quad[1:] / x_s
     grad_norm_sq = float(G @ G)

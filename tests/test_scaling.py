@@ -230,6 +230,20 @@ def test_noise_scale_is_invariant_to_the_loss_reduction():
     assert b.eps_max == pytest.approx(a.eps_max / 300, rel=1e-9)
 
 
+def test_noise_scale_memory_does_not_grow_with_the_pairs():
+    """Counted bytes: each pair's deviation is multiplied as it is drawn, so 40 pairs hold what 4 do (33 stored
+    deviations and their products would be 33 GB on GPT-2 small)."""
+    from tests.linalg.test_thick_restart import _LiveBytes
+
+    problem, _, _ = regression(300, 4, noise=1.0, offset=0.5)
+    peaks = []
+    for pairs in (4, 40):
+        with _LiveBytes() as alloc:
+            gradient_noise_scale(problem, small_batch=5, large_batch=60, num_pairs=pairs, seed=4)
+        peaks.append(alloc.peak)
+    assert peaks[1] <= peaks[0] + 8 * problem.num_params * 8, peaks  # a few vectors of slack, not 36
+
+
 def test_finite_population_factor():
     assert finite_population_factor(1, 10) == 1.0
     assert finite_population_factor(10, 10) == 0.0
