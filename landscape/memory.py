@@ -366,8 +366,10 @@ def estimate(
         ) + " and the gradient"
         width = min(block_width(analysis, settings), DEFAULT_MAX_BLOCK)
         # A block may go through a batched (vmapped) strategy, holding every column's transients at once, unless
-        # the operator rules that out because they would not fit (HessianOperator._clear_choice).
-        batched = width > 1 and (g.one + per_vector) * width <= budget
+        # the operator rules that out: they would not fit, or the model is large (HessianOperator._clear_choice).
+        from landscape.operators.hessian import TRIALS_MAX_VECTOR_BYTES
+
+        batched = width > 1 and per_vector < TRIALS_MAX_VECTOR_BYTES and (g.one + per_vector) * width <= budget
         copies = width if batched else 1
         parts["backward transients"] = 2 * g.forward * copies
         notes["backward transients"] = (

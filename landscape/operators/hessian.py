@@ -34,6 +34,11 @@ from landscape.operators.problem_operator import (
 from landscape.problem import PreparedBatch, Problem, check_finite, warn_unused
 
 DEFAULT_GRAPH_MEMORY = 2 * 1024**3
+#: Vectors of at least this many bytes (16M float32 parameters): blocks loop over their columns on the cached graph
+#: without timing trials. On GPT-2 small the trials for a block of 4 (batched double backward, forward-over-reverse
+#: with and without vmap, all on the whole batch) took 10 minutes and held 13.8 GiB, while the loop holds one column's
+#: transients, which is what the memory estimate assumes and the budget was checked against.
+TRIALS_MAX_VECTOR_BYTES = 2**26
 
 
 class _GradientGraph:
@@ -146,14 +151,17 @@ class HessianOperator(ProblemOperator):
 
         One vector: a product on the batch's gradient graph is one backward pass over it, which no other strategy
         undercuts (forward-over-reverse repeats the forward and backward every time; measured 1.9x vs 4.2x a
-        gradient on a GPT-2). A block: the batched strategies hold ``k`` copies of the batch's activations; when
+        gradient on a GPT-2). Vectors of ``TRIALS_MAX_VECTOR_BYTES`` or more: the column loop, untimed (the trials
+        alone cost more than they could save, and more memory than the estimate allows). A block: the batched
+        strategies hold ``k`` copies of the batch's activations; when
         ``MEASURE_COLUMNS`` copies of its gradient graph do not fit into half of the machine's memory (or the graph
         is too big to be kept), the column loop on the graph is the only choice that fits, and timing the others
         would itself run out of memory.
         """
         if "double_backward" not in candidates:
             return super()._clear_choice(k, candidates, forward, i, batch)
-        if k == 1 or self.block == "loop":
+        vector_bytes = self.shape[0] * torch.empty((), dtype=self.dtype).element_size()
+        if k == 1 or self.block == "loop" or vector_bytes >= TRIALS_MAX_VECTOR_BYTES:
             return "double_backward"
         g, kept = self._graph(forward, i, batch)
         if not kept or g.nbytes * min(k, MEASURE_COLUMNS) > memory.default_budget(self.problem.device):
