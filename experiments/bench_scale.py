@@ -278,14 +278,11 @@ def run_trace(workload: str) -> dict:
 
 def run_spectrum(workload: str) -> dict:
     p = problem(workload)
-    # The estimate of the probe group spectrum() will choose: the most probes at once that fit the budget.
-    info, group = {}, 8
-    while group >= 1:
-        est = landscape.memory.estimate(p, "spectrum", num_probes=8, num_steps=40, group=group)
-        if est.fits:
-            info = {"estimate_gib": est.total / 2**30, "estimate_parts": {k: v / 2**30 for k, v in est.parts.items()}}
-            break
-        group -= 1
+    # The estimate of the probe group spectrum() will choose (the most probes at once that fit the budget).
+    from landscape.spectrum import _probe_group
+
+    group = _probe_group(landscape.hessian(p), 8, 40, None)
+    info = estimate(p, "spectrum", num_probes=8, num_steps=40, group=group)
     t0 = time.perf_counter()
     s = landscape.spectrum(p, seed=SEED)
     return {

@@ -121,6 +121,14 @@ def lean_basis(k: int, per_vector: int) -> int:
     return max(2 * k + 4, min_basis(k) + 1, LEAN_BASIS_BYTES // per_vector)
 
 
+def uses_three_term(k: int, vectors: bool, cap: int, steps: int, guarantee: float | None = None) -> bool:
+    """Whether ``top_eigen`` runs the two-vector three-term recurrence: ``k = 1`` and more than one step, and a
+    gap-free ``guarantee``, no vector wanted, or no room (``cap`` vectors) for the smallest restarted basis."""
+    from landscape.linalg.thick_restart import min_basis
+
+    return k == 1 and steps > 1 and (guarantee is not None or not vectors or cap < min(steps + 1, min_basis(k) + 1))
+
+
 def gib(nbytes: float) -> str:
     """``nbytes`` as GiB (MiB below one GiB, KiB below one MiB) for messages."""
     if nbytes >= 2**30:
@@ -273,7 +281,7 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
         return width, f"{width} input vector(s)"
     if analysis == "top_eigen":
         from landscape.linalg.short_recurrence import VECTORS, VECTORS_WITH_RITZ
-        from landscape.linalg.thick_restart import kept_after_restart, min_basis
+        from landscape.linalg.thick_restart import kept_after_restart
 
         k = int(settings.get("k", 1))
         vectors = bool(settings.get("vectors", True))
@@ -282,7 +290,7 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
             cap = int(settings["max_basis"])
         else:
             cap = min(cap, lean_basis(k, per_vector))
-        if k == 1 and (settings.get("guarantee") or not vectors or cap < min(steps + 1, min_basis(k) + 1)):
+        if uses_three_term(k, vectors, cap, steps, settings.get("guarantee")):
             need = VECTORS_WITH_RITZ if vectors else VECTORS
             return need, "three-term recurrence" + (" and the Ritz vector" if vectors else "")
         basis = min(cap, steps + 1)

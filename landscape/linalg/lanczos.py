@@ -41,7 +41,15 @@ from landscape.linalg.probes import Distribution, SeedLike, make_generator
 from landscape.linalg.results import EigenResult
 from landscape.linalg.short_recurrence import VECTORS, VECTORS_WITH_RITZ, ritz_vector, three_term_extreme
 from landscape.linalg.thick_restart import min_basis
-from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, gib, krylov_vectors, lean_basis, require
+from landscape.memory import (
+    KRYLOV_SHARE,
+    MemoryBudgetError,
+    gib,
+    krylov_vectors,
+    lean_basis,
+    require,
+    uses_three_term,
+)
 from landscape.operators.base import CurvatureOperator
 from landscape.progress import progress as progress_bar
 
@@ -542,7 +550,7 @@ def _lanczos_top(
     if guarantee is not None:
         budget = _guaranteed_budget(n, k, which, v0, guarantee, confidence, max_matvecs, budget)
     cap = _basis_cap(op, k, max_basis, memory_budget)
-    short = k == 1 and budget > 1 and (guarantee is not None or not vectors or cap < min(budget + 1, min_basis(k) + 1))
+    short = uses_three_term(k, vectors, cap, budget, guarantee)
     if short:
         _check_cap(op, k, cap, VECTORS_WITH_RITZ if vectors else VECTORS, max_basis)
     else:
