@@ -6,6 +6,7 @@ analyses (``spectrum``, ``roughness``, ``surface``) -> plots (``plot``) -> CLI; 
 """
 
 from landscape import losses
+from landscape._version import __version__ as __version__
 from landscape.attention import AttentionKernelError
 from landscape.cache import Cache, CacheError, CacheLockedError
 from landscape.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_hf, load_model
@@ -62,8 +63,6 @@ from landscape.sharpness import (
 )
 from landscape.spectrum import Spectrum, spectrum
 from landscape.stability import Criterion, EdgeOfStabilityTracker, StabilityReport, stability
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ExactDiagonal",

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape._version import __version__
+
 FORMAT = "landscape-cache"
 FORMAT_VERSION = 1
 
@@ -69,10 +71,7 @@ class CacheLockedError(CacheError):
 
 
 def _library_version() -> str:
-    # Imported late: landscape/__init__ imports the modules that import this one.
-    import landscape
-
-    return landscape.__version__
+    return __version__
 
 
 def _now() -> str:

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.examples import Examples
+from landscape.example_pool import Examples
 from landscape.linalg import ConvergenceWarning, top_eigen
 from landscape.operators import hessian
 from landscape.operators.base import CurvatureOperator
@@ -109,7 +109,7 @@ def _loss_scale(problem: Problem, batch_size: int, n: int) -> float:
 
 def _minibatch(problem: Problem, examples: Examples, idx: Tensor) -> Problem:
     """The problem restricted to the examples ``idx`` (global indices), as one batch (one BatchNorm batch in train
-    mode). Data-parallel, the minibatch is gathered onto every rank (:mod:`landscape.examples`), except the whole
+    mode). Data-parallel, the minibatch is gathered onto every rank (:mod:`landscape.example_pool`), except the whole
     data set in eval mode, which stays sharded: the full-data problem itself."""
     whole = idx.numel() == problem.num_samples and bool((idx == torch.arange(idx.numel())).all())
     if problem.dist is not None and whole and problem.mode == "eval":

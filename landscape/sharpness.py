@@ -70,7 +70,7 @@ from scipy.optimize import Bounds, minimize
 from torch import Tensor
 
 from landscape import memory
-from landscape.examples import Examples
+from landscape.example_pool import Examples
 from landscape.linalg import frobenius_norm, top_eigen
 from landscape.linalg import trace as estimate_trace
 from landscape.linalg.probes import SeedLike, make_generator, sample_probes, seed_record

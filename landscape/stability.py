@@ -76,7 +76,7 @@ from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 
 from landscape.batch import take
-from landscape.examples import Examples
+from landscape.example_pool import Examples
 from landscape.linalg import EigenResult, top_eigen
 from landscape.linalg.probes import make_generator, sample_probes
 from landscape.operators import hessian, hessian_dense

@@ -389,7 +389,7 @@ def test_gpt2_per_example_hessians_average_to_the_hessian_over_uneven_lengths():
     """The examples of batches of different lengths are joined by right padding (attention_mask 0): the
     per-example Hessians (one sequence at a time: the model's mask code does not run under vmap) average to H, and
     the padded pool's token mean is the data's."""
-    from landscape.examples import Examples
+    from landscape.example_pool import Examples
     from landscape.stability import _PerExample
 
     model = gpt2()

@@ -171,7 +171,7 @@ def deflated_sketch(
     return deflate(op, Y, g, distribution, gen, block_size)
 
 
-class Provenance:
+class Meter:
     """Start of one estimator call: counts the operator's matvecs and the wall time from here, records the seed."""
 
     def __init__(self, op: CurvatureOperator, seed: Any) -> None:

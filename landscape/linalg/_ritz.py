@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.linalg._common import Provenance
+from landscape.linalg._common import Meter
 from landscape.linalg.results import ConvergenceWarning, EigenResult
 from landscape.linalg.thick_restart import kept_after_restart, thick_restart_top
 from landscape.operators.base import CurvatureOperator
@@ -68,7 +68,7 @@ def warn_not_converged(
 
 
 def eigen_result(
-    prov: Provenance,
+    prov: Meter,
     *,
     method: str,
     k: int,
@@ -112,7 +112,7 @@ def eigen_result(
 
 
 def thick_restart_result(
-    prov: Provenance,
+    prov: Meter,
     op: CurvatureOperator,
     k: int,
     which: str,
@@ -151,7 +151,7 @@ def thick_restart_result(
 
 
 def lanczos_result(
-    prov: Provenance,
+    prov: Meter,
     *,
     k: int,
     which: str,

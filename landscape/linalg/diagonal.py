@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from landscape.linalg._common import (
-    Provenance,
+    Meter,
     as_operator,
     check_budget,
     default_block_size,
@@ -160,7 +160,7 @@ def _estimate(
     distribution: Distribution,
     block_size: int | None,
 ) -> Estimate:
-    prov = Provenance(op, seed)
+    prov = Meter(op, seed)
     gen = make_generator(seed)
     acc = _RatioAccumulator()
     settings: dict = {"distribution": distribution}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from landscape.linalg._common import (
-    Provenance,
+    Meter,
     check_budget,
     default_block_size,
     mean_and_stderr,
@@ -51,7 +51,7 @@ def frobenius_norm(
         ``value``/``stderr`` for the norm, ``squared``/``squared_stderr`` for its square, ``samples`` the
         ``||H z_j||^2``.
     """
-    prov = Provenance(op, seed)
+    prov = Meter(op, seed)
     check_distribution(distribution)
     check_budget(num_matvecs, 1, "frobenius_norm")
     gen = make_generator(seed)

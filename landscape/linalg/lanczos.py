@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from landscape.linalg import random_start
-from landscape.linalg._common import Provenance, draw
+from landscape.linalg._common import Meter, draw
 from landscape.linalg._ritz import (
     Which,
     check_top_eigen_args,
@@ -316,7 +316,7 @@ def lanczos(
     -------
     LanczosDecomposition
     """
-    prov = Provenance(op, seed)
+    prov = Meter(op, seed)
     n = op.shape[0]
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -443,7 +443,7 @@ def _check_cap(op: CurvatureOperator, k: int, cap: int, need: int, max_basis: in
 
 
 def _short_top(
-    prov: Provenance,
+    prov: Meter,
     op: CurvatureOperator,
     which: str,
     tol: float,
@@ -542,7 +542,7 @@ def _lanczos_top(
     guarantee: float | None = None,
     confidence: float = 0.99,
 ) -> EigenResult:
-    prov = Provenance(op, seed)
+    prov = Meter(op, seed)
     n = op.shape[0]
     budget = min(n, max(20 * k, 100)) if max_matvecs is None else min(int(max_matvecs), n)
     if budget < k:

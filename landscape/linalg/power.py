@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.linalg._common import Provenance, draw
+from landscape.linalg._common import Meter, draw
 from landscape.linalg._ritz import Which, check_top_eigen_args, eigen_result, error_bounds
 from landscape.linalg.lanczos import as_start_block
 from landscape.linalg.probes import SeedLike, make_generator
@@ -99,7 +99,7 @@ def power_iteration(
     EigenResult
         ``method="power"``; ``num_steps`` counts power iterations.
     """
-    prov = Provenance(op, seed)
+    prov = Meter(op, seed)
     check_top_eigen_args(op, k, which, tol, max_matvecs)
     n = op.shape[0]
     budget = 100 * (k + 1) if max_matvecs is None else int(max_matvecs)

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from landscape.linalg._common import (
-    Provenance,
+    Meter,
     apply_in_blocks,
     as_operator,
     check_budget,
@@ -83,9 +83,9 @@ class _Counted(CurvatureOperator):
 
 def _start(
     op: CurvatureOperator, seed: SeedLike, num_matvecs: int, minimum: int, name: str, distribution: str
-) -> tuple[Provenance, torch.Generator]:
+) -> tuple[Meter, torch.Generator]:
     """Check the budget, then the distribution; start counting matvecs and return the probe generator."""
-    prov = Provenance(op, seed)
+    prov = Meter(op, seed)
     check_budget(num_matvecs, minimum, name)
     check_distribution(distribution)
     return prov, make_generator(seed)

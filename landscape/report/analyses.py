@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.cache import Cache, opened
-from landscape.examples import Examples
+from landscape.example_pool import Examples
 from landscape.problem import Problem
 from landscape.report.html import ReportData, _jsonable, build_report, strict_json
 from landscape.report.provenance import Provenance, model_hash
@@ -101,7 +101,7 @@ def adam_second_moment(problem: Problem, batch_size: int, *, num_batches: int = 
     ``v = mean_k g_{B_k}^2`` over ``num_batches`` minibatches of ``batch_size`` examples drawn without replacement
     (a local generator seeded with ``seed``); the frozen preconditioner is then ``sqrt(v) + eps``. This stands in
     for an optimizer's own state when only the weights are known. Data-parallel, the examples are drawn from the
-    whole data set and gathered onto every rank (:class:`landscape.examples.Examples`): the same minibatches, and
+    whole data set and gathered onto every rank (:class:`landscape.example_pool.Examples`): the same minibatches, and
     the same ``v``, as one process.
     """
     examples = Examples(problem)

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from landscape._version import __version__
 from landscape.cache import content_key
 from landscape.problem import Problem
 
@@ -98,9 +99,7 @@ class Provenance:
 
 def library_versions() -> dict[str, str]:
     """Versions of Python, landscape and the numerical libraries a result depends on."""
-    import landscape
-
-    versions = {"python": platform.python_version(), "landscape": landscape.__version__}
+    versions = {"python": platform.python_version(), "landscape": __version__}
     for name in _VERSIONED:
         try:
             # The module's own version string (torch's names its build, e.g. "+cpu"); metadata if it has none.

@@ -86,7 +86,7 @@ def batches_in_rank_order(world_size: int) -> list[tuple[torch.Tensor, torch.Ten
     return out
 
 
-# Quantities computed on minibatches or examples that every rank gathers whole (landscape.examples): bit-identical
+# Quantities computed on minibatches or examples that every rank gathers whole (landscape.example_pool): bit-identical
 # to one process. The others also use full-data products (all-reduced): equal to rounding.
 GATHERED = ["batch_sharpness", "sam_m_sharpness", "stability_sgd_exact"]
 
@@ -149,7 +149,7 @@ def lm_problem(batches: list[dict]) -> Problem:
 
 def lm_analyses(p: Problem) -> dict:
     """Token-weighted loss, gradient, Hessian and GGN blocks, the top eigenvalue and drawn examples."""
-    from landscape.examples import Examples
+    from landscape.example_pool import Examples
     from landscape.linalg import top_eigen
     from landscape.operators import ggn, hessian
 

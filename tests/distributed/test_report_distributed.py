@@ -39,7 +39,7 @@ NUM_FIGURES = 6  # density (linear, log), 3D surface, contour, interpolation, ba
 # Sections of report.json computed on the full data set (exact products, losses and gradients).
 FULL_DATA = ["spectrum", "surface", "interpolation", "sharpness", "roughness", "stability/sam"]
 # Sections drawing minibatches (or per-example quantities) by a shared seed: equal to one process only when the
-# ranks draw the same global examples (landscape.examples); sgd: the SGD noise criteria, adam: its preconditioner
+# ranks draw the same global examples (landscape.example_pool); sgd: the SGD noise criteria, adam: its preconditioner
 # from minibatch gradients, scaling: batch sharpness and the gradient noise scale.
 MINIBATCH = ["stability/sgd", "stability/adam", "scaling"]
 NOT_COMPARED = {"wall_time", "wall_times", "settings", "created"}  # timings, and settings recording the ranks
