@@ -30,7 +30,7 @@ from landscape.report import (
     write_report,
 )
 from landscape.report.html import NOT_COMPUTED, SECTIONS, fmt, pm
-from landscape.report.store import decode, encode
+from landscape.store import decode, encode
 
 NUM_FIGURES = 6  # density (linear, log), 3D surface, contour, interpolation, batch-size scaling
 

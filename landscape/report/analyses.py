@@ -1,7 +1,7 @@
 """Every analysis a report shows, run on one Problem: spectrum, surfaces, sharpness, stability, batch-size scaling.
 
 With ``cache=`` every result is stored in the HDF5 cache under a content key of the weights, data and settings
-(the spectrum and the surface through their own ``cache=``, the others through :mod:`landscape.report.store`), so a
+(the spectrum and the surface through their own ``cache=``, the others through :mod:`landscape.store`), so a
 second report of the same model, data and settings reads them back instead of recomputing.
 """
 
@@ -28,7 +28,7 @@ from landscape.example_pool import Examples
 from landscape.problem import Problem
 from landscape.report.html import ReportData, _jsonable, build_report, strict_json
 from landscape.report.provenance import Provenance, model_hash
-from landscape.report.store import cached
+from landscape.store import cached
 from landscape.roughness import RoughnessIndex, roughness_index
 from landscape.scaling import ScalingReport, lr_batch_scaling
 from landscape.sharpness import Sharpness, sharpness
