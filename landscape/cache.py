@@ -464,6 +464,15 @@ class Cache:
         with self._reading() as f:
             return len(f["entries"])
 
+    def attributes(self, kind: str | None = None) -> dict[str, dict[str, Any]]:
+        """``{key: attrs}`` of every entry (of ``kind`` only, if given), read without their arrays."""
+        with self._reading() as f:
+            return {
+                key: _read_attrs(group)
+                for key, group in f["entries"].items()
+                if kind is None or str(group.attrs[_KIND]) == kind
+            }
+
     # ------------------------------------------------------------------ generic entries
     def put(self, key: str, kind: str, arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> None:
         """Store (or replace) an entry in one atomic transaction.

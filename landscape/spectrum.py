@@ -20,6 +20,7 @@ same problem and settings returns it without a single Hessian-vector product.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -30,8 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.cache import Cache, CacheError, opened
-from landscape.distributed import decided_by_rank0
+from landscape.cache import Cache
 from landscape.linalg.lanczos import lanczos
 from landscape.linalg.probes import SeedLike, make_generator, seed_record
 from landscape.linalg.results import Estimate
@@ -40,6 +40,7 @@ from landscape.linalg.slq import LLACriteria, SpectralDensity
 from landscape.memory import estimate
 from landscape.operators import CurvatureOperator, ggn, hessian
 from landscape.problem import Problem
+from landscape.store import Codec, remember
 
 OPERATORS = {"hessian": hessian, "ggn": ggn}
 
@@ -336,8 +337,6 @@ def spectrum(
     }
     # Data-parallel, rank 0's cache decides (the others' is ignored), so every rank takes the same path.
     on_ranks = isinstance(problem_or_op, Problem) and problem_or_op.ranks is not None
-    if cache is None and not on_ranks:
-        return _compute(problem_or_op, **settings, progress=progress, memory_budget=memory_budget)
     if cache is not None and not isinstance(problem_or_op, Problem):
         raise TypeError(
             f"cache= needs a Problem, got a {type(problem_or_op).__name__}: an operator alone has no content key "
@@ -348,62 +347,20 @@ def spectrum(
             "cache= needs an int seed: a torch.Generator's draws depend on its state, which the cache key cannot "
             "record. Pass seed=<int>, or drop cache="
         )
-    if on_ranks:
-        return _cached_on_ranks(problem_or_op, settings, cache, progress, memory_budget)
-    with opened(cache) as store:
-        key = store.key_for(problem_or_op, "spectrum", settings, order_free=not settings["subsets"])
-        entry = store.get(key)
-        if entry is not None:
-            if entry.kind != "spectrum":
-                raise CacheError(
-                    f"{store.path}: the entry {key[:12]}... is a {entry.kind!r}, not a spectrum; the file was left "
-                    "untouched. Fix: use another output directory"
-                )
-            return Spectrum.from_arrays(entry.arrays, entry.attrs, device=problem_or_op.device)
-        result = _compute(problem_or_op, **settings, progress=progress, memory_budget=memory_budget)
-        arrays, attrs = result.to_arrays()
-        store.put(key, "spectrum", arrays, attrs)
-        return result
-
-
-def _cached_on_ranks(
-    problem: Problem,
-    settings: dict[str, Any],
-    cache: Cache | str | os.PathLike[str],
-    progress: bool,
-    memory_budget: int | None = None,
-) -> Spectrum:
-    """:func:`spectrum` through the cache on a Problem spanning several ranks: rank 0 alone opens, reads and writes it.
-
-    Rank 0 looks the key up and hands what it found (or its error) to every rank; on a miss every rank computes
-    (data-parallel: the products are all-reduced) and rank 0 stores the result. Rank 0's ``cache`` decides
-    (``None``: none); the others' is ignored.
-    """
-    ranks = problem.ranks
-    key = None
-
-    def lookup() -> tuple[dict, dict] | None:
-        nonlocal key
-        if cache is None:
-            return None
-        with opened(cache) as store:
-            key = store.key_for(problem, "spectrum", settings, order_free=not settings["subsets"])
-            entry = store.get(key)
-            if entry is not None and entry.kind != "spectrum":
-                raise CacheError(
-                    f"{store.path}: the entry {key[:12]}... is a {entry.kind!r}, not a spectrum; the file was left "
-                    "untouched. Fix: use another output directory"
-                )
-            return None if entry is None else (entry.arrays, entry.attrs)
-
-    found = decided_by_rank0(ranks, lookup, "broadcast of a cache lookup")
-    if found is not None:
-        return Spectrum.from_arrays(*found, device=problem.device)
-    result = _compute(problem, **settings, progress=progress and ranks.rank == 0, memory_budget=memory_budget)
-    if key is not None:  # rank 0 with a cache
-        arrays, attrs = result.to_arrays()
-        with opened(cache) as store:
-            store.put(key, "spectrum", arrays, attrs)
+    if cache is None and not on_ranks:
+        return _compute(problem_or_op, **settings, progress=progress, memory_budget=memory_budget)
+    codec = Codec(Spectrum.to_arrays, functools.partial(Spectrum.from_arrays, device=problem_or_op.device))
+    # Data-parallel, every rank computes (the products are all-reduced), with a progress bar on rank 0 alone.
+    show = progress and (not on_ranks or problem_or_op.ranks.rank == 0)
+    result, _ = remember(
+        cache,
+        problem_or_op,
+        "spectrum",
+        settings,
+        lambda: _compute(problem_or_op, **settings, progress=show, memory_budget=memory_budget),
+        codec=codec,
+        order_free=not settings["subsets"],
+    )
     return result
 
 

@@ -1,26 +1,30 @@
-"""Analysis results kept in the HDF5 cache between report runs, rebuilt as the same frozen dataclasses.
+"""Results kept in the HDF5 cache under a content key, looked up before and stored after computing them: one store
+for the CLI, the report, spectra and surfaces.
 
-A result (a nest of dataclasses, numpy arrays, tensors, tuples and dicts) is encoded as tagged JSON and stored as
-one ``uint8`` array under the content key of the problem and the analysis settings (:meth:`Cache.key_for`), so a
-report of unchanged weights, data and settings reuses it. Only dataclasses defined in ``landscape`` modules are
-rebuilt from a file; anything else is refused. Under ``torchrun`` rank 0 alone holds the cache and its lookups
-decide for every rank (:func:`cached`).
+:func:`remember` is the one path: the key of the problem, the analysis kind and its settings
+(:func:`landscape.cache.key_for`), a lookup decided by rank 0 under ``torchrun`` (rank 0 alone holds the file), the
+result rebuilt on every rank by a :class:`Codec`, else computed on every rank (their collectives match) and stored by
+rank 0. A :class:`Codec` turns a result into arrays and attributes and back; :data:`TAGGED_JSON` stores any nest of
+dataclasses, arrays, tensors, tuples and dicts as tagged JSON in one ``uint8`` array, and only dataclasses defined in
+``landscape`` modules are rebuilt from a file (anything else is refused). Resumable grids (surfaces) use
+:meth:`landscape.cache.Cache.grid` directly, since they are stored point by point while they are computed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import json
 import math
-from collections.abc import Callable
-from typing import Any, TypeVar
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
-from landscape.cache import Cache
+from landscape.cache import Cache, CacheError, opened
 from landscape.distributed import decided_by_rank0
 
 T = TypeVar("T")
@@ -111,14 +115,107 @@ def decode(value: Any) -> Any:
     raise ValueError(f"unknown tagged value with keys {sorted(value)}")
 
 
-def _lookup(store: Cache | None, key: str | None, kind: str) -> str | None:
-    """The stored payload (tagged JSON text) under ``key``, if it is a ``kind`` entry; ``None`` without a store."""
-    if store is None:
-        return None
-    entry = store.get(key)
-    if entry is None or entry.kind != kind or "payload" not in entry.arrays:
-        return None
-    return entry.arrays["payload"].tobytes().decode()
+@dataclass(frozen=True)
+class Codec(Generic[T]):
+    """How results of one type are stored: ``encode(result) -> (arrays, attrs)`` and ``decode(arrays, attrs)``.
+
+    ``encode`` may raise ``TypeError``/``ValueError`` for a result it cannot store (it is then returned unstored);
+    ``decode`` may raise ``KeyError``/``TypeError``/``ValueError`` for an entry another version wrote (it is then
+    recomputed and replaced).
+    """
+
+    encode: Callable[[T], tuple[Mapping[str, np.ndarray], Mapping[str, Any]]]
+    decode: Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], T]
+
+
+def _encode_payload(value: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    text = json.dumps(encode(value), allow_nan=False)
+    return {"payload": np.frombuffer(text.encode(), dtype=np.uint8)}, {}
+
+
+def _decode_payload(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Any:
+    return decode(json.loads(arrays["payload"].tobytes().decode()))
+
+
+TAGGED_JSON: Codec[Any] = Codec(_encode_payload, _decode_payload)
+
+_STALE = (KeyError, TypeError, ValueError, AttributeError, ImportError)
+
+
+def remember(
+    cache: Cache | str | os.PathLike[str] | None,
+    problem: Any,
+    kind: str,
+    config: Mapping[str, Any],
+    compute: Callable[[], T],
+    *,
+    codec: Codec[T] = TAGGED_JSON,
+    order_free: bool = False,
+    attrs: Mapping[str, Any] | None = None,
+    on_miss: Callable[[Cache, str], None] | None = None,
+) -> tuple[T, bool]:
+    """``(result, from_cache)``: the ``kind`` result stored for this problem and ``config``, else ``compute()``, stored.
+
+    Parameters
+    ----------
+    cache
+        An open :class:`~landscape.cache.Cache` (left open), a path (opened for the lookup and again for the store,
+        so the lock is not held while computing), or ``None`` (just compute). Under ``torchrun`` rank 0's decides and
+        the others' is ignored.
+    problem
+        What the content key describes (weights, data, loss, mode, dtype, parameter selection); its ``ranks``, if
+        any, are the processes that share the lookup.
+    kind, config
+        The analysis and its settings, both part of the key.
+    codec
+        How the result is stored (default :data:`TAGGED_JSON`).
+    order_free
+        A result of the full-data loss alone, the same for any batching or sharding (:func:`~landscape.cache.key_for`).
+    attrs
+        Extra provenance stored beside the result (JSON-able).
+    on_miss
+        Called on rank 0 as ``on_miss(store, key)`` before computing a result the cache does not hold.
+
+    Raises
+    ------
+    CacheError
+        The key holds an entry of another kind (the file is left untouched).
+    """
+    ranks = getattr(problem, "ranks", None)
+    key = None
+
+    def lookup() -> tuple[dict, dict] | None:
+        nonlocal key
+        if cache is None:
+            return None
+        with opened(cache) as store:
+            key = store.key_for(problem, kind, dict(config), order_free=order_free)
+            entry = store.get(key)
+            if entry is not None and entry.kind != kind:
+                raise CacheError(
+                    f"{store.path}: the entry {key[:12]}... is a {entry.kind!r}, not a {kind!r}; the file was left "
+                    "untouched. Fix: use another output directory"
+                )
+            if entry is None and on_miss is not None:
+                on_miss(store, key)
+            return None if entry is None else (entry.arrays, entry.attrs)
+
+    found = decided_by_rank0(ranks, lookup, "broadcast of a cache lookup")
+    if found is not None:
+        try:
+            return codec.decode(*found), True
+        except _STALE:
+            pass  # written by another version of the result type: recompute and replace it (the same on every rank)
+    result = compute()
+    if key is None:  # no cache, or not rank 0
+        return result, False
+    try:
+        arrays, extra = codec.encode(result)
+    except (TypeError, ValueError):
+        return result, False
+    with opened(cache) as store:
+        store.put(key, kind, arrays, {**extra, **(attrs or {})})
+    return result, False
 
 
 def cached(
@@ -130,28 +227,7 @@ def cached(
     *,
     order_free: bool = False,
 ) -> tuple[T, bool]:
-    """``(result, from_cache)``: the result stored for this problem, analysis and config, else ``compute()``, stored.
-
-    Without a store it just computes. A result that cannot be encoded is returned without being stored. On a
-    problem spanning several ranks (:attr:`Problem.ranks`), rank 0's store decides for every rank: a stored result
-    is handed to all of them, and on a miss every rank computes (their collectives match) and rank 0 stores it.
-    ``order_free``: a result of the full-data loss alone (:func:`landscape.cache.key_for`).
-    """
-    kind = KIND_PREFIX + name
-    key = store.key_for(problem, kind, config, order_free=order_free) if store is not None else None
-    lookup = functools.partial(_lookup, store, key, kind)
-    text = decided_by_rank0(getattr(problem, "ranks", None), lookup, "broadcast of a cache lookup")
-    if text is not None:
-        try:
-            return decode(json.loads(text)), True
-        except (KeyError, TypeError, ValueError, AttributeError, ImportError):
-            pass  # written by another version of a result type: recompute and replace it (the same on every rank)
-    result = compute()
-    if store is None:
-        return result, False
-    try:
-        text = json.dumps(encode(result), allow_nan=False)
-    except (TypeError, ValueError):
-        return result, False
-    store.put(key, kind, {"payload": np.frombuffer(text.encode(), dtype=np.uint8)}, {"config": config})
-    return result, False
+    """A report analysis through :func:`remember`: kind ``"report-<name>"``, stored as :data:`TAGGED_JSON`."""
+    return remember(
+        store, problem, KIND_PREFIX + name, config, compute, order_free=order_free, attrs={"config": config}
+    )
