@@ -154,25 +154,11 @@ class LayerwiseCurvature:
 
     def plot(self, ax: Any = None, *, per_parameter: bool = False, log: bool = False, color: str | None = None) -> Any:
         """Bar plot of the traces per group (or of ``trace / #params`` with ``per_parameter=True``), with +-2
-        standard-error bars for estimates; returns the matplotlib axes."""
-        if ax is None:
-            import matplotlib.pyplot as plt
+        standard-error bars for estimates; returns the matplotlib axes (see
+        :func:`landscape.plot.layerwise.layerwise_plot`)."""
+        from landscape.plot.layerwise import layerwise_plot
 
-            ax = plt.figure(figsize=(max(4.0, 0.45 * len(self.names) + 1.5), 3.6)).add_subplot()
-        values = self.mean_curvature if per_parameter else self.traces
-        errors = self.stderrs / (np.maximum(self.sizes, 1) if per_parameter else 1)
-        x = np.arange(len(self.names))
-        ax.bar(x, values, color=color or "tab:blue", yerr=None if self.method == "exact" else 2 * errors)
-        slanted = len(self.names) > 4
-        ax.set_xticks(x, self.names, rotation=45 if slanted else 0, ha="right" if slanted else "center")
-        what = "diagonal mean  tr(H_gg)/|g|" if per_parameter else "trace  tr(H_gg)"
-        ax.set_ylabel(what if self.curvature != "ggn" else what.replace("H", "G"))
-        if log and bool(np.all(values > 0)):
-            ax.set_yscale("log")
-        how = "exact" if self.method == "exact" else f"{self.method}, ±2 s.e."
-        ax.set_title(f"{self.curvature} per group ({how}); total {self.total:.4g}", fontsize=10)
-        ax.axhline(0.0, color="0.5", lw=0.6)
-        return ax
+        return layerwise_plot(self, ax, per_parameter=per_parameter, log=log, color=color)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready numbers (the diagonal itself is left out: use :meth:`per_parameter`)."""
