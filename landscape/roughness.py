@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape._checks import Seed, check_int, check_positive, check_problem, check_seed, seed_int
 from landscape.operators import hessian
 from landscape.problem import Problem
 from landscape.progress import progress as progress_bar
@@ -186,16 +187,12 @@ class RoughnessIndex:
         }
 
 
-def _check_int(name: str, value: object, minimum: int, meaning: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum} ({meaning}), got {value!r}")
-    return int(value)
-
-
-def _directions(problem: Problem, num_directions: int, seed: int, directions: Directions | Tensor | None) -> Directions:
+def _directions(
+    problem: Problem, num_directions: int, seed: Seed, directions: Directions | Tensor | None
+) -> Directions:
     if directions is None:
-        _check_int("num_directions", num_directions, 2, "the standard deviation of T_d needs two directions")
-        return filter_normalized(problem, num_directions, seed=seed)
+        check_int("num_directions", num_directions, 2, "the standard deviation of T_d needs two directions")
+        return filter_normalized(problem, num_directions, seed=seed_int(seed))
     if isinstance(directions, Tensor):
         directions = from_vectors(problem, directions)
     if not isinstance(directions, Directions):
@@ -232,7 +229,7 @@ def _index(tv: np.ndarray) -> tuple[float, float]:
 
 def _chunk_size(chunk_size: int | None, num_params: int, itemsize: int) -> int:
     if chunk_size is not None:
-        return _check_int("chunk_size", chunk_size, 1, "directions per Hessian block product")
+        return check_int("chunk_size", chunk_size, 1, "directions per Hessian block product")
     # The block and its product: two (num_params, chunk) arrays.
     return max(1, min(MAX_CHUNK, CHUNK_BYTES // max(1, 2 * num_params * itemsize)))
 
@@ -243,7 +240,7 @@ def roughness_index(
     span: float = 0.1,
     points: int = 20,
     *,
-    seed: int = 0,
+    seed: Seed = 0,
     directions: Directions | Tensor | None = None,
     quadratic: bool = True,
     engine: str = "double_backward",
@@ -270,8 +267,9 @@ def roughness_index(
     points : int
         Number of grid points ``m + 1 >= 3`` (so ``m = points - 1`` intervals). An odd number puts the trained
         point on the grid; even or odd, a symmetric grid gives ``T_d = 1/l`` exactly for an even parabola.
-    seed : int
-        Seed of the directions' local generator; the global RNG is never touched.
+    seed : int or torch.Generator
+        Seed of the directions' local generator (a generator gives one ``int`` seed, which the result records); the
+        global RNG is never touched.
     directions : Directions or Tensor, optional
         Use these (at least 2 rows, e.g. :func:`landscape.surface.directions.layer_normalized`) instead.
     quadratic : bool
@@ -293,19 +291,17 @@ def roughness_index(
 
     Raises
     ------
+    TypeError
+        An argument of the wrong type (``points=3.0``, ``seed=1.5``, a problem that is not a Problem).
     ValueError
         ``num_directions < 2``, ``span <= 0``, ``points < 3``, or directions of the wrong shape.
     """
     start = time.perf_counter()
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a landscape.Problem, got {type(problem).__name__}")
-    if isinstance(span, bool) or not isinstance(span, (int, float, np.floating)) or not 0 < span < math.inf:
-        raise ValueError(f"span must be a positive finite number (the curves cover [-span, span]), got {span!r}")
-    span = float(span)
-    points = _check_int("points", points, 3, "grid points; total variation needs at least two intervals")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    dirs = _directions(problem, num_directions, int(seed), directions)
+    check_problem(problem)
+    span = check_positive("span", span, "the curves cover [-span, span]")
+    points = check_int("points", points, 3, "grid points; total variation needs at least two intervals")
+    seed = check_seed(seed)
+    dirs = _directions(problem, num_directions, seed, directions)
     vectors = dirs.vectors.to(device=problem.device, dtype=problem.dtype)
     num = dirs.num
     if quadratic:

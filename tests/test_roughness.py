@@ -249,23 +249,23 @@ def test_user_directions_and_result_provenance():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"num_directions": 1}, "num_directions"),
-        ({"num_directions": 0}, "num_directions"),
-        ({"num_directions": True}, "num_directions"),
-        ({"span": 0.0}, "span"),
-        ({"span": -0.1}, "span"),
-        ({"span": math.nan}, "span"),
-        ({"points": 2}, "points"),
-        ({"points": 3.0}, "points"),
-        ({"chunk_size": 0}, "chunk_size"),
+        ({"num_directions": 1}, ValueError, "num_directions"),
+        ({"num_directions": 0}, ValueError, "num_directions"),
+        ({"num_directions": True}, TypeError, "num_directions"),  # the wrong type: not an int
+        ({"span": 0.0}, ValueError, "span"),
+        ({"span": -0.1}, ValueError, "span"),
+        ({"span": math.nan}, ValueError, "span"),
+        ({"points": 2}, ValueError, "points"),
+        ({"points": 3.0}, TypeError, "points"),  # the wrong type: not an int
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
     ],
 )
-def test_bad_arguments_raise_clear_errors(kwargs, match):
+def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     X, Y = _data()
     problem = Problem(_mlp(), nn.MSELoss(), (X, Y))
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         roughness_index(problem, **{"num_directions": 3, **kwargs})
 
 
@@ -292,3 +292,14 @@ def test_bad_hessian_engine_fails_before_any_curve():
         roughness_index(problem, 2, engine="magic")
     r = roughness_index(problem, 2, span=0.1, points=3, engine="magic", quadratic=False)
     assert r.curvatures is None
+
+
+def test_a_generator_seed_gives_the_int_seed_it_records():
+    X, Y = _data()
+    problem = Problem(_mlp(), nn.MSELoss(), (X, Y))
+    gen = torch.Generator().manual_seed(5)
+    state = gen.get_state()
+    r = roughness_index(problem, 2, span=0.1, points=3, seed=gen, quadratic=False)
+    assert isinstance(r.seed, int) and not torch.equal(gen.get_state(), state)  # one int drawn from the generator
+    again = roughness_index(problem, 2, span=0.1, points=3, seed=r.seed, quadratic=False)
+    assert np.array_equal(again.curves, r.curves) and again.seed == r.seed
