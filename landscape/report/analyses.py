@@ -23,17 +23,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscape._json import jsonable, strict_json
 from landscape.cache import Cache, opened
 from landscape.example_pool import Examples
 from landscape.problem import Problem
-from landscape.report.html import ReportData, _jsonable, build_report, strict_json
+from landscape.report.html import ReportData, build_report
 from landscape.report.provenance import Provenance, model_hash
-from landscape.store import cached
 from landscape.roughness import RoughnessIndex, roughness_index
 from landscape.scaling import ScalingReport, lr_batch_scaling
 from landscape.sharpness import Sharpness, sharpness
 from landscape.spectrum import Spectrum, spectrum
 from landscape.stability import OPTIMIZERS, StabilityReport, stability
+from landscape.store import cached
 from landscape.surface import Surface, filter_normalized, interpolate, surface
 
 ADAM_PRECONDITIONER_BATCHES = 32
@@ -336,7 +337,7 @@ def write_report(
         **{k: (tuple(v) if k == "stability" else v) for k, v in fields.items()},
     ).to_dict()
     data["cache"] = analyses.cache
-    (out / "report.json").write_text(json.dumps(strict_json(data), indent=1, default=_jsonable), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(strict_json(data), indent=1, default=jsonable), encoding="utf-8")
     return path
 
 
