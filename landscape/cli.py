@@ -480,98 +480,85 @@ def _opened_store(out: Path, no_cache: bool) -> Iterator[Any]:
 ORDER_FREE_COMMANDS = frozenset({"spectrum", "eigen", "trace", "density", "interpolate", "sharpness", "roughness"})
 
 
-class _Record:
-    """A command's result stored in the cache under a content key of the problem and the command's settings.
-
-    The payload is the JSON result and the summary; the attributes record whose result it is (:func:`_identity`)
-    and the settings, so an entry that does not match the current run can be explained instead of being reused.
-    """
-
-    def __init__(self, store: Any, problem: Any, name: str, config: dict[str, Any]):
-        # Results of the full-data loss alone are shared by any sharding and batching (landscape.cache.key_for).
-        order_free = name in ORDER_FREE_COMMANDS and not config.get("subsets")
-        self.store = store
-        self.name = name
-        self.kind = f"cli-{name}"
-        self.config = config
-        self.identity = _identity(problem) if store is not None else {}
-        self.key = store.key_for(problem, self.kind, config, order_free=order_free) if store is not None else None
-        self.entry = store.get(self.key) if store is not None else None
-
-    @property
-    def hit(self) -> bool:
-        return self.entry is not None
-
-    def load(self) -> tuple[dict[str, Any], str]:
-        payload = json.loads(self.entry.arrays["payload"].tobytes().decode())
-        return payload["result"], payload["summary"]
-
-    def save(self, result: dict[str, Any], summary: str) -> None:
-        if self.store is None or self.hit:
-            return
-        text = json.dumps({"result": result, "summary": summary}, default=_jsonable)
-        payload = np.frombuffer(text.encode(), dtype=np.uint8)
-        self.store.put(self.key, self.kind, {"payload": payload}, {"identity": self.identity, "config": self.config})
-
-    def mismatches(self) -> list[str]:
-        """One phrase per other stored result of this command: its key and why it does not answer this run."""
-        import h5py
-
-        if self.store is None:
-            return []
-        phrases = []
-        with h5py.File(self.store.path, "r", locking=False) as f:
-            for key, group in f["entries"].items():
-                if key == self.key or group.attrs.get("_kind") != self.kind:
-                    continue
-                identity = json.loads(group.attrs.get("identity", "{}"))
-                config = json.loads(group.attrs.get("config", "{}"))
-                labels = {"architecture": "another architecture", "parameters": "other weights", "data": "other data"}
-                why = [label for what, label in labels.items() if identity.get(what) != self.identity[what]]
-                if not why:
-                    changed = sorted(k for k in set(config) | set(self.config) if config.get(k) != self.config.get(k))
-                    why = [
-                        "other settings ("
-                        + ", ".join(f"{k} {config.get(k)!r} vs {self.config.get(k)!r}" for k in changed[:4])
-                        + ")"
-                        if changed
-                        else "another loss, mode, dtype or parameter selection"
-                    ]
-                phrases.append(f"{key[:12]} created {group.attrs.get('created', '?')}: {', '.join(why)}")
-        return phrases
-
-    def notice(self) -> None:
-        """Say on stderr that ``--out`` holds results of this command for another model, data or settings."""
-        phrases = self.mismatches()
-        if phrases:
-            click.echo(
-                f"note: {os.path.relpath(self.store.path)} holds {len(phrases)} earlier {self.name} result(s) that "
-                f"do not match this run ({'; '.join(phrases[:3])}{'; ...' if len(phrases) > 3 else ''}): they are "
-                "kept, and this result is computed and stored beside them",
-                err=True,
-            )
+def _mismatches(store: Any, kind: str, key: str, identity: dict[str, str], config: dict[str, Any]) -> list[str]:
+    """One phrase per other stored ``kind`` result: its key and why it does not answer this run."""
+    phrases = []
+    labels = {"architecture": "another architecture", "parameters": "other weights", "data": "other data"}
+    for other, attrs in store.attributes(kind).items():
+        if other == key:
+            continue
+        theirs, stored = attrs.get("identity", {}), attrs.get("config", {})
+        why = [label for what, label in labels.items() if theirs.get(what) != identity[what]]
+        if not why:
+            changed = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+            why = [
+                "other settings (" + ", ".join(f"{k} {stored.get(k)!r} vs {config.get(k)!r}" for k in changed[:4]) + ")"
+                if changed
+                else "another loss, mode, dtype or parameter selection"
+            ]
+        phrases.append(f"{other[:12]} created {attrs.get('created', '?')}: {', '.join(why)}")
+    return phrases
 
 
 def _answer(
     store: Any, problem: Any, name: str, config: dict[str, Any], compute: Callable[[], tuple[dict, str]]
 ) -> tuple[dict[str, Any], str, bool]:
-    """``(result, summary, from_cache)``: the stored answer of this exact run, or ``compute()`` stored for next time."""
-    from landscape.distributed import decided_by_rank0
+    """``(result, summary, from_cache)``: the stored answer of this exact run, or ``compute()`` stored for next time.
 
-    record = _Record(store, problem, name, config)
+    The entry (kind ``cli-<name>``) holds the JSON result and the summary; its attributes say whose result it is
+    (:func:`_identity`) and the settings, so that a stored result that does not match this run is explained on stderr
+    instead of silently ignored.
+    """
+    from landscape.store import Codec, remember
 
-    def lookup() -> tuple[dict[str, Any], str] | None:
-        return record.load() if record.hit else None
+    kind = f"cli-{name}"
+    identity = _identity(problem) if store is not None else {}
 
-    # Under torchrun rank 0 alone holds the cache, and every rank follows its answer.
-    stored = decided_by_rank0(problem.ranks, lookup, "broadcast of a cache lookup")
-    if stored is not None:  # every rank gets the answer: the commands that draw a figure from it need it too
-        return stored[0], stored[1], True
-    if store is not None:
-        record.notice()
-    result, summary = compute()
-    record.save(result, summary)
-    return result, summary, False
+    def notice(store: Any, key: str) -> None:
+        phrases = _mismatches(store, kind, key, identity, config)
+        if phrases:
+            click.echo(
+                f"note: {os.path.relpath(store.path)} holds {len(phrases)} earlier {name} result(s) that "
+                f"do not match this run ({'; '.join(phrases[:3])}{'; ...' if len(phrases) > 3 else ''}): they are "
+                "kept, and this result is computed and stored beside them",
+                err=True,
+            )
+
+    def encode(answer: tuple[dict, str]) -> tuple[dict, dict]:
+        text = json.dumps({"result": answer[0], "summary": answer[1]}, default=_jsonable)
+        return {"payload": np.frombuffer(text.encode(), dtype=np.uint8)}, {}
+
+    def decode(arrays: dict, attrs: dict) -> tuple[dict, str]:
+        payload = json.loads(arrays["payload"].tobytes().decode())
+        return payload["result"], payload["summary"]
+
+    # Results of the full-data loss alone are shared by any sharding and batching (landscape.cache.key_for).
+    (result, summary), hit = remember(
+        store,
+        problem,
+        kind,
+        config,
+        compute,
+        codec=Codec(encode, decode),
+        order_free=name in ORDER_FREE_COMMANDS and not config.get("subsets"),
+        attrs={"identity": identity, "config": config},
+        on_miss=notice,
+    )
+    return result, summary, hit
+
+
+def _marked(store: Any, problem: Any, name: str, config: dict[str, Any], run: Callable[[], Any]) -> tuple[Any, bool]:
+    """``(run(), from_cache)`` for a command whose result the analysis caches itself (spectrum, surface): a marker
+    entry under the command's key records that this run was done, so that a later run with other settings is told
+    what ``--out`` holds (:func:`_answer`), and a repeated run says it came from the cache."""
+    done = []
+
+    def compute() -> tuple[dict, str]:
+        done.append(run())
+        return {name: True}, ""
+
+    _, _, hit = _answer(store, problem, name, config, compute)
+    return (done[0] if done else run()), hit  # a hit: the analysis's own cache entry answers run()
 
 
 def _answer_and_emit(
@@ -696,21 +683,22 @@ def spectrum(top_k, probes, steps, subsets, operator, out, no_cache, as_json, qu
     }
     budget = _memory_budget(problem, "spectrum", num_probes=probes, num_steps=steps)
     with _opened_store(out, no_cache) as store:
-        record = _Record(store, problem, "spectrum", config)
-        if store is not None and not record.hit:
-            record.notice()
-        result = run_spectrum(
-            problem,
-            k=top_k,
-            num_probes=probes,
-            num_steps=steps,
-            subsets=subsets,
-            operator=operator,
-            seed=kw["seed"],
-            cache=store,
-            progress=_progress(quiet),
-            memory_budget=budget,
-        )
+
+        def run():
+            return run_spectrum(
+                problem,
+                k=top_k,
+                num_probes=probes,
+                num_steps=steps,
+                subsets=subsets,
+                operator=operator,
+                seed=kw["seed"],
+                cache=store,
+                progress=_progress(quiet),
+                memory_budget=budget,
+            )
+
+        result, hit = _marked(store, problem, "spectrum", config, run)
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
         result.density.plot(ax=axes[0])
         result.density.plot(ax=axes[1], log=True)
@@ -722,8 +710,7 @@ def spectrum(top_k, probes, steps, subsets, operator, out, no_cache, as_json, qu
             fig.savefig(out / f"density.{ext}", dpi=150)
         plt.close(fig)
         summary = result.summary() + f"\ndensity plot: {out / 'density.png'}"
-        record.save({"spectrum": True}, "")
-        _emit(result.to_dict(), summary, as_json, out, "spectrum", record.hit, t0, store)
+        _emit(result.to_dict(), summary, as_json, out, "spectrum", hit, t0, store)
 
 
 @main.command()
@@ -951,10 +938,8 @@ def surface_cmd(num_directions, directions_seed, span, resolution, out, no_cache
     out.mkdir(parents=True, exist_ok=True)
     config = {"directions": num_directions, "directions_seed": seed, "span": span, "resolution": resolution}
     with _opened_store(out, no_cache) as store:
-        record = _Record(store, problem, "surface", config)
-        if store is not None and not record.hit:
-            record.notice()
-        surf = surface(problem, dirs, span=(-span, span), resolution=resolution, cache=store, progress=_progress(quiet))
+        grid = {"span": (-span, span), "resolution": resolution, "cache": store, "progress": _progress(quiet)}
+        surf, _ = _marked(store, problem, "surface", config, lambda: surface(problem, dirs, **grid))
         fig, ax = plt.subplots(figsize=(5, 4))
         surf.plot("line" if num_directions == 1 else "contour", ax)
         fig.tight_layout()
@@ -994,7 +979,6 @@ def surface_cmd(num_directions, directions_seed, span, resolution, out, no_cache
             f"{from_cache} of {surf.loss.size} points from the cache, {surf.wall_time:.2f} s\n"
             f"plot: {out / 'surface.png'}"
         )
-        record.save({"surface": True}, "")
         _emit(result, summary, as_json, out, "surface", from_cache == surf.loss.size, t0, store)
 
 
