@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -31,6 +33,26 @@ class Case:
         import fnmatch
 
         return [n for n, _ in self.model.named_parameters() if any(fnmatch.fnmatchcase(n, p) for p in self.params)]
+
+
+# CI installs the optional backends (BackPACK, transformers, safetensors) and sets LANDSCAPE_REQUIRE_OPTIONAL=1: there
+# a test that would skip because one of them does not import fails instead, so a broken install cannot hide behind
+# skips. Elsewhere importorskip skips as usual.
+if os.environ.get("LANDSCAPE_REQUIRE_OPTIONAL") == "1":
+    _importorskip = pytest.importorskip
+
+    def _import_or_fail(modname: str, minversion: str | None = None, reason: str | None = None, **kw):
+        try:
+            importlib.import_module(modname)
+        except ImportError as err:
+            pytest.fail(
+                f"LANDSCAPE_REQUIRE_OPTIONAL=1 but the optional module {modname!r} does not import ({err}): "
+                "the CI install of this backend failed",
+                pytrace=False,
+            )
+        return _importorskip(modname, minversion=minversion, reason=reason, **kw)
+
+    pytest.importorskip = _import_or_fail
 
 
 def _gen(seed: int) -> torch.Generator:

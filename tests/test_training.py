@@ -105,8 +105,21 @@ def test_zero_steps_change_nothing():
 
 def test_full_batch_when_data_is_smaller_than_a_batch():
     X, y = gaussian_mixture(10, 4, 2)
-    log = train(mlp(4, (4,), 2), X, y, steps=5, batch_size=64)
+    model, reference = mlp(4, (4,), 2, seed=3), mlp(4, (4,), 2, seed=3)
+    log = train(model, X, y, steps=5, batch_size=64, lr=0.1, momentum=0.9)
     assert log.steps == 5
+    # Every step is a step on all 10 samples: plain full-batch heavy-ball SGD gives the same losses and weights.
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(reference(X), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    np.testing.assert_allclose(log.losses, losses, rtol=1e-5)
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 def test_diverging_loss_is_reported():
