@@ -223,13 +223,15 @@ class Problem:
     def params_dict(self, at: Tensor | None = None, *, share: bool = False) -> ParamDict:
         """Detached copies of the selected parameters (or of the flat point ``at``) on the problem's device/dtype.
 
-        ``share=True`` (without ``at``): the model's own tensors, detached, wherever device and dtype already match
-        (no copy: one set of weights less, 0.5 GB on GPT-2 small). They share the parameters' version counters, so
-        the caller can detect an in-place change (see :func:`changed_in_place`).
+        ``share=True``: the model's own tensors (or views of ``at``), detached, wherever device and dtype already
+        match (no copy: one set of weights less, 0.5 GB on GPT-2 small), for callers that only read them. The model's
+        tensors share the parameters' version counters, so the caller can detect an in-place change (see
+        :func:`changed_in_place`).
         """
         if at is not None:
             at = at.detach().to(device=self.device, dtype=self.dtype)
-            return {n: t.clone() for n, t in self.unflatten(at).items()}
+            views = self.unflatten(at)
+            return views if share else {n: t.clone() for n, t in views.items()}
         named = dict(self.model.named_parameters())
         out = {n: named[n].detach().to(device=self.device, dtype=self.dtype) for n in self.param_names}
         return out if share else {n: t.clone() for n, t in out.items()}
@@ -559,7 +561,7 @@ class Problem:
 
     def loss(self, at: Tensor | None = None) -> float:
         """Full-data loss at the current parameters (or at the flat point ``at``)."""
-        params = self.params_dict(at)
+        params = self.params_dict(at, share=True)
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         with torch.no_grad(), self.evaluation(order=0) as forward:
             for i, b in enumerate(self.batches()):
@@ -571,19 +573,24 @@ class Problem:
     def loss_and_grad(self, at: Tensor | None = None) -> tuple[float, Tensor]:
         """Full-data loss and its gradient (flat, selected parameters), without touching ``.grad``."""
         with self.evaluation(order=1) as forward:
-            return self._loss_and_grad(forward, self.params_dict(at))
+            return self._loss_and_grad(forward, self.params_dict(at, share=True))
 
     def _loss_and_grad(self, forward: Callable, params: ParamDict) -> tuple[float, Tensor]:
         leaves = [p.detach().requires_grad_() for p in params.values()]
         params = dict(zip(params, leaves, strict=True))
         total = 0.0
         grad = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
+        pieces = list(self.unflatten(grad).values())  # views: each batch's gradient is added in place, no flat copy
         with torch.enable_grad():
             for i, b in enumerate(self.batches()):
                 loss = check_finite(self.batch_loss(forward, params, b), "loss", i)
-                gs = torch.autograd.grad(loss, leaves, allow_unused=True)
-                grad += self.flatten([torch.zeros_like(p) if g is None else g for p, g in zip(leaves, gs, strict=True)])
+                gs = list(torch.autograd.grad(loss, leaves, allow_unused=True))
                 total += float(loss.detach())
+                del loss
+                for j, piece in enumerate(pieces):
+                    if gs[j] is not None:
+                        piece.add_(gs[j])
+                        gs[j] = None  # freed as it is added
         if self.dist is not None:
             # One all-reduce for both: the loss rides along as the last entry.
             both = grad.new_empty(self.num_params + 1, dtype=torch.float64)

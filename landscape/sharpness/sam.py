@@ -204,12 +204,12 @@ def _norm(v: Tensor, p: float) -> float:
     return float(v.abs().max()) if math.isinf(p) else float(v.norm())
 
 
-def _project(u: Tensor, rho: float, p: float) -> Tensor:
-    """Euclidean projection onto the ``p``-ball of radius ``rho``."""
+def _project_(u: Tensor, rho: float, p: float) -> Tensor:
+    """Euclidean projection onto the ``p``-ball of radius ``rho``, in place."""
     if math.isinf(p):
-        return u.clamp(-rho, rho)
+        return u.clamp_(-rho, rho)
     norm = float(u.norm())
-    return u * (rho / norm) if norm > rho else u
+    return u.mul_(rho / norm) if norm > rho else u
 
 
 def _random_unit(n: int, p: float, gen: torch.Generator, like: Tensor) -> Tensor:
@@ -219,6 +219,28 @@ def _random_unit(n: int, p: float, gen: torch.Generator, like: Tensor) -> Tensor
     else:
         z = sample_probes(n, 1, distribution="gaussian", seed=gen, dtype=like.dtype, device=like.device, normalize=True)
     return z[:, 0]
+
+
+def _scaled(t: Tensor | None, v: Tensor) -> Tensor:
+    """``T v``: ``v`` itself for the identity (``t = None``), else a new ``t * v``."""
+    return v if t is None else t * v
+
+
+class _Point:
+    """``w + T u`` written into one reused buffer, ``w`` read from the model's own weights (no copy of them).
+
+    SAM's ascent holds the gradient, the perturbation, the candidate and this point: four parameter-sized vectors
+    besides the weights, where a copy of ``w``, ``T = I`` as a vector and a new point per evaluation held seven.
+    """
+
+    def __init__(self, problem: Problem, t: Tensor | None) -> None:
+        self.weights = list(problem.params_dict(share=True).values())
+        self.t = t
+        self.buffer = torch.empty(problem.num_params, dtype=problem.dtype, device=problem.device)
+
+    def __call__(self, u: Tensor) -> Tensor:
+        torch.cat([w.reshape(-1) for w in self.weights], out=self.buffer)
+        return self.buffer.add_(u) if self.t is None else self.buffer.addcmul_(self.t, u)
 
 
 @dataclass(frozen=True)
@@ -237,24 +259,25 @@ class _Ascent:
 
 
 def _maximise(
-    problem: Problem, w: Tensor, t: Tensor, rho: float, p: float, steps: int, gen: torch.Generator, keep: bool
+    problem: Problem, point: _Point, rho: float, p: float, steps: int, gen: torch.Generator, keep: bool
 ) -> _Ascent:
     """``max_{||u||_p <= rho} L(w + t u)``: first-order point, then ``steps`` projected ascent steps (module doc).
 
     The best perturbation itself is returned only with ``keep`` (m-sharpness keeps one number per subset).
     """
-    loss0, g = problem.loss_and_grad()
+    t = point.t
+    loss0, G = problem.loss_and_grad()
     num_loss, num_grad = 0, 1
-    G = t * g
+    G = _scaled(t, G)
     random_start = gradient_is_zero(rho * _dual_norm(G, p), loss0, problem.dtype)
-    u = rho * (_random_unit(w.numel(), p, gen, w) if random_start else _direction(G, p))
+    u = (_random_unit(problem.num_params, p, gen, G) if random_start else _direction(G, p)).mul_(rho)
     history = np.full(steps + 1, np.nan)
     if steps == 0:
-        best = problem.loss(at=w + t * u)
+        best = problem.loss(at=point(u))
         num_loss += 1
     else:
-        best, G = problem.loss_and_grad(at=w + t * u)
-        G = t * G
+        best, G = problem.loss_and_grad(at=point(u))
+        G = _scaled(t, G)
         num_grad += 1
     history[0] = best - loss0
     step = INITIAL_STEP * rho
@@ -262,29 +285,32 @@ def _maximise(
     max_step = INITIAL_STEP * rho if math.isinf(p) else MAX_STEP * rho
     tiny = 16 * torch.finfo(problem.dtype).eps * rho
     for k in range(1, steps + 1):
-        candidate = _project(u + step * _direction(G, p), rho, p)
-        if float((candidate - u).abs().max()) <= tiny:
+        candidate = _project_(_direction(G, p).mul_(step).add_(u), rho, p)
+        moved = torch.sub(candidate, u, out=point.buffer).abs_().max()  # the point's buffer as scratch
+        if float(moved) <= tiny:
             break  # a fixed point of the projected step for every step length: a KKT point of the ball
         if k == steps:
-            value = problem.loss(at=w + t * candidate)
+            value = problem.loss(at=point(candidate))
             num_loss += 1
             grad = None
         else:
-            value, grad = problem.loss_and_grad(at=w + t * candidate)
+            value, grad = problem.loss_and_grad(at=point(candidate))
             num_grad += 1
         history[k] = value - loss0
         if value > best:
             best, u = value, candidate
             if grad is not None:
-                G = t * grad
+                G = _scaled(t, grad)
             step = min(2 * step, max_step)
         else:
             step /= 2
+        del candidate, grad
+    e = _scaled(t, u)
     return _Ascent(
         loss=loss0,
         best_loss=best,
-        perturbation=t * u if keep else None,
-        perturbation_norm=float((t * u).norm()),
+        perturbation=e if keep else None,
+        perturbation_norm=float(e.norm()),
         constraint_norm=_norm(u, p),
         history=history,
         random_start=random_start,
@@ -385,8 +411,7 @@ def sam_sharpness(
     adaptive = bool(adaptive)
     gen = generator(seed)
 
-    w = problem.params_vector()
-    t = perturbation_scale(w, adaptive, eta)
+    point = _Point(problem, perturbation_scale(problem.params_vector(), adaptive, eta) if adaptive else None)
     settings: dict[str, Any] = {
         "problem": problem.describe(),
         "method": "first_order" if steps == 0 else "projected_ascent",
@@ -403,7 +428,7 @@ def sam_sharpness(
     else:
         subsets, info = _subset_problems(problem, m, gen)
         settings.update(info)
-    results = [_maximise(sub, w, t, rho, p, steps, gen, keep=m is None) for sub in subsets]
+    results = [_maximise(sub, point, rho, p, steps, gen, keep=m is None) for sub in subsets]
     if steps == 0 and any(r.random_start for r in results):
         warnings.warn(
             "the gradient is numerically zero, so the first-order maximiser is undefined: the value is the loss "
