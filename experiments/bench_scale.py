@@ -20,6 +20,9 @@ Methods (``--methods``), each in a fresh ``python`` process so that its peak RSS
   ``trace``: ``landscape.trace(op)``; ``spectrum``: ``landscape.spectrum(problem)`` (top-5, trace, density);
   ``top1_sure``: ``top1_lean`` with ``guarantee=1e-3`` (Kuczynski & Wozniakowski's gap-free minimum of steps).
 - ``sam``: ``sam_sharpness(rho=0.05, steps=5)``; ``stability``: ``stability(problem, "gd", lr=0.01)``.
+- ``noise_scale``: ``gradient_noise_scale(num_pairs=4)``; ``batch_sharpness``: ``batch_sharpness`` of half-batches
+  (2 of the 4 sequences, 64 of the 128 images), 2 batches, ``tol=1e-3``; ``layerwise``: ``layerwise_curvature``
+  per module with defaults (block traces and top eigenvalues).
 - ``reference``: the top eigenvalue to a tight tolerance (``top_eigen(tol=1e-7 or 1e-6, vectors=False)``), in
   ``experiments/results/scale_reference.json``: every top-1 figure's error is measured against it.
 - ``pyhessian``: ``PyHessian(data=(X, y)).eigenvalues(top_n=1)`` (power iteration, ``tol=1e-3``: its default).
@@ -76,6 +79,9 @@ METHODS = (
     "spectrum",
     "sam",
     "stability",
+    "noise_scale",
+    "batch_sharpness",
+    "layerwise",
     "pyhessian",
     "eigenthings",
     "curvlinops",
@@ -246,6 +252,36 @@ def run_stability(workload: str) -> dict:
         "eigenvalues": [float(lam)] if lam is not None else [],
         "note": f"stable: {r.stable}, max stable lr {r.max_stable_lr:.4g}",
     }
+
+
+def run_noise_scale(workload: str) -> dict:
+    """The gradient noise scale from 4 pairs of small- and large-batch gradients (one product per pair as drawn)."""
+    p = problem(workload)
+    t0 = time.perf_counter()
+    r = landscape.gradient_noise_scale(p, num_pairs=4, seed=SEED)
+    return {"seconds": time.perf_counter() - t0, "value": float(r.b_simple), "note": "B_simple, 4 pairs"}
+
+
+def run_batch_sharpness(workload: str) -> dict:
+    """Batch sharpness of half-batches: the top eigenvalue of 2 minibatch Hessians (two-vector runs)."""
+    p = problem(workload)
+    half = p.num_samples // 2
+    t0 = time.perf_counter()
+    r = landscape.batch_sharpness(p, half, num_batches=2, seed=SEED, tol=1e-3)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "value": float(r.values.mean()),
+        "products": int(r.num_matvecs),
+        "note": f"batch {half}, 2 batches",
+    }
+
+
+def run_layerwise(workload: str) -> dict:
+    """Per-module block traces and top eigenvalues (``layerwise_curvature`` with defaults)."""
+    p = problem(workload)
+    t0 = time.perf_counter()
+    r = landscape.layerwise_curvature(p, seed=SEED)
+    return {"seconds": time.perf_counter() - t0, "note": f"{len(r.names)} blocks, method {r.method}"}
 
 
 def run_top5(workload: str) -> dict:
