@@ -11,7 +11,8 @@ from landscape.surface.directions import (
     pca,
     random,
 )
-from landscape.surface.grid import Surface, interpolate, surface
+from landscape.surface.grid import Surface, surface
+from landscape.surface.interpolation import interpolate
 from landscape.surface.trajectory import Trajectory, project, trajectory
 
 __all__ = [

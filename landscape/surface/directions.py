@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape import operators
+from landscape._checks import Seed, check_int, seed_int
 from landscape.checkpoint import CheckpointError, extract_state_dict
 from landscape.linalg import top_eigen
+from landscape.operators import ggn, hessian
 from landscape.problem import Problem
 
 IGNORE = ("biasbn", "copy")
@@ -73,17 +74,6 @@ class Directions:
         return self.num
 
 
-def _check_num(num: int, name: str = "num") -> None:
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"{name} must be a positive int (number of directions), got {num!r}")
-
-
-def _check_num_seed(num: int, seed: int, name: str = "num") -> None:
-    _check_num(num, name)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-
-
 def _gaussian(
     problem: Problem, num: int, seed: int, rescale: Callable[[Tensor, Tensor], Tensor] | None = None
 ) -> Tensor:
@@ -113,7 +103,7 @@ def _base_settings(problem: Problem) -> dict[str, Any]:
     return {"params": list(problem.param_names), "num_params": problem.num_params}
 
 
-def random(problem: Problem, num: int = 2, *, seed: int = 0) -> Directions:
+def random(problem: Problem, num: int = 2, *, seed: Seed = 0) -> Directions:
     """Plain Gaussian directions ``d ~ N(0, I)`` (not normalised; scale-dependent pictures).
 
     Parameters
@@ -122,14 +112,15 @@ def random(problem: Problem, num: int = 2, *, seed: int = 0) -> Directions:
         Its selected parameters define the space.
     num : int
         Number of directions (1 for a curve, 2 for a surface).
-    seed : int
-        Seed of a local generator; the global RNG is untouched.
+    seed : int or torch.Generator
+        Seed of a local generator (a Generator gives one int drawn from it); the global RNG is untouched.
     """
-    _check_num_seed(num, seed)
+    num = check_int("num", num, 1, "number of directions")
+    seed = seed_int(seed)
     return Directions(_gaussian(problem, num, seed), "random", seed, {**_base_settings(problem), "normalization": None})
 
 
-def filter_normalized(problem: Problem, num: int = 2, *, seed: int = 0, ignore: str = "biasbn") -> Directions:
+def filter_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0, ignore: str = "biasbn") -> Directions:
     """Filter-normalised Gaussian directions (Li et al. 2018).
 
     ``d ~ N(0, I)`` per tensor; for each slice ``i`` along dim 0 of a tensor with dim > 1,
@@ -141,12 +132,13 @@ def filter_normalized(problem: Problem, num: int = 2, *, seed: int = 0, ignore: 
     problem : Problem
     num : int
         Number of directions.
-    seed : int
+    seed : int or torch.Generator
         Seed of a local generator; the same seed gives the same raw Gaussian draws as :func:`random`.
     ignore : {"biasbn", "copy"}
         What to do with tensors of dim <= 1.
     """
-    _check_num_seed(num, seed)
+    num = check_int("num", num, 1, "number of directions")
+    seed = seed_int(seed)
     if ignore not in IGNORE:
         raise ValueError(f"ignore must be one of {IGNORE}, got {ignore!r}")
 
@@ -161,7 +153,7 @@ def filter_normalized(problem: Problem, num: int = 2, *, seed: int = 0, ignore: 
     return Directions(_gaussian(problem, num, seed, per_filter), "filter_normalized", seed, settings)
 
 
-def layer_normalized(problem: Problem, num: int = 2, *, seed: int = 0) -> Directions:
+def layer_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0) -> Directions:
     """Layer-normalised Gaussian directions: per parameter tensor, ``d <- d ||w|| / (||d|| + 1e-10)``.
 
     Coarser than filter normalisation (one scale per tensor, biases included); invariant to rescaling a whole layer.
@@ -171,15 +163,16 @@ def layer_normalized(problem: Problem, num: int = 2, *, seed: int = 0) -> Direct
     problem : Problem
     num : int
         Number of directions.
-    seed : int
+    seed : int or torch.Generator
         Seed of a local generator.
     """
-    _check_num_seed(num, seed)
+    num = check_int("num", num, 1, "number of directions")
+    seed = seed_int(seed)
     vectors = _gaussian(problem, num, seed, lambda w, d: d * (w.norm() / (d.norm() + EPS)))
     return Directions(vectors, "layer_normalized", seed, {**_base_settings(problem), "normalization": "layer"})
 
 
-def model_normalized(problem: Problem, num: int = 2, *, seed: int = 0) -> Directions:
+def model_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0) -> Directions:
     """Gaussian directions rescaled as a whole to the norm of the selected weights: ``d <- d ||w|| / ||d||``.
 
     The coarsest normalisation (one scale for the whole model): a step of size 1 along ``d`` moves the weights by
@@ -192,10 +185,11 @@ def model_normalized(problem: Problem, num: int = 2, *, seed: int = 0) -> Direct
     problem : Problem
     num : int
         Number of directions.
-    seed : int
+    seed : int or torch.Generator
         Seed of a local generator.
     """
-    _check_num_seed(num, seed)
+    num = check_int("num", num, 1, "number of directions")
+    seed = seed_int(seed)
     w_norm = problem.params_vector().norm()
     if not float(w_norm) > 0:
         raise ValueError(
@@ -271,7 +265,7 @@ def hessian_axes(
     k: int = 2,
     *,
     operator: str = "hessian",
-    seed: int = 0,
+    seed: Seed = 0,
     tol: float = 1e-6,
     which: str = "largest",
     max_matvecs: int | None = None,
@@ -294,7 +288,7 @@ def hessian_axes(
         Number of directions (eigenpairs).
     operator : {"hessian", "ggn"}
         Curvature matrix: the exact Hessian or the generalised Gauss-Newton matrix.
-    seed : int
+    seed : int or torch.Generator
         Seed of the Lanczos start vector.
     tol : float
         Relative Ritz residual tolerance of :func:`landscape.top_eigen`: ``||H v - lambda v|| <= tol * ||H||``.
@@ -309,14 +303,15 @@ def hessian_axes(
         ``settings`` records ``eigenvalues``, Ritz ``residuals``, ``error_bounds``, ``converged`` and
         ``num_matvecs`` besides the options.
     """
-    _check_num_seed(k, seed, "k")
+    k = check_int("k", k, 1, "number of directions")
+    seed = seed_int(seed)
     if operator not in OPERATORS:
         raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
     if which not in WHICH:
         raise ValueError(f"which must be one of {tuple(WHICH)}, got {which!r}")
     if k > problem.num_params:
         raise ValueError(f"k={k} eigenvectors requested, but the problem has only {problem.num_params} parameters")
-    op = operators.hessian(problem) if operator == "hessian" else operators.ggn(problem)
+    op = hessian(problem) if operator == "hessian" else ggn(problem)
     result = top_eigen(op, k, which=WHICH[which], tol=tol, max_matvecs=max_matvecs, seed=seed)
     # The operator works in the problem's parameter order; normalise in float64 before casting to its dtype.
     vectors = result.vectors.T.to(device=problem.device, dtype=torch.float64)
@@ -427,7 +422,7 @@ def flat_checkpoints(problem: Problem, checkpoints: Sequence[Checkpoint] | Tenso
 
 def pca_from_points(problem: Problem, points: Tensor, num: int) -> Directions:
     """:func:`pca` on checkpoints already flattened by :func:`flat_checkpoints` (``(T, num_params)`` float64)."""
-    _check_num(num)
+    num = check_int("num", num, 1, "number of directions")
     deviations = points - problem.params_vector().to(torch.float64)
     count, n = deviations.shape
     if count < num:

@@ -179,6 +179,21 @@ def test_bad_arguments_are_named():
         dirs.layer_normalized(problem, seed=1.5)
 
 
+def test_counts_of_a_wrong_type_are_type_errors_and_a_generator_seeds_like_the_int_it_gives():
+    problem = _problem("mlp")
+    for bad in (1.5, "2", True, None):
+        with pytest.raises(TypeError, match="num"):
+            dirs.random(problem, bad)
+    with pytest.raises(TypeError, match="k"):
+        dirs.hessian_axes(problem, 2.0)
+    assert dirs.random(problem, np.int64(2), seed=np.int64(3)).num == 2
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(5)).item())
+    for make in (dirs.random, dirs.filter_normalized, dirs.layer_normalized, dirs.model_normalized):
+        drawn = make(problem, 2, seed=torch.Generator().manual_seed(5))
+        assert drawn.seed == seed and type(drawn.seed) is int  # the int drawn from the generator is recorded
+        assert torch.equal(drawn.vectors, make(problem, 2, seed=seed).vectors)
+
+
 def _relu_mlp_problems(c: float):
     g = torch.Generator().manual_seed(11)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()

@@ -1,4 +1,4 @@
-"""Surfaces and interpolation against independent computations; plots; no side effects."""
+"""Surfaces against independent computations; plots; no side effects."""
 
 from __future__ import annotations
 
@@ -19,26 +19,23 @@ from torch.func import functional_call
 from landscape import Problem
 from landscape.surface import Surface, filter_normalized, from_vectors, interpolate, random, surface
 from tests.conftest import make_case, reference_loss_fn, reference_point
+from tests.surface.helpers import case_problem
 from tests.surface.test_directions import _assert_same_state, _state
 
 # Selected before any figure exists (pyplot picks its backend lazily): no display needed.
 matplotlib.use("Agg")
 
 
-def _problem(case) -> Problem:
-    return Problem(case.model, case.loss_fn, case.batches(), params=case.params, mode=case.mode)
-
-
 @pytest.mark.parametrize("name", ["mlp", "mlp_subset", "mse", "cnn_bn_eval", "cnn_bn_train"])
 def test_origin_is_exactly_the_problem_loss(name):
-    problem = _problem(make_case(name))
+    problem = case_problem(make_case(name))
     s = surface(problem, filter_normalized(problem, 2, seed=0), resolution=3)
     assert s.coords[0][1] == 0.0 and s.coords[1][1] == 0.0
     assert s.loss[1, 1] == problem.loss()
 
 
 def test_symmetric_span_with_odd_resolution_contains_zero_exactly():
-    problem = _problem(make_case("mlp"))
+    problem = case_problem(make_case("mlp"))
     s = surface(problem, random(problem, 1, seed=1), span=(-0.7, 0.7), resolution=21)
     assert s.coords[0][10] == 0.0
     assert s.loss[10] == problem.loss()
@@ -48,7 +45,7 @@ def test_symmetric_span_with_odd_resolution_contains_zero_exactly():
 @pytest.mark.parametrize("name", ["mlp", "mlp_subset", "cnn_bn_eval", "cnn_bn_train"])
 def test_every_grid_point_matches_an_independent_loss(name):
     case = make_case(name)
-    problem = _problem(case)
+    problem = case_problem(case)
     d = filter_normalized(problem, 2, seed=2)
     s = surface(problem, d, span=(-0.5, 1.0), resolution=3)
     f = reference_loss_fn(case)
@@ -88,7 +85,7 @@ def test_quadratic_loss_matches_closed_form():
 
 def test_loss_axes_follow_direction_order():
     case = make_case("mlp")
-    problem = _problem(case)
+    problem = case_problem(case)
     g = torch.Generator().manual_seed(0)
     tiny = 1e-4 * torch.randn(problem.num_params, generator=g, dtype=torch.float64)
     large = 3.0 * torch.randn(problem.num_params, generator=g, dtype=torch.float64)
@@ -103,7 +100,7 @@ def test_loss_axes_follow_direction_order():
 
 
 def test_three_directions_give_a_cube():
-    problem = _problem(make_case("mse"))
+    problem = case_problem(make_case("mse"))
     s = surface(problem, random(problem, 3, seed=0), resolution=3)
     assert s.loss.shape == (3, 3, 3) and len(s.coords) == 3
     assert s.loss[1, 1, 1] == problem.loss()
@@ -113,7 +110,7 @@ def test_three_directions_give_a_cube():
 
 def test_accuracy_matches_direct_computation():
     case = make_case("mlp")
-    problem = _problem(case)
+    problem = case_problem(case)
     s = surface(problem, filter_normalized(problem, 2, seed=0), span=(-3, 3), resolution=5)
     assert s.accuracy is not None and s.accuracy.shape == s.loss.shape
     assert np.all((s.accuracy >= 0) & (s.accuracy <= 1))
@@ -126,7 +123,7 @@ def test_accuracy_matches_direct_computation():
 
 
 def test_settings_describe_the_run():
-    problem = _problem(make_case("cnn_bn_eval"))
+    problem = case_problem(make_case("cnn_bn_eval"))
     s = surface(problem, filter_normalized(problem, 1, seed=9), span=(-0.5, 0.5), resolution=3)
     assert isinstance(s, Surface)
     assert s.settings["problem"] == problem.describe()
@@ -136,8 +133,8 @@ def test_settings_describe_the_run():
 
 
 def test_bad_arguments_are_named():
-    problem = _problem(make_case("mlp"))
-    other = _problem(make_case("mlp_subset"))
+    problem = case_problem(make_case("mlp"))
+    other = case_problem(make_case("mlp_subset"))
     with pytest.raises(ValueError, match="another Problem"):
         surface(problem, random(other, 2))
     with pytest.raises(ValueError, match="resolution"):
@@ -153,7 +150,7 @@ def test_bad_arguments_are_named():
 @pytest.mark.parametrize("name", ["mlp", "cnn_bn_train"])
 def test_surface_interpolate_and_plot_leave_no_trace(name):
     case = make_case(name)
-    problem = _problem(case)
+    problem = case_problem(case)
     model = problem.model
     model.train()
     model[0].eval()
@@ -169,58 +166,9 @@ def test_surface_interpolate_and_plot_leave_no_trace(name):
     _assert_same_state(before, _state(model))
 
 
-def _perturbed(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    other = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-        for n, b in other.named_buffers():
-            if n.endswith("running_mean"):
-                b.add_(0.5)
-            elif n.endswith("running_var"):
-                b.mul_(3.0)
-    return other
-
-
-@pytest.mark.parametrize("name", ["mlp", "cnn_bn_eval", "cnn_bn_train"])
-def test_interpolation_endpoints_are_each_models_loss(name):
-    case = make_case(name)
-    pa = _problem(case)
-    model_b = _perturbed(case.model, 1)
-    pb = Problem(model_b, case.loss_fn, case.batches(), mode=case.mode)
-    resolution = 41 if name == "mlp" else 5  # the default grid on the cheap case, 0 and 1 on the grid in both
-    s = interpolate(pa, case.model, model_b, resolution=resolution)
-    assert s.loss.shape == (resolution,)
-    i0, i1 = (resolution - 1) // 4, 3 * (resolution - 1) // 4
-    assert s.coords[0][i0] == 0.0 and s.coords[0][i1] == 1.0
-    assert s.loss[i0] == pa.loss()
-    assert s.loss[i1] == pb.loss()
-    assert s.directions.kind == "interpolation"
-    torch.testing.assert_close(s.directions.vectors[0], pb.params_vector() - pa.params_vector())
-
-
-def test_interpolation_mixes_batchnorm_running_statistics():
-    case = make_case("cnn_bn_eval")
-    pa = _problem(case)
-    model_b = _perturbed(case.model, 2)
-    s = interpolate(pa, case.model, model_b, span=(0.0, 1.0), resolution=3)
-    # parameters of b with the running statistics of a would give another loss at a = 1
-    assert abs(s.loss[-1] - pa.loss(at=Problem(model_b, case.loss_fn, case.batches()).params_vector())) > 1e-3
-    sd_a, sd_b = case.model.state_dict(), model_b.state_dict()
-    for k, a in enumerate(s.coords[0]):
-        mid = copy.deepcopy(case.model).eval()
-        mid.load_state_dict(
-            {n: (1 - a) * sd_a[n] + a * sd_b[n] if sd_a[n].is_floating_point() else sd_a[n] for n in sd_a}
-        )
-        with torch.no_grad():
-            ref = float(case.loss_fn(mid(case.X), case.y))
-        assert abs(s.loss[k] - ref) < 1e-12
-
-
 @pytest.fixture
 def surf2d() -> Surface:
-    problem = _problem(make_case("mlp"))
+    problem = case_problem(make_case("mlp"))
     return surface(problem, filter_normalized(problem, 2, seed=0), resolution=5)
 
 
@@ -244,7 +192,7 @@ def test_plot_2d_kinds(surf2d, kind, log_levels, tmp_path):
 
 
 def test_plot_1d_line_and_errors(surf2d, tmp_path):
-    problem = _problem(make_case("mlp"))
+    problem = case_problem(make_case("mlp"))
     s = surface(problem, random(problem, 1), resolution=5)
     fig, ax = plt.subplots()
     assert s.plot(ax=ax, log_levels=True) is ax
@@ -259,158 +207,3 @@ def test_plot_1d_line_and_errors(surf2d, tmp_path):
     with pytest.raises(ValueError, match="3D axes"):
         surf2d.plot("3d", ax=ax)
     plt.close(fig)
-
-
-@pytest.mark.parametrize("name", ["mlp", "mlp_subset", "cnn_bn_eval", "cnn_bn_train"])
-@pytest.mark.parametrize("batch_points", [3, "auto"])
-def test_batched_points_agree_with_one_by_one(name, batch_points):
-    problem = _problem(make_case(name))
-    d = filter_normalized(problem, 2, seed=4)
-    one = surface(problem, d, span=(-0.8, 0.6), resolution=5)
-    # chunk=7 < 25 points and not a multiple of 3: partial groups and several data passes
-    many = surface(problem, d, span=(-0.8, 0.6), resolution=5, batch_points=batch_points, chunk=7)
-    np.testing.assert_allclose(many.loss, one.loss, rtol=1e-10, atol=1e-12)
-    if one.accuracy is not None:
-        np.testing.assert_array_equal(many.accuracy, one.accuracy)
-    assert one.settings["batch_points"] == 1 and one.settings["chunk"] == 64
-    assert many.settings["chunk"] == 7
-    if batch_points == "auto":
-        assert many.settings["batch_points"] in (1, 4, 16)
-        assert set(many.settings["auto_timings"]) == {"1", "4", "16"}
-    else:
-        assert many.settings["batch_points"] == 3
-
-
-def test_batched_interpolation_agrees_and_keeps_exact_end_points():
-    case = make_case("cnn_bn_eval")
-    pa = _problem(case)
-    model_b = _perturbed(case.model, 3)
-    one = interpolate(pa, case.model, model_b, span=(-0.5, 1.5), resolution=9)
-    many = interpolate(pa, case.model, model_b, span=(-0.5, 1.5), resolution=9, batch_points=4)
-    np.testing.assert_allclose(many.loss, one.loss, rtol=1e-10)
-    assert one.loss[2] == pa.loss()
-
-
-def test_interpolation_between_two_other_models():
-    case = make_case("cnn_bn_eval")
-    problem = _problem(case)
-    a, b = _perturbed(case.model, 4), _perturbed(case.model, 5)
-    s = interpolate(problem, a, b, span=(0.0, 1.0), resolution=3)
-    assert s.loss[0] == Problem(a, case.loss_fn, case.batches()).loss()
-    assert s.loss[-1] == Problem(b, case.loss_fn, case.batches()).loss()
-
-
-def test_bad_batch_points_are_named():
-    problem = _problem(make_case("mlp"))
-    for bad in (0, -2, 1.5, "fast", True):
-        with pytest.raises(ValueError, match="batch_points"):
-            surface(problem, random(problem, 1), resolution=3, batch_points=bad)
-
-
-def test_diverging_points_are_kept_as_gaps_with_a_warning():
-    case = make_case("cnn_bn_eval")
-    problem = _problem(case)
-    b = _perturbed(case.model, 6)
-    with torch.no_grad():
-        for n, buf in b.named_buffers():
-            if n.endswith("running_var"):
-                buf.mul_(50.0)  # extrapolating to a = -0.5 makes 1.5 v_a - 0.5 v_b negative: BatchNorm gives NaN
-    with pytest.warns(RuntimeWarning, match="non-finite loss"):
-        s = interpolate(problem, case.model, b, span=(-0.5, 1.0), resolution=7)
-    assert np.isnan(s.loss[0]) and np.all(np.isfinite(s.loss[2:]))
-    assert np.isnan(s.accuracy[0]) and np.all(np.isfinite(s.accuracy[2:]))
-    assert s.loss[2] == problem.loss()
-    plt.close(s.plot(log_levels=True).figure)  # the gap does not stop the plot
-
-
-def test_memory_budget_caps_vmap_groups_and_keeps_values():
-    problem = _problem(make_case("mlp"))
-    d = filter_normalized(problem, 2, seed=2)
-    one = surface(problem, d, span=(-0.5, 0.5), resolution=5)
-    free = surface(problem, d, span=(-0.5, 0.5), resolution=5, batch_points=16, memory_budget=None)
-    assert free.settings["batch_points"] == 16 and free.settings["memory"] == {}
-    param_bytes = sum(p.numel() * p.element_size() for p in problem.model.parameters())
-    probe = surface(problem, d, span=(-0.5, 0.5), resolution=3, batch_points=2)
-    per_point = probe.settings["memory"]["bytes_per_point"]
-    # A point holds a parameter set plus at least the model's output on the first batch.
-    first = next(iter(problem.batches()))
-    with torch.no_grad():
-        output = problem.model(first.inputs)
-    out_bytes = output.numel() * output.element_size()
-    assert per_point >= param_bytes + out_bytes
-    capped = surface(problem, d, span=(-0.5, 0.5), resolution=5, batch_points=16, memory_budget=3.5 * per_point)
-    memory = capped.settings["memory"]
-    assert capped.settings["batch_points"] == 3 and memory["points_that_fit"] == 3
-    assert memory["batch_points_requested"] == 16 and memory["bytes_per_point"] == per_point
-    np.testing.assert_allclose(capped.loss, one.loss, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(free.loss, one.loss, rtol=1e-10, atol=1e-12)
-    auto = surface(problem, d, span=(-0.5, 0.5), resolution=5, batch_points="auto", memory_budget=5 * per_point)
-    assert set(auto.settings["auto_timings"]) == {"1", "4"}  # 16 points do not fit: not even tried
-    tiny = surface(problem, d, span=(-0.5, 0.5), resolution=3, batch_points=4, memory_budget=1)
-    assert tiny.settings["batch_points"] == 1  # never below one point
-    for bad in (0, -5, True):
-        with pytest.raises(ValueError, match="memory_budget"):
-            surface(problem, d, resolution=3, batch_points=4, memory_budget=bad)
-
-
-def test_a_data_loader_gives_the_same_surface_as_tensors():
-    case = make_case("cnn_bn_eval")
-    problem = _problem(case)
-    X = torch.cat([x for x, _ in case.batches()])
-    y = torch.cat([t for _, t in case.batches()])
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=len(case.batches()[0][1]))
-    streamed = Problem(case.model, case.loss_fn, loader, mode=case.mode)
-    assert not streamed.in_memory
-    d = filter_normalized(problem, 2, seed=3)
-    for bp in (1, 3):
-        a = surface(problem, d, span=(-0.5, 0.5), resolution=3, batch_points=bp)
-        b = surface(streamed, d, span=(-0.5, 0.5), resolution=3, batch_points=bp)
-        np.testing.assert_allclose(b.loss, a.loss, rtol=1e-12, atol=0)
-
-
-def test_an_error_part_way_leaves_the_model_as_it_was():
-    case = make_case("mlp")
-    calls = {"n": 0}
-
-    def failing(outputs, targets):
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise RuntimeError("boom")
-        return case.loss_fn(outputs, targets)
-
-    problem = Problem(case.model, failing, case.batches())
-    before = _state(case.model)
-    params_before = {n: p for n, p in case.model.named_parameters()}
-    with pytest.raises(RuntimeError, match="boom"):
-        surface(problem, filter_normalized(problem, 2, seed=0), resolution=5)
-    _assert_same_state(before, _state(case.model))
-    assert all(p is params_before[n] for n, p in case.model.named_parameters())
-
-
-class _InputGradient(nn.Module):
-    """A forward that differentiates with respect to its inputs (physics-informed losses do): vmap cannot run it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(2, 3, dtype=torch.float64)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            u = torch.tanh(self.lin(x)).sum()
-            (g,) = torch.autograd.grad(u, x, create_graph=True)
-        return g
-
-
-def test_a_forward_vmap_cannot_run_falls_back_to_one_point_or_says_so():
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(12, 2, generator=g, dtype=torch.float64)
-    problem = Problem(_InputGradient(), nn.MSELoss(), (X, torch.zeros(12, 2, dtype=torch.float64)))
-    d = random(problem, 2, seed=0)
-    one = surface(problem, d, span=(-0.5, 0.5), resolution=3)
-    assert one.loss[1, 1] == problem.loss()
-    auto = surface(problem, d, span=(-0.5, 0.5), resolution=3, batch_points="auto")
-    assert auto.settings["batch_points"] == 1 and "torch.vmap" in auto.settings["memory"]["vmap_unsupported"]
-    np.testing.assert_array_equal(auto.loss, one.loss)
-    with pytest.raises(RuntimeError, match="batch_points=1"):
-        surface(problem, d, span=(-0.5, 0.5), resolution=3, batch_points=2)

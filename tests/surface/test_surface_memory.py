@@ -11,7 +11,8 @@ from torch.func import functional_call
 
 from landscape import Problem
 from landscape.surface import filter_normalized, random, surface
-from landscape.surface.grid import _grid, _param_views, _Predictions, _surface_points, _warn_non_finite
+from landscape.surface.evaluate import _Predictions, _warn_non_finite
+from landscape.surface.grid import _grid, _param_views, _surface_points
 from tests.conftest import make_case
 
 

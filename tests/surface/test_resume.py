@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from landscape import Problem
-from landscape.cache import CacheError
+from landscape.cache import Cache, CacheError
 from landscape.data import gaussian_mixture
 from landscape.models import mlp
-from landscape.surface import filter_normalized, surface
+from landscape.surface import filter_normalized, resume, surface
 
 ROOT = Path(__file__).resolve().parents[2]
 RESOLUTION, CHUNK = 9, 10  # 81 points in 9 chunks
@@ -41,7 +41,7 @@ def run_surface(problem: Problem, cache, **kw):
 CRASHING = """
 import os, signal, sys
 from landscape.cache import GridEntry
-from tests.surface.test_surface_cache import make_problem, run_surface
+from tests.surface.test_resume import make_problem, run_surface
 
 writes = 0
 original = GridEntry.write
@@ -104,3 +104,22 @@ def test_corrupt_cache_file_is_refused_and_left_untouched(tmp_path, content):
         run_surface(make_problem(), str(path))
     assert path.read_bytes() == content
     assert sorted(os.listdir(tmp_path)) == ["run.h5"]
+
+
+def test_a_finished_surface_is_read_back_from_an_open_cache_without_any_evaluation(tmp_path, monkeypatch):
+    problem = make_problem()
+    with Cache(tmp_path / "run.h5") as store:
+        first = run_surface(problem, store)
+        assert first.settings["cache"]["points_from_cache"] == 0
+
+        def evaluated(*args, **kwargs):
+            raise AssertionError("a finished surface was planned or evaluated again")
+
+        monkeypatch.setattr(resume, "_plan", evaluated)
+        monkeypatch.setattr(resume, "_evaluate", evaluated)
+        again = run_surface(problem, store)  # the open cache is used, and left open
+        assert again.settings["cache"]["points_from_cache"] == RESOLUTION**2
+        assert again.settings["cache"]["key"] == first.settings["cache"]["key"]
+        np.testing.assert_array_equal(again.loss, first.loss)
+        np.testing.assert_array_equal(again.accuracy, first.accuracy)
+        assert store.grid(first.settings["cache"]["key"]).complete
