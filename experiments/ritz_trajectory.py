@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 import landscape
-from landscape.linalg.lanczos import _start_block, tridiagonal_eigh
+from landscape.linalg import tridiagonal_eigh
+from landscape.linalg._common import start_block
 from landscape.linalg.probes import make_generator
 from landscape.linalg.short_recurrence import three_term_extreme
 
@@ -46,7 +47,7 @@ def main() -> None:
     import bench_scale
 
     op = landscape.hessian(bench_scale.problem(args.workload))
-    v0 = _start_block(op, None, 1, make_generator(args.seed), "gaussian")[:, 0]
+    v0 = start_block(op, None, 1, make_generator(args.seed), "gaussian")[:, 0]
     t0 = time.perf_counter()
     run = three_term_extreme(op, v0, lambda theta: int(np.argmax(theta)), 0.0, args.steps, keep_start=False)
     seconds = time.perf_counter() - t0

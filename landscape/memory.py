@@ -5,6 +5,12 @@ already is not available, so it is not part of the budget either): ``MemAvailabl
 host (the physical memory as a fallback), or the free memory of the GPU an operator lives on
 (``torch.cuda.mem_get_info``). Krylov bases take at most half of the budget (:func:`krylov_vectors`); the rest is
 left to the products themselves (activations, gradient graphs).
+
+This module sits above the problem (the estimate measures a problem's gradient graphs) and below the operators and
+the estimators, which honour the budget. The sizes the estimate predicts are therefore defined here, once, and the
+code that allocates them imports them: the Hessian operator's graph cache limit, block width and trial threshold,
+and the vectors each estimator holds (the top-k Krylov basis and thick restart's smallest one, the three-term
+recurrence, the trace estimators' sketches and probe blocks).
 """
 
 from __future__ import annotations
@@ -15,15 +21,13 @@ import functools
 import os
 import resource
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from landscape.batch import tensor_leaves
-
-if TYPE_CHECKING:
-    from landscape.problem import PreparedBatch, Problem
+from landscape.problem import PreparedBatch, Problem
 
 __all__ = [
     "MemoryBudgetError",
@@ -47,6 +51,28 @@ LEAN_BASIS_BYTES = 2**30
 #: Products on vectors of at least this many bytes hand the allocator's free pages back afterwards (below it the
 #: call would cost more than it saves).
 TRIM_BYTES = 2**26
+
+#: The Hessian operator's default graph cache (``graph_memory_limit``): every batch's gradient graph is kept for
+#: reuse while they fit together.
+DEFAULT_GRAPH_MEMORY = 2 * 1024**3
+#: Columns a problem operator multiplies at once by default (``max_block``): wider blocks go through in chunks of
+#: at most this many, within the same data pass.
+DEFAULT_MAX_BLOCK = 16
+#: Vectors of at least this many bytes (16M float32 parameters): blocks loop over their columns on the cached graph
+#: without timing trials. On GPT-2 small the trials for a block of 4 (batched double backward, forward-over-reverse
+#: with and without vmap, all on the whole batch) took 10 minutes and held 13.8 GiB, while the loop holds one column's
+#: transients, which is what the memory estimate assumes and the budget was checked against.
+TRIALS_MAX_VECTOR_BYTES = 2**26
+
+#: Probes per operator application of the streaming estimators (Hutchinson, diagonal, Frobenius) by default.
+DEFAULT_BLOCK_SIZE = 50
+#: Vectors the three-term recurrence holds at once (:mod:`landscape.linalg.short_recurrence`): ``q_j`` and the
+#: buffer that turns from ``q_{j-1}`` into ``q_{j+1}`` (Paige 1972's two-vector form: ``r = -beta_{j-1} q_{j-1}``,
+#: then ``r += H q_j`` in place); the start vector and the Ritz vector on top when the vector is wanted.
+THREE_TERM_VECTORS = 2
+THREE_TERM_VECTORS_WITH_RITZ = 4
+#: A thick-restart basis holds the ``k`` wanted vectors, at least one more to grow, and the residual vector.
+MIN_BASIS_EXTRA = 2
 
 
 class MemoryBudgetError(MemoryError):
@@ -111,21 +137,44 @@ def krylov_vectors(memory_budget: int | None, n: int, dtype: torch.dtype, device
     return int(budget * KRYLOV_SHARE) // per_vector
 
 
+def default_block_size(block_size: int | None, num_matvecs: int) -> int:
+    """Probes per operator application of the streaming estimators: ``block_size`` or ``min(m, 50)``."""
+    return block_size or min(num_matvecs, DEFAULT_BLOCK_SIZE)
+
+
+def trace_vectors(estimator: str, num_matvecs: int, block_size: int | None) -> int:
+    """Length-``n`` vectors an estimator holds at once: a Hutchinson block and its product (``2 b``); Hutch++'s
+    sketch, its products and basis, then the deflated probes with theirs (``~ 2 m + m / 3``); XTrace's test
+    vectors, their products and basis (``~ 2 m``)."""
+    if estimator == "hutchinson":
+        return 2 * default_block_size(block_size, num_matvecs)
+    if estimator == "hutch++":
+        return 2 * num_matvecs + num_matvecs // 3
+    return 2 * num_matvecs
+
+
+def min_basis(k: int) -> int:
+    """The smallest useful thick-restart basis for ``k`` eigenpairs: the ``k`` kept vectors plus room to grow."""
+    return k + MIN_BASIS_EXTRA + 1
+
+
+def kept_after_restart(k: int, m: int) -> int:
+    """Ritz vectors kept at a thick restart: the ``k`` wanted and about half of the rest of the basis (Wu & Simon
+    keep extra nearby Ritz vectors so that the next cycle does not lose the ground gained towards the wanted end)."""
+    return min(m - 2, k + max(1, (m - k) // 2))
+
+
 def lean_basis(k: int, per_vector: int) -> int:
     """Vectors a top-``k`` Lanczos basis holds by default (before the budget caps it): ``LEAN_BASIS_BYTES`` or
     ``2 k + 4`` vectors, whichever is more, and at least one more than thick restart keeps. At 10^8 parameters a
     vector costs 0.5 GB and a reorthogonalisation pass over the basis as much time as a product, while a
     restarted basis of a few times ``k`` converges in about as many products (Wu & Simon 2000)."""
-    from landscape.linalg.thick_restart import min_basis
-
     return max(2 * k + 4, min_basis(k) + 1, LEAN_BASIS_BYTES // per_vector)
 
 
 def uses_three_term(k: int, vectors: bool, cap: int, steps: int, guarantee: float | None = None) -> bool:
     """Whether ``top_eigen`` runs the two-vector three-term recurrence: ``k = 1`` and more than one step, and a
     gap-free ``guarantee``, no vector wanted, or no room (``cap`` vectors) for the smallest restarted basis."""
-    from landscape.linalg.thick_restart import min_basis
-
     return k == 1 and steps > 1 and (guarantee is not None or not vectors or cap < min(steps + 1, min_basis(k) + 1))
 
 
@@ -280,9 +329,6 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
         width = int(settings.get("width", 1))
         return width, f"{width} input vector(s)"
     if analysis == "top_eigen":
-        from landscape.linalg.short_recurrence import VECTORS, VECTORS_WITH_RITZ
-        from landscape.linalg.thick_restart import kept_after_restart
-
         k = int(settings.get("k", 1))
         vectors = bool(settings.get("vectors", True))
         steps = settings.get("max_matvecs") or min(n, max(20 * k, 100))
@@ -291,7 +337,7 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
         else:
             cap = min(cap, lean_basis(k, per_vector))
         if uses_three_term(k, vectors, cap, steps, settings.get("guarantee")):
-            need = VECTORS_WITH_RITZ if vectors else VECTORS
+            need = THREE_TERM_VECTORS_WITH_RITZ if vectors else THREE_TERM_VECTORS
             return need, "three-term recurrence" + (" and the Ritz vector" if vectors else "")
         basis = min(cap, steps + 1)
         if basis > steps:
@@ -306,8 +352,6 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
         at_once = f"{g} of {p} probes at a time" if g < p else f"{p} probes"
         return 4 * g, f"three-term recurrence: {at_once} x 2 vectors, the block's input and CGS2 temporary"
     if analysis == "trace":
-        from landscape.linalg.trace import trace_vectors
-
         method = settings.get("method", "hutch++")
         method = "hutch++" if method in ("auto", "exact") else method
         m = int(settings.get("num_matvecs", 100))
@@ -346,9 +390,6 @@ def estimate(
     graph_memory_limit
         The Hessian operator's graph cache limit (default its default, 2 GiB).
     """
-    from landscape.operators.hessian import DEFAULT_GRAPH_MEMORY
-    from landscape.operators.problem_operator import DEFAULT_MAX_BLOCK
-
     if analysis not in ANALYSES:
         raise ValueError(f"analysis must be one of {ANALYSES}, got {analysis!r}")
     budget = default_budget(problem.device) if memory_budget is None else int(memory_budget)
@@ -375,8 +416,6 @@ def estimate(
         width = min(block_width(analysis, settings), DEFAULT_MAX_BLOCK)
         # A block may go through a batched (vmapped) strategy, holding every column's transients at once, unless
         # the operator rules that out: they would not fit, or the model is large (HessianOperator._clear_choice).
-        from landscape.operators.hessian import TRIALS_MAX_VECTOR_BYTES
-
         batched = width > 1 and per_vector < TRIALS_MAX_VECTOR_BYTES and (g.one + per_vector) * width <= budget
         copies = width if batched else 1
         parts["backward transients"] = 2 * g.forward * copies
@@ -399,8 +438,6 @@ def block_width(analysis: str, settings: dict[str, Any]) -> int:
     if analysis == "spectrum":
         return int(settings.get("group") or settings.get("num_probes", 8))
     if analysis == "trace":
-        from landscape.linalg._common import default_block_size
-
         m = int(settings.get("num_matvecs", 100))
         if settings.get("method") == "hutchinson":
             return default_block_size(settings.get("block_size"), m)
@@ -413,8 +450,6 @@ def require(target: Any, analysis: str, memory_budget: int | None, fix: str, **s
     on one; :class:`MemoryBudgetError` naming the need, the budget and ``fix`` when it does not fit. Operators
     without a problem (matrices, user operators) have no product to estimate: their Krylov vectors are checked
     by the estimators themselves."""
-    from landscape.problem import Problem
-
     problem = target if isinstance(target, Problem) else getattr(target, "problem", None)
     if not isinstance(problem, Problem):
         return

@@ -23,9 +23,11 @@ Performance notes
   Chen, Trogdon, Ubaru 2021) or ``num_steps`` on big models.
 """
 
+from landscape.linalg._ritz import tridiagonal_eigh
 from landscape.linalg.diagonal import diagonal
+from landscape.linalg.eigen import top_eigen
 from landscape.linalg.frobenius import frobenius_norm
-from landscape.linalg.lanczos import LanczosDecomposition, lanczos, top_eigen, tridiagonal_eigh
+from landscape.linalg.lanczos import LanczosDecomposition, lanczos
 from landscape.linalg.power import power_iteration
 from landscape.linalg.probes import make_generator, sample_probes
 from landscape.linalg.results import ConvergenceWarning, EigenResult, Estimate, FrobeniusEstimate

@@ -1,5 +1,6 @@
-"""Building blocks shared by the estimators: probe blocks drawn for an operator, blocked products, the Hutch++-style
-deflated sketch, sample statistics and the provenance (matvecs, seed, wall time) every result records."""
+"""Building blocks shared by the estimators: probe blocks and start vectors drawn for an operator, blocked products,
+the Hutch++-style deflated sketch, sample statistics and the provenance (matvecs, seed, wall time) every result
+records."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from landscape.operators.base import CurvatureOperator
 from landscape.operators.exact import ExactDiagonal, ExactDiagonalUnavailable, exact_diagonal
 from landscape.problem import Problem
 
-DEFAULT_BLOCK_SIZE = 50
-
 
 def draw(
     op: CurvatureOperator, k: int, distribution: Distribution, gen: torch.Generator, *, normalize: bool = False
@@ -32,9 +31,20 @@ def draw(
     )
 
 
-def default_block_size(block_size: int | None, num_matvecs: int) -> int:
-    """Probes per operator application of the streaming estimators: ``block_size`` or ``min(m, 50)``."""
-    return block_size or min(num_matvecs, DEFAULT_BLOCK_SIZE)
+def as_start_block(v0: Tensor, n: int, columns: str = "p") -> Tensor:
+    """A warm start ``(n,)`` or ``(n, j)`` as an ``(n, j)`` block (``columns`` names ``j`` in the error message)."""
+    if not isinstance(v0, Tensor) or v0.ndim not in (1, 2) or v0.shape[0] != n:
+        raise ValueError(f"v0 must be a tensor of shape ({n},) or ({n}, {columns}), got {getattr(v0, 'shape', v0)}")
+    return v0.reshape(n, -1)
+
+
+def start_block(
+    op: CurvatureOperator, v0: Tensor | None, num_probes: int, gen: torch.Generator, distribution: Distribution
+) -> Tensor:
+    """The start vectors of a Krylov run: ``v0`` as a block, or ``num_probes`` random ones drawn from ``gen``."""
+    if v0 is None:
+        return draw(op, num_probes, distribution, gen)
+    return as_start_block(v0, op.shape[0])
 
 
 def probe_blocks(

@@ -1,6 +1,6 @@
-"""Ritz pairs into results: which Ritz values are wanted, their error bounds, the convergence warning and the
-:class:`EigenResult` every eigen-solver returns; and the thick-restart Lanczos run packaged as one
-(:mod:`landscape.linalg.thick_restart`)."""
+"""Ritz pairs into results: the eigen-decomposition of a Lanczos tridiagonal, which Ritz values are wanted, their
+error bounds, the convergence warning and the :class:`EigenResult` every eigen-solver returns; and the thick-restart
+Lanczos run packaged as one (:mod:`landscape.linalg.thick_restart`)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,27 @@ import warnings
 from typing import Any, Literal
 
 import numpy as np
+import scipy.linalg
 import torch
 from torch import Tensor
 
 from landscape.linalg._common import Meter
 from landscape.linalg.results import ConvergenceWarning, EigenResult
-from landscape.linalg.thick_restart import kept_after_restart, thick_restart_top
+from landscape.linalg.thick_restart import thick_restart_top
+from landscape.memory import kept_after_restart
 from landscape.operators.base import CurvatureOperator
 
 Which = Literal["LA", "SA", "LM"]
 WHICH: tuple[str, ...] = ("LA", "SA", "LM")
+
+
+def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition ``T = Y diag(theta) Y^T`` of the symmetric tridiagonal with diagonal ``alphas`` and
+    off-diagonal ``betas`` (length ``len(alphas) - 1``), in float64; ``theta`` ascending."""
+    d = np.asarray(alphas, dtype=np.float64)
+    if d.size == 1:
+        return d.copy(), np.ones((1, 1))
+    return scipy.linalg.eigh_tridiagonal(d, np.asarray(betas, dtype=np.float64))
 
 
 def select_wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:

@@ -27,7 +27,6 @@ from landscape.linalg._common import (
     Meter,
     as_operator,
     check_budget,
-    default_block_size,
     deflated_sketch,
     exact_or_reason,
     exact_settings,
@@ -36,6 +35,7 @@ from landscape.linalg._common import (
 )
 from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator
 from landscape.linalg.results import Estimate
+from landscape.memory import default_block_size
 from landscape.operators.base import CurvatureOperator
 from landscape.problem import Problem
 

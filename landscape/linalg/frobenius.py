@@ -12,13 +12,13 @@ import math
 from landscape.linalg._common import (
     Meter,
     check_budget,
-    default_block_size,
     mean_and_stderr,
     probe_blocks,
     to_numpy,
 )
 from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator
 from landscape.linalg.results import FrobeniusEstimate
+from landscape.memory import default_block_size
 from landscape.operators.base import CurvatureOperator
 
 

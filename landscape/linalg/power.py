@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.linalg._common import Meter, draw
+from landscape.linalg._common import Meter, as_start_block, draw
 from landscape.linalg._ritz import Which, check_top_eigen_args, eigen_result, error_bounds
-from landscape.linalg.lanczos import as_start_block
 from landscape.linalg.probes import SeedLike, make_generator
 from landscape.linalg.results import EigenResult
 from landscape.operators.base import CurvatureOperator

@@ -20,14 +20,16 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from landscape.linalg._ritz import tridiagonal_eigh
+from landscape.memory import THREE_TERM_VECTORS as VECTORS
+from landscape.memory import THREE_TERM_VECTORS_WITH_RITZ as VECTORS_WITH_RITZ
 from landscape.operators.base import CurvatureOperator
 from landscape.progress import progress as progress_bar
 
-#: Vectors held at once: ``q_j`` and the buffer that turns from ``q_{j-1}`` into ``q_{j+1}`` (Paige 1972's
-#: two-vector form: ``r = -beta_{j-1} q_{j-1}``, then ``r += H q_j`` in place); the start vector and the Ritz vector
-#: on top when the vector is wanted.
-VECTORS = 2
-VECTORS_WITH_RITZ = 4
+# VECTORS, VECTORS_WITH_RITZ: the vectors the recurrence holds at once without and with the Ritz vector; defined in
+# landscape.memory, whose estimate counts them.
+__all__ = ["VECTORS", "VECTORS_WITH_RITZ", "ShortRecurrence", "dot", "genuine", "ritz_vector", "three_term_extreme"]
+
 _CHUNK = 1 << 20
 
 
@@ -50,8 +52,6 @@ class ShortRecurrence:
 
 
 def _ritz(alphas: list[float], betas: list[float], pick) -> tuple[float, np.ndarray, float, float]:
-    from landscape.linalg.lanczos import tridiagonal_eigh
-
     m = len(alphas)
     theta, Y = tridiagonal_eigh(np.asarray(alphas), np.asarray(betas[: m - 1]))
     i = pick(theta)

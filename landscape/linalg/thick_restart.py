@@ -25,25 +25,12 @@ import torch
 from torch import Tensor
 
 from landscape.linalg._common import draw
+from landscape.memory import kept_after_restart
 from landscape.operators.base import CurvatureOperator
 from landscape.progress import progress as progress_bar
 
-MIN_BASIS_EXTRA = 2  # the basis must hold the k wanted vectors, at least one more to grow, and the residual vector
-
-
 #: Columns of the basis recombined at a time at a restart (bounds its temporary).
 RESTART_COLUMNS = 1 << 18
-
-
-def min_basis(k: int) -> int:
-    """The smallest useful basis for ``k`` eigenpairs: the ``k`` kept vectors plus room to grow."""
-    return k + MIN_BASIS_EXTRA + 1
-
-
-def kept_after_restart(k: int, m: int) -> int:
-    """Ritz vectors kept at a restart: the ``k`` wanted and about half of the rest of the basis (Wu & Simon keep
-    extra nearby Ritz vectors so that the next cycle does not lose the ground gained towards the wanted end)."""
-    return min(m - 2, k + max(1, (m - k) // 2))
 
 
 class ThickRestartState:

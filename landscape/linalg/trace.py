@@ -42,7 +42,6 @@ from landscape.linalg._common import (
     apply_in_blocks,
     as_operator,
     check_budget,
-    default_block_size,
     deflate,
     deflation_pays,
     exact_or_reason,
@@ -56,7 +55,15 @@ from landscape.linalg._common import (
 )
 from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator
 from landscape.linalg.results import Estimate
-from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, gib, krylov_vectors, require
+from landscape.memory import (
+    KRYLOV_SHARE,
+    MemoryBudgetError,
+    default_block_size,
+    gib,
+    krylov_vectors,
+    require,
+    trace_vectors,
+)
 from landscape.operators.base import CurvatureOperator
 from landscape.problem import Problem
 from landscape.progress import progress as progress_bar
@@ -286,17 +293,6 @@ def xtrace(
     return prov.estimate(value, stderr, method="xtrace", samples=samples, settings=settings)
 
 
-def trace_vectors(estimator: str, num_matvecs: int, block_size: int | None) -> int:
-    """Length-``n`` vectors an estimator holds at once: a Hutchinson block and its product (``2 b``); Hutch++'s
-    sketch, its products and basis, then the deflated probes with theirs (``~ 2 m + m / 3``); XTrace's test
-    vectors, their products and basis (``~ 2 m``)."""
-    if estimator == "hutchinson":
-        return 2 * default_block_size(block_size, num_matvecs)
-    if estimator == "hutch++":
-        return 2 * num_matvecs + num_matvecs // 3
-    return 2 * num_matvecs
-
-
 def fit_memory(
     op: CurvatureOperator, estimator: str, num_matvecs: int, block_size: int | None, memory_budget: int | None
 ) -> tuple[str, int | None, str]:
@@ -375,7 +371,7 @@ def trace(
         Show a progress bar over the estimator's products on stderr (advanced once per block product).
     memory_budget
         Bytes the analysis may use (default: 80% of the memory available now). When the estimator's vectors
-        (:func:`trace_vectors`) do not fit half of it, Hutchinson runs instead, in blocks that fit
+        (:func:`landscape.memory.trace_vectors`) do not fit half of it, Hutchinson runs instead, in blocks that fit
         (``settings["memory"]`` says so); :class:`~landscape.memory.MemoryBudgetError` if not even one probe fits.
 
     Returns

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from landscape import memory
+from landscape.memory import DEFAULT_GRAPH_MEMORY, TRIALS_MAX_VECTOR_BYTES
 from landscape.operators.problem_operator import (
     MEASURE_COLUMNS,
     SCRATCH,
@@ -32,13 +33,6 @@ from landscape.operators.problem_operator import (
     vector_product_loop,
 )
 from landscape.problem import PreparedBatch, Problem, check_finite, warn_unused
-
-DEFAULT_GRAPH_MEMORY = 2 * 1024**3
-#: Vectors of at least this many bytes (16M float32 parameters): blocks loop over their columns on the cached graph
-#: without timing trials. On GPT-2 small the trials for a block of 4 (batched double backward, forward-over-reverse
-#: with and without vmap, all on the whole batch) took 10 minutes and held 13.8 GiB, while the loop holds one column's
-#: transients, which is what the memory estimate assumes and the budget was checked against.
-TRIALS_MAX_VECTOR_BYTES = 2**26
 
 
 class _GradientGraph:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from landscape import memory
+from landscape.memory import DEFAULT_MAX_BLOCK
 from landscape.operators.base import CurvatureOperator
 from landscape.problem import ParamDict, PreparedBatch, Problem, changed_in_place, check_finite, versions
 
@@ -47,7 +48,6 @@ def accumulate(total: BlockDict, part: BlockDict) -> None:
 
 SWITCH_MARGIN = 1.25
 MEASURE_ROUNDS = 2
-DEFAULT_MAX_BLOCK = 16
 MEASURE_SAMPLES = 128
 MEASURE_COLUMNS = 16
 SCRATCH = -1  # batch index of the measurement slice: its one-off state (a gradient graph) is never cached

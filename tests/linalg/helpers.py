@@ -9,6 +9,9 @@ import torch
 
 from landscape.operators.base import CurvatureOperator, MatrixOperator
 
+# Distinct, separated extremes on both ends; the most negative eigenvalue is second in magnitude so "LM" mixes signs.
+SPECTRUM = np.concatenate([[-9.5, -6.0, -5.5, -5.1, -4.8], np.linspace(-4.0, 5.0, 190), [7.2, 7.7, 8.3, 9.0, 10.0]])
+
 
 class DiagonalOperator(CurvatureOperator):
     """``diag(d)`` without a dense matrix: spectra of 10^4-10^5 eigenvalues at the cost of a vector."""

@@ -13,7 +13,7 @@ import torch
 
 import landscape as L
 from landscape.linalg import random_start as R
-from landscape.linalg.lanczos import _start_block
+from landscape.linalg._common import start_block
 from landscape.linalg.probes import make_generator
 from tests.linalg.helpers import DiagonalOperator
 
@@ -45,7 +45,7 @@ def test_an_unlucky_start_passes_the_residual_test_on_the_second_eigenvalue_and_
     # The seed whose start vector holds the least of the top eigenvector e_1 (top_eigen's own draw).
     weight = [
         abs(float(v[0] / v.norm()))
-        for v in (_start_block(op, None, 1, make_generator(s), "gaussian")[:, 0] for s in range(300))
+        for v in (start_block(op, None, 1, make_generator(s), "gaussian")[:, 0] for s in range(300))
     ]
     seed = int(np.argmin(weight))
     assert weight[seed] * math.sqrt(n) < 0.02  # a 1-in-50 start, not a rigged one
