@@ -1,4 +1,5 @@
-"""Argument validation shared by every analysis: one copy, one behaviour.
+"""Argument validation shared by every analysis: one copy, one behaviour (whether an object is a Problem is
+checked by :func:`landscape.problem.check_problem`, one layer up).
 
 A value of the wrong type raises ``TypeError``; a value of the right type outside its range raises ``ValueError``.
 Every message names the argument, what it means and what was given, so the fix is in the message.
@@ -11,14 +12,11 @@ import math
 import numpy as np
 import torch
 
-from landscape.problem import Problem
-
 __all__ = [
     "Seed",
     "check_batch_size",
     "check_int",
     "check_positive",
-    "check_problem",
     "check_seed",
     "check_unit",
     "generator",
@@ -26,13 +24,6 @@ __all__ = [
 ]
 
 Seed = int | torch.Generator
-
-
-def check_problem(problem: object) -> Problem:
-    """``problem`` itself, or ``TypeError`` when it is not a :class:`landscape.Problem`."""
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a landscape.Problem, got {type(problem).__name__}")
-    return problem
 
 
 def check_int(name: str, value: object, minimum: int, meaning: str) -> int:

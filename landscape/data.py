@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape._checks import check_int
+
 __all__ = [
     "batches",
     "data_fingerprint",
@@ -32,11 +34,6 @@ _SPLITS = ("train", "test", "all")
 
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(seed))
-
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def digits(
@@ -124,7 +121,7 @@ def gaussian_mixture(
         ``(n, dim)`` inputs and ``int64`` labels in ``0..num_classes-1``.
     """
     for name, value in (("n", n), ("dim", dim), ("num_classes", num_classes)):
-        _check_positive(name, value)
+        check_int(name, value, 1, "a positive count")
     g = _generator(seed)
     means = torch.randn(num_classes, dim, generator=g, dtype=torch.float64)
     means = separation * means / means.norm(dim=1, keepdim=True)
@@ -155,7 +152,7 @@ def synthetic_images(
         ``(n, channels, size, size)`` images and balanced, shuffled ``int64`` labels.
     """
     for name, value in (("n", n), ("channels", channels), ("size", size), ("num_classes", num_classes)):
-        _check_positive(name, value)
+        check_int(name, value, 1, "a positive count")
     g = _generator(seed)
     raw = torch.randn(num_classes, channels, size, size, generator=g)
     templates = torch.nn.functional.avg_pool2d(raw, 5, stride=1, padding=2, count_include_pad=False)
@@ -182,8 +179,8 @@ def synthetic_regression(
         ``(n, dim)`` inputs and ``(n, 1)`` targets (the shape of a ``Linear(dim, 1)`` output, so ``MSELoss``
         does not broadcast).
     """
-    _check_positive("n", n)
-    _check_positive("dim", dim)
+    check_int("n", n, 1, "a positive count")
+    check_int("dim", dim, 1, "a positive count")
     g = _generator(seed)
     w = torch.randn(dim, 1, generator=g, dtype=torch.float64) / dim**0.5
     X = torch.randn(n, dim, generator=g, dtype=torch.float64)
@@ -196,7 +193,7 @@ def batches(X: Tensor, y: Tensor, batch_size: int) -> list[tuple[Tensor, Tensor]
 
     The batches are views of ``X`` and ``y`` (no copy), in order.
     """
-    _check_positive("batch_size", batch_size)
+    check_int("batch_size", batch_size, 1, "a positive count")
     if len(X) != len(y):
         raise ValueError(f"X and y hold different numbers of samples: {len(X)} and {len(y)}")
     return [(X[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(X), batch_size)]
@@ -313,5 +310,5 @@ def load_tokens(path: str | os.PathLike[str]) -> Tensor:
 
 def token_batches(ids: Tensor, batch_size: int) -> list[dict[str, Tensor]]:
     """``{"input_ids": ...}`` batches of ``batch_size`` sequences (the last may be shorter), views of ``ids``."""
-    _check_positive("batch_size", batch_size)
+    check_int("batch_size", batch_size, 1, "a positive count")
     return [{"input_ids": ids[i : i + batch_size]} for i in range(0, len(ids), batch_size)]

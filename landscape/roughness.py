@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape._checks import Seed, check_int, check_positive, check_problem, check_seed, seed_int
+from landscape._checks import Seed, check_int, check_positive, check_seed, seed_int
 from landscape.operators import hessian
-from landscape.problem import Problem
+from landscape.problem import Problem, check_problem
 from landscape.progress import progress as progress_bar
 from landscape.surface.directions import Directions, filter_normalized, from_vectors
 from landscape.surface.grid import surface

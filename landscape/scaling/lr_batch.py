@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from landscape._checks import Seed, check_batch_size, check_int, check_positive, check_problem, seed_int
-from landscape.problem import Problem
+from landscape._checks import Seed, check_batch_size, check_int, check_positive, seed_int
+from landscape.problem import Problem, check_problem
 from landscape.progress import progress as progress_bar
 from landscape.scaling.minibatch import (
     BatchSharpness,

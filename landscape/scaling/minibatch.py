@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape._checks import Seed, check_batch_size, check_int, check_positive, check_problem, seed_int
+from landscape._checks import Seed, check_batch_size, check_int, check_positive, seed_int
 from landscape.example_pool import Examples
 from landscape.linalg import ConvergenceWarning, top_eigen
 from landscape.operators import hessian
-from landscape.problem import Problem
+from landscape.problem import Problem, check_problem
 
 ENGINES = ("double_backward", "forward_over_reverse")
 

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape._checks import Seed, check_batch_size, check_int, check_problem, seed_int
+from landscape._checks import Seed, check_batch_size, check_int, seed_int
 from landscape.example_pool import Examples
 from landscape.operators import hessian
 from landscape.operators.base import CurvatureOperator
-from landscape.problem import Problem
+from landscape.problem import Problem, check_problem
 from landscape.scaling.minibatch import (
     check_engine,
     finite_population_factor,

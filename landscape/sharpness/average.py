@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from landscape._checks import Seed, check_int, check_positive, check_problem, check_seed, generator
+from landscape._checks import Seed, check_int, check_positive, check_seed, generator
 from landscape.linalg.probes import sample_probes, seed_record
-from landscape.problem import Problem
+from landscape.problem import Problem, check_problem
 from landscape.sharpness._common import perturbation_scale
 
 

@@ -26,10 +26,10 @@ import torch
 from scipy.optimize import Bounds, minimize
 from torch import Tensor
 
-from landscape._checks import Seed, check_int, check_positive, check_problem, check_seed, generator
+from landscape._checks import Seed, check_int, check_positive, check_seed, generator
 from landscape.linalg.probes import sample_probes, seed_record
 from landscape.memory import MemoryBudgetError, default_budget, gib
-from landscape.problem import Problem
+from landscape.problem import Problem, check_problem
 from landscape.sharpness._common import gradient_is_zero
 
 # Corrections scipy's L-BFGS-B keeps (its ``maxcor`` default): its float64 workspace holds 2 maxcor + 5 vectors.

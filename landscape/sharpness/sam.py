@@ -51,10 +51,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape._checks import Seed, check_int, check_positive, check_problem, check_seed, generator
+from landscape._checks import Seed, check_int, check_positive, check_seed, generator
 from landscape.example_pool import Examples
 from landscape.linalg.probes import sample_probes, seed_record
-from landscape.problem import Problem
+from landscape.problem import Problem, check_problem
 from landscape.sharpness._common import gradient_is_zero, perturbation_scale
 
 # Auto-PGD's initial step (Croce & Hein 2020) and the largest step of the doubling rule, in units of rho.

@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from landscape._checks import Seed, check_int, check_positive, check_problem, check_seed
+from landscape._checks import Seed, check_int, check_positive, check_seed
 from landscape.linalg import frobenius_norm, top_eigen
 from landscape.linalg import trace as estimate_trace
 from landscape.linalg.probes import seed_record
 from landscape.linalg.results import EigenResult, Estimate, FrobeniusEstimate
 from landscape.operators import hessian
-from landscape.problem import Problem
+from landscape.problem import Problem, check_problem
 from landscape.progress import progress as progress_bar
 from landscape.sharpness.average import AverageSharpness, average_sharpness
 from landscape.sharpness.keskar import KeskarSharpness, keskar_refusal, keskar_sharpness

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from landscape._checks import check_batch_size, check_problem, check_seed, generator, seed_int
+from landscape._checks import check_batch_size, check_seed, generator, seed_int
 from landscape.linalg import top_eigen
 from landscape.operators import hessian
 from landscape.operators.base import CurvatureOperator
 from landscape.operators.exact import ExactDiagonalUnavailable, exact_diagonal
 from landscape.operators.transformed import Transformed
-from landscape.problem import Problem
+from landscape.problem import Problem, check_problem
 from landscape.scaling import finite_population_factor
 from landscape.stability.report import KINDS, Criterion, StabilityReport, criterion
 from landscape.stability.rules import REF_SAM, Rule, resolve_rule

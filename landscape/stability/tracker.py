@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape._checks import check_int, check_problem, generator, seed_int
+from landscape._checks import check_int, generator, seed_int
 from landscape.cache import Cache
 from landscape.linalg import top_eigen
 from landscape.operators import hessian
 from landscape.operators.transformed import Transformed
-from landscape.problem import Problem
+from landscape.problem import Problem, check_problem
 from landscape.stability.rules import Rule, resolve_rule, rule_from_torch
 
 __all__ = ["TRACKED_RULES", "EdgeOfStabilityTracker"]

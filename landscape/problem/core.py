@@ -15,9 +15,7 @@ import contextlib
 import copy
 import fnmatch
 import functools
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -26,63 +24,19 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscape import attention, losses
-from landscape.batch import BatchFormatError, num_examples, take
+from landscape.batch import BatchFormatError, num_examples
 from landscape.batch import to as to_device
 from landscape.data import batch_digest, data_fingerprint, fingerprint_of_batches
 from landscape.distributed import DataParallel, ShardInfo, combine_digests, resolve, resolve_replicas, shard_digest
 from landscape.losses import Loss
-
-ParamDict = dict[str, Tensor]
+from landscape.problem.batches import DataError, PreparedBatch, normalise_data
+from landscape.problem.guards import (
+    NonDeterministicError,
+    ParamDict,
+    check_finite,
+)
 
 MODES = ("eval", "train")
-
-
-class DataError(ValueError):
-    """The data cannot be used as given (empty, not re-iterable, wrong batch format)."""
-
-
-class NonDeterministicError(RuntimeError):
-    """Two evaluations of the same loss or gradient differ."""
-
-
-@dataclass(frozen=True)
-class PreparedBatch:
-    """One batch moved to the problem's device/dtype, with its weight in the full-data loss.
-
-    ``data`` is the batch as a tree (:mod:`landscape.batch`), ``size`` its examples, ``count`` what its loss
-    averages over (examples, or counted tokens) and ``weight`` its share ``count / total count`` of the full-data
-    mean (1 for sum-reduced criteria).
-    """
-
-    data: Any
-    weight: float
-    size: int
-    count: int
-
-    @property
-    def inputs(self) -> Any:
-        """The inputs of an ``(inputs, targets)`` batch."""
-        return self.data[0]
-
-    @property
-    def targets(self) -> Any:
-        """The targets of an ``(inputs, targets)`` batch."""
-        return self.data[1]
-
-    def head(self, m: int) -> PreparedBatch:
-        """The first ``m`` examples, weighted pro rata (a slice to time strategies on, not to sum)."""
-        return PreparedBatch(take(self.data, slice(0, m)), self.weight * m / self.size, m, self.count)
-
-
-def _is_tensor_pair(data: object) -> bool:
-    return (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, Tensor) for t in data)
-        and data[0].ndim > 0
-        and data[1].ndim > 0
-        and data[0].shape[0] == data[1].shape[0]
-    )
 
 
 class Problem:
@@ -160,7 +114,7 @@ class Problem:
         self.dist: DataParallel | None = resolve(distributed)
         self.replicas: DataParallel | None = resolve_replicas(distributed)
         # Data-parallel, one rank's shard may be empty (a data subset none of whose batches it holds).
-        self._data = self._normalise_data(data, batch_size, allow_empty=self.dist is not None)
+        self._data = normalise_data(data, batch_size, allow_empty=self.dist is not None)
         self._num_samples: int | None = None
         self._num_counted: int | None = None  # what the losses average over, summed over the local batches
         self._total_count: int | None = None  # ... over every rank's batches
@@ -253,30 +207,6 @@ class Problem:
         return state
 
     # ------------------------------------------------------------------ data
-    @staticmethod
-    def _normalise_data(data: object, batch_size: int | None, *, allow_empty: bool = False) -> Iterable:
-        if _is_tensor_pair(data):
-            X, y = data
-            if X.shape[0] == 0:
-                if allow_empty:
-                    return []
-                raise DataError("data is empty: (X, y) has no samples")
-            if batch_size is None:
-                return [(X, y)]
-            if batch_size <= 0:
-                raise ValueError(f"batch_size must be positive, got {batch_size}")
-            return list(zip(torch.split(X, batch_size), torch.split(y, batch_size), strict=True))
-        if batch_size is not None:
-            raise ValueError("batch_size applies only to a tensor pair (X, y); a loader already has batches")
-        if isinstance(data, Iterator):
-            raise DataError(
-                "data is a one-shot iterator/generator, but every analysis passes over the data many times: "
-                "pass a list of batches, a DataLoader, or a tensor pair (X, y)"
-            )
-        if not isinstance(data, Iterable):
-            raise DataError(f"data must be a DataLoader, an iterable of (inputs, targets) or (X, y); got {type(data)}")
-        return data
-
     def _prepare(self, batch: object, index: int) -> Any:
         if isinstance(batch, Tensor):
             raise DataError(
@@ -679,31 +609,8 @@ class _Within(nn.Module):
         return body(self.inner)
 
 
-def versions(params: ParamDict) -> dict[str, int]:
-    """The in-place version counter of each tensor (``Tensor._version``: bumped by every in-place update)."""
-    return {n: t._version for n, t in params.items()}
-
-
-def changed_in_place(params: ParamDict, before: dict[str, int]) -> list[str]:
-    """Names of the tensors updated in place since ``before = versions(params)``."""
-    return [n for n, t in params.items() if t._version != before[n]]
-
-
-def check_finite(value: Tensor, what: str, batch_index: int) -> Tensor:
-    """Raise a clear error when a loss (or product) is NaN/inf."""
-    if not bool(torch.isfinite(value).all()):
-        raise FloatingPointError(
-            f"the {what} is not finite (NaN or inf) on batch {batch_index}: check the checkpoint (diverged "
-            "training?), the inputs (NaN in the data?) and the loss function"
-        )
-    return value
-
-
-def warn_unused(names: Iterable[str]) -> None:
-    names = list(names)
-    if names:
-        warnings.warn(
-            f"{len(names)} selected parameter(s) do not affect the loss and get zero curvature: "
-            + ", ".join(names[:5]),
-            stacklevel=3,
-        )
+def check_problem(problem: object) -> Problem:
+    """``problem`` itself, or ``TypeError`` when it is not a :class:`Problem`."""
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a landscape.Problem, got {type(problem).__name__}")
+    return problem
