@@ -14,32 +14,7 @@ from landscape import Problem
 from landscape.surface import directions as dirs
 from landscape.surface import surface
 from tests.conftest import make_case, reference_hessian, reference_loss_fn, reference_point
-
-
-def _problem(name: str) -> Problem:
-    case = make_case(name)
-    return Problem(case.model, case.loss_fn, case.batches(), params=case.params, mode=case.mode)
-
-
-def _state(model: nn.Module):
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        [m.training for m in model.modules()],
-        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        torch.get_rng_state(),
-        np.random.get_state()[1].copy(),
-    )
-
-
-def _assert_same_state(before, after) -> None:
-    sd0, modes0, grads0, trng0, nrng0 = before
-    sd1, modes1, grads1, trng1, nrng1 = after
-    assert sd0.keys() == sd1.keys()
-    assert all(torch.equal(sd0[k], sd1[k]) for k in sd0)
-    assert modes0 == modes1
-    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads0, grads1, strict=True))
-    assert torch.equal(trng0, trng1)
-    assert np.array_equal(nrng0, nrng1)
+from tests.surface.helpers import assert_same_state, model_state, named_problem, set_params, untidy_model
 
 
 MAKERS = {
@@ -52,7 +27,7 @@ MAKERS = {
 
 @pytest.mark.parametrize("kind", list(MAKERS))
 def test_same_seed_same_directions_different_seed_different(kind):
-    problem = _problem("cnn_bn_eval")
+    problem = named_problem("cnn_bn_eval")
     make = MAKERS[kind]
     a, b, c = make(problem, 2, seed=5), make(problem, 2, seed=5), make(problem, 2, seed=6)
     assert a.vectors.shape == (2, problem.num_params)
@@ -64,7 +39,7 @@ def test_same_seed_same_directions_different_seed_different(kind):
 
 
 def test_direction_k_does_not_depend_on_num():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     one, three = dirs.random(problem, 1, seed=2), dirs.random(problem, 3, seed=2)
     assert torch.equal(one.vectors[0], three.vectors[0])
 
@@ -72,20 +47,16 @@ def test_direction_k_does_not_depend_on_num():
 @pytest.mark.parametrize("kind", list(MAKERS))
 @pytest.mark.parametrize("case", ["mlp", "cnn_bn_train"])
 def test_directions_leave_no_trace(kind, case):
-    problem = _problem(case)
-    model = problem.model
-    model.train()
-    model[0].eval()
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 0.25)
-    before = _state(model)
+    problem = named_problem(case)
+    model = untidy_model(problem)
+    before = model_state(model)
     MAKERS[kind](problem, 2, seed=0)
-    _assert_same_state(before, _state(model))
+    assert_same_state(before, model_state(model))
 
 
 @pytest.mark.parametrize("ignore", ["biasbn", "copy"])
 def test_filter_norms_equal_weight_filter_norms(ignore):
-    problem = _problem("cnn_bn_eval")
+    problem = named_problem("cnn_bn_eval")
     d = dirs.filter_normalized(problem, 2, seed=1, ignore=ignore)
     weights = problem.params_dict()
     for row in d.vectors:
@@ -103,7 +74,7 @@ def test_filter_norms_equal_weight_filter_norms(ignore):
 
 
 def test_filter_normalized_is_the_gaussian_rescaled_per_filter():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     raw = problem.unflatten(dirs.random(problem, 1, seed=4).vectors[0])
     fn = problem.unflatten(dirs.filter_normalized(problem, 1, seed=4).vectors[0])
     for name, w in problem.params_dict().items():
@@ -115,7 +86,7 @@ def test_filter_normalized_is_the_gaussian_rescaled_per_filter():
 
 
 def test_layer_norms_equal_weight_norms():
-    problem = _problem("cnn_bn_eval")
+    problem = named_problem("cnn_bn_eval")
     d = dirs.layer_normalized(problem, 2, seed=0)
     weights = problem.params_dict()
     for row in d.vectors:
@@ -125,7 +96,7 @@ def test_layer_norms_equal_weight_norms():
 
 
 def test_directions_refer_to_selected_params():
-    problem = _problem("mlp_subset")
+    problem = named_problem("mlp_subset")
     for make in MAKERS.values():
         assert make(problem, 2).vectors.shape == (2, problem.num_params)
     d = dirs.filter_normalized(problem, 1)
@@ -135,7 +106,7 @@ def test_directions_refer_to_selected_params():
 
 
 def test_from_vectors_accepts_flat_blocks_and_dicts():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     n = problem.num_params
     v = torch.randn(2, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     a = dirs.from_vectors(problem, v)
@@ -151,7 +122,7 @@ def test_from_vectors_accepts_flat_blocks_and_dicts():
 
 
 def test_from_vectors_rejects_wrong_shapes():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     n = problem.num_params
     with pytest.raises(ValueError, match=f"problem has {n}"):
         dirs.from_vectors(problem, torch.zeros(2, n + 1, dtype=torch.float64))
@@ -170,7 +141,7 @@ def test_from_vectors_rejects_wrong_shapes():
 
 
 def test_bad_arguments_are_named():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     with pytest.raises(ValueError, match="num"):
         dirs.random(problem, 0)
     with pytest.raises(ValueError, match="ignore"):
@@ -180,7 +151,7 @@ def test_bad_arguments_are_named():
 
 
 def test_counts_of_a_wrong_type_are_type_errors_and_a_generator_seeds_like_the_int_it_gives():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     for bad in (1.5, "2", True, None):
         with pytest.raises(TypeError, match="num"):
             dirs.random(problem, bad)
@@ -234,7 +205,7 @@ def test_filter_normalized_surface_is_invariant_to_relu_rescaling(ignore):
 
 @pytest.mark.parametrize("case", ["mlp", "mlp_subset", "cnn_bn_eval"])
 def test_model_normalized_norm_equals_weights_norm(case):
-    problem = _problem(case)
+    problem = named_problem(case)
     d = dirs.model_normalized(problem, 3, seed=2)
     w_norm = problem.params_vector().norm()
     torch.testing.assert_close(d.vectors.norm(dim=1), w_norm.expand(3), rtol=0, atol=1e-10)
@@ -243,7 +214,7 @@ def test_model_normalized_norm_equals_weights_norm(case):
 
 
 def test_model_normalized_is_the_gaussian_rescaled_as_a_whole():
-    problem = _problem("cnn_bn_eval")
+    problem = named_problem("cnn_bn_eval")
     raw = dirs.random(problem, 2, seed=4).vectors
     d = dirs.model_normalized(problem, 2, seed=4).vectors
     ratio = d / raw
@@ -290,7 +261,7 @@ def _match_up_to_sign(vectors: torch.Tensor, reference: torch.Tensor) -> float:
 @pytest.mark.parametrize("case", ["mlp", "mlp_subset", "mse", "cnn_bn_eval"])
 def test_hessian_axes_are_the_top_eigenvectors_of_the_dense_hessian(case):
     c = make_case(case)
-    problem = _problem(case)
+    problem = named_problem(case)
     values, vectors = torch.linalg.eigh(reference_hessian(c))
     d = dirs.hessian_axes(problem, 2, tol=1e-10)
     assert d.kind == "hessian_axes" and d.seed == 0
@@ -307,7 +278,7 @@ def test_hessian_axes_are_the_top_eigenvectors_of_the_dense_hessian(case):
 def test_hessian_axes_smallest_are_the_bottom_eigenvectors():
     c = make_case("mlp")
     values, vectors = torch.linalg.eigh(reference_hessian(c))
-    d = dirs.hessian_axes(_problem("mlp"), 2, which="smallest", tol=1e-10)
+    d = dirs.hessian_axes(named_problem("mlp"), 2, which="smallest", tol=1e-10)
     np.testing.assert_allclose(d.settings["eigenvalues"], values[:2].numpy(), rtol=0, atol=1e-8)
     assert _match_up_to_sign(d.vectors, vectors[:, :2].T) < 1e-6
 
@@ -337,14 +308,14 @@ def _reference_ggn(case) -> torch.Tensor:
 def test_ggn_axes_are_the_top_eigenvectors_of_the_dense_ggn(case):
     c = make_case(case)
     values, vectors = torch.linalg.eigh(_reference_ggn(c))
-    d = dirs.hessian_axes(_problem(case), 2, operator="ggn", tol=1e-10)
+    d = dirs.hessian_axes(named_problem(case), 2, operator="ggn", tol=1e-10)
     np.testing.assert_allclose(d.settings["eigenvalues"], values.flip(0)[:2].numpy(), rtol=0, atol=1e-8)
     assert _match_up_to_sign(d.vectors, vectors.flip(1)[:, :2].T) < 1e-6
     assert d.settings["operator"] == "ggn"
 
 
 def test_hessian_axes_sign_convention_and_reproducibility():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     a, b = dirs.hessian_axes(problem, 2, seed=3, tol=1e-10), dirs.hessian_axes(problem, 2, seed=3, tol=1e-10)
     # Equal up to rounding only: the operator's automatic engine choice is timing-based.
     torch.testing.assert_close(a.vectors, b.vectors, rtol=0, atol=1e-12)
@@ -360,7 +331,7 @@ def test_hessian_axes_follow_the_problem_dtype_and_parameter_order():
     c = make_case("mlp_subset")
     problem32 = Problem(c.model, c.loss_fn, c.batches(), params=c.params, dtype=torch.float32)
     d32 = dirs.hessian_axes(problem32, 2, tol=1e-5)
-    d64 = dirs.hessian_axes(_problem("mlp_subset"), 2, tol=1e-10)
+    d64 = dirs.hessian_axes(named_problem("mlp_subset"), 2, tol=1e-10)
     assert d32.vectors.dtype == torch.float32 and d32.settings["params"] == ["0.weight", "2.weight", "2.bias"]
     assert _match_up_to_sign(d32.vectors.double(), d64.vectors) < 1e-3
     # Moving along axis 0 raises the loss by lambda_0 a^2 / 2 to second order: the parameter order is right.
@@ -372,20 +343,16 @@ def test_hessian_axes_follow_the_problem_dtype_and_parameter_order():
 
 
 def test_hessian_axes_leave_no_trace():
-    problem = _problem("cnn_bn_train")
-    model = problem.model
-    model.train()
-    model[0].eval()
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 0.25)
-    before = _state(model)
+    problem = named_problem("cnn_bn_train")
+    model = untidy_model(problem)
+    before = model_state(model)
     dirs.hessian_axes(problem, 1, tol=1e-3)
     dirs.hessian_axes(problem, 1, operator="ggn", tol=1e-3)
-    _assert_same_state(before, _state(model))
+    assert_same_state(before, model_state(model))
 
 
 def test_hessian_axes_bad_arguments_are_named():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     with pytest.raises(ValueError, match="operator"):
         dirs.hessian_axes(problem, operator="fisher")
     with pytest.raises(ValueError, match="which"):
@@ -408,7 +375,7 @@ def _random_checkpoints(problem: Problem, count: int, seed: int) -> torch.Tensor
 
 
 def test_pca_matches_numpy_svd_of_the_deviations():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     points = _random_checkpoints(problem, 6, seed=0)
     d = dirs.pca(problem, list(points), num=3)
     m = (points - problem.params_vector()).numpy()
@@ -424,25 +391,16 @@ def test_pca_matches_numpy_svd_of_the_deviations():
 
 
 def test_pca_explained_variance_of_all_components_sums_to_one():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     d = dirs.pca(problem, _random_checkpoints(problem, 4, seed=1), num=4)
     assert sum(d.settings["explained_variance"]) == pytest.approx(1.0, abs=1e-14)
     assert d.settings["explained_variance"] == sorted(d.settings["explained_variance"], reverse=True)
 
 
-def _set_params(model: nn.Module, problem: Problem, flat: torch.Tensor) -> nn.Module:
-    out = copy.deepcopy(model)
-    with torch.no_grad():
-        named = dict(out.named_parameters())
-        for name, value in problem.unflatten(flat).items():
-            named[name].copy_(value)
-    return out
-
-
 def test_pca_accepts_modules_state_dicts_and_flat_tensors_alike():
-    problem = _problem("mlp_subset")
+    problem = named_problem("mlp_subset")
     points = _random_checkpoints(problem, 5, seed=2)
-    modules = [_set_params(problem.model, problem, p) for p in points]
+    modules = [set_params(problem.model, problem, p) for p in points]
     with torch.no_grad():
         modules[0][0].bias.add_(7.0)  # not a selected parameter: must be ignored
     states = [m.state_dict() for m in modules]
@@ -456,7 +414,7 @@ def test_pca_accepts_modules_state_dicts_and_flat_tensors_alike():
 
 
 def test_pca_refuses_degenerate_trajectories():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     w = problem.params_vector()
     points = _random_checkpoints(problem, 3, seed=3)
     with pytest.raises(ValueError, match="at least 3 checkpoints, got 2"):
@@ -469,7 +427,7 @@ def test_pca_refuses_degenerate_trajectories():
 
 
 def test_pca_refuses_checkpoints_that_do_not_fit():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     n = problem.num_params
     good = problem.model.state_dict()
     with pytest.raises(ValueError, match=r"lacks 1 selected parameter.*2\.bias"):
@@ -496,14 +454,14 @@ def test_pca_refuses_checkpoints_that_do_not_fit():
 
 
 def test_pca_leaves_no_trace():
-    problem = _problem("cnn_bn_eval")
-    checkpoints = [_set_params(problem.model, problem, p) for p in _random_checkpoints(problem, 3, seed=4)]
-    before = _state(problem.model)
-    before_checkpoints = [_state(m) for m in checkpoints]
+    problem = named_problem("cnn_bn_eval")
+    checkpoints = [set_params(problem.model, problem, p) for p in _random_checkpoints(problem, 3, seed=4)]
+    before = model_state(problem.model)
+    before_checkpoints = [model_state(m) for m in checkpoints]
     dirs.pca(problem, checkpoints)
-    _assert_same_state(before, _state(problem.model))
+    assert_same_state(before, model_state(problem.model))
     for b, m in zip(before_checkpoints, checkpoints, strict=True):
-        _assert_same_state(b, _state(m))
+        assert_same_state(b, model_state(m))
 
 
 @pytest.mark.parametrize("make", [dirs.random, dirs.filter_normalized, dirs.layer_normalized, dirs.model_normalized])
@@ -512,7 +470,7 @@ def test_directions_hold_their_block_and_one_parameter_at_a_time(make):
     piece, no dicts of whole directions or flat copies beside it (on GPT-2 small each vector is 0.5 GB)."""
     from tests.linalg.test_thick_restart import _LiveBytes
 
-    problem = _problem("cnn_bn_eval")
+    problem = named_problem("cnn_bn_eval")
     numel = max(problem.param_numels)
     with _LiveBytes() as alloc:
         d = make(problem, 3, seed=0)

@@ -11,8 +11,7 @@ from torch import nn
 from landscape import Problem
 from landscape.surface import filter_normalized, random, surface
 from tests.conftest import make_case
-from tests.surface.helpers import case_problem
-from tests.surface.test_directions import _assert_same_state, _state
+from tests.surface.helpers import assert_same_state, case_problem, model_state
 
 
 @pytest.mark.parametrize("name", ["mlp", "mlp_subset", "cnn_bn_eval", "cnn_bn_train"])
@@ -98,11 +97,11 @@ def test_an_error_part_way_leaves_the_model_as_it_was():
         return case.loss_fn(outputs, targets)
 
     problem = Problem(case.model, failing, case.batches())
-    before = _state(case.model)
+    before = model_state(case.model)
     params_before = {n: p for n, p in case.model.named_parameters()}
     with pytest.raises(RuntimeError, match="boom"):
         surface(problem, filter_normalized(problem, 2, seed=0), resolution=5)
-    _assert_same_state(before, _state(case.model))
+    assert_same_state(before, model_state(case.model))
     assert all(p is params_before[n] for n, p in case.model.named_parameters())
 
 

@@ -19,8 +19,7 @@ from torch.func import functional_call
 from landscape import Problem
 from landscape.surface import Surface, filter_normalized, from_vectors, interpolate, random, surface
 from tests.conftest import make_case, reference_loss_fn, reference_point
-from tests.surface.helpers import case_problem
-from tests.surface.test_directions import _assert_same_state, _state
+from tests.surface.helpers import assert_same_state, case_problem, model_state, untidy_model
 
 # Selected before any figure exists (pyplot picks its backend lazily): no display needed.
 matplotlib.use("Agg")
@@ -151,19 +150,15 @@ def test_bad_arguments_are_named():
 def test_surface_interpolate_and_plot_leave_no_trace(name):
     case = make_case(name)
     problem = case_problem(case)
-    model = problem.model
-    model.train()
-    model[0].eval()
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 0.5)
+    model = untidy_model(problem, grad=0.5)
     other = copy.deepcopy(model)
-    before = _state(model)
+    before = model_state(model)
     s = surface(problem, filter_normalized(problem, 2, seed=0), resolution=3)
-    _assert_same_state(before, _state(model))
+    assert_same_state(before, model_state(model))
     interpolate(problem, model, other, resolution=5)
-    _assert_same_state(before, _state(model))
+    assert_same_state(before, model_state(model))
     plt.close(s.plot().figure)
-    _assert_same_state(before, _state(model))
+    assert_same_state(before, model_state(model))
 
 
 @pytest.fixture

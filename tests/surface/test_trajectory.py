@@ -10,16 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from landscape import Problem
 from landscape.surface import directions as dirs
 from landscape.surface.trajectory import Trajectory, project, trajectory
-from tests.conftest import make_case
-from tests.surface.test_directions import _assert_same_state, _set_params, _state
-
-
-def _problem(name: str) -> Problem:
-    case = make_case(name)
-    return Problem(case.model, case.loss_fn, case.batches(), params=case.params, mode=case.mode)
+from tests.surface.helpers import assert_same_state, model_state, named_problem, set_params, untidy_model
 
 
 def _orthonormal(n: int, k: int, seed: int) -> torch.Tensor:
@@ -35,7 +28,7 @@ def _coefficients(count: int, k: int, seed: int) -> torch.Tensor:
 
 
 def test_planted_plane_is_recovered_exactly():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     w = problem.params_vector()
     uv = _orthonormal(problem.num_params, 2, seed=0)
     ab = _coefficients(7, 2, seed=1) * torch.tensor([3.0, 1.0], dtype=torch.float64)
@@ -64,7 +57,7 @@ def test_planted_plane_is_recovered_exactly():
 
 def test_off_plane_component_gives_exact_residuals():
     """Coefficients with orthogonal columns of norms 5, 3, 1: the SVD is known in closed form."""
-    problem = _problem("mlp_subset")
+    problem = named_problem("mlp_subset")
     w = problem.params_vector()
     uvz = _orthonormal(problem.num_params, 3, seed=2)
     columns, _ = torch.linalg.qr(_coefficients(9, 3, seed=3))
@@ -85,7 +78,7 @@ def test_off_plane_component_gives_exact_residuals():
 
 
 def test_projection_onto_non_orthogonal_directions_recovers_coefficients():
-    problem = _problem("cnn_bn_eval")
+    problem = named_problem("cnn_bn_eval")
     w = problem.params_vector()
     g1, g2, z = _orthonormal(problem.num_params, 3, seed=4)
     basis = torch.stack([g1, g1 + 0.3 * g2])  # cosine 0.96 between the two directions
@@ -105,7 +98,7 @@ def test_projection_onto_non_orthogonal_directions_recovers_coefficients():
 
 
 def test_projection_onto_filter_normalized_directions_is_exact():
-    problem = _problem("cnn_bn_eval")
+    problem = named_problem("cnn_bn_eval")
     d = dirs.filter_normalized(problem, 2, seed=6)
     alpha_beta = _coefficients(4, 2, seed=7)
     tr = project(problem, d, problem.params_vector() + alpha_beta @ d.vectors)
@@ -114,10 +107,10 @@ def test_projection_onto_filter_normalized_directions_is_exact():
 
 
 def test_module_checkpoints_and_pca_plus_project_agree_with_trajectory():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     w = problem.params_vector()
     points = w + _coefficients(4, problem.num_params, seed=8) * 0.1
-    modules = [_set_params(problem.model, problem, p) for p in points]
+    modules = [set_params(problem.model, problem, p) for p in points]
     d, tr = trajectory(problem, modules, labels=["a", "b", "c", "d"])
     d2 = dirs.pca(problem, points)
     tr2 = project(problem, d2, [m.state_dict() for m in modules], labels=["a", "b", "c", "d"])
@@ -128,7 +121,7 @@ def test_module_checkpoints_and_pca_plus_project_agree_with_trajectory():
 
 
 def test_trajectory_is_frozen_and_its_arrays_read_only():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     _, tr = trajectory(problem, problem.params_vector() + _coefficients(3, problem.num_params, seed=9))
     with pytest.raises(dataclasses.FrozenInstanceError):
         tr.labels = ("x",)
@@ -138,7 +131,7 @@ def test_trajectory_is_frozen_and_its_arrays_read_only():
 
 
 def test_project_bad_inputs_are_named():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     n = problem.num_params
     w = problem.params_vector()
     points = w + _coefficients(3, n, seed=10)
@@ -151,7 +144,7 @@ def test_project_bad_inputs_are_named():
         project(problem, dirs.from_vectors(problem, torch.stack([d.vectors[0], -2 * d.vectors[0]])), points)
     with pytest.raises(ValueError, match="linearly dependent"):
         project(problem, dirs.from_vectors(problem, torch.zeros(1, n, dtype=torch.float64)), points)
-    other = _problem("mlp_subset")
+    other = named_problem("mlp_subset")
     with pytest.raises(ValueError, match=f"problem has {n} selected parameters"):
         project(problem, dirs.random(other, 2), points)
     with pytest.raises(TypeError, match="Directions"):
@@ -163,26 +156,22 @@ def test_project_bad_inputs_are_named():
 
 
 def test_trajectory_leaves_no_trace():
-    problem = _problem("cnn_bn_train")
-    model = problem.model
-    model.train()
-    model[0].eval()
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 0.25)
-    checkpoints = [_set_params(model, problem, w) for w in problem.params_vector() + _coefficients(3, 81, seed=11)]
+    problem = named_problem("cnn_bn_train")
+    model = untidy_model(problem)
+    checkpoints = [set_params(model, problem, w) for w in problem.params_vector() + _coefficients(3, 81, seed=11)]
     originals = [copy.deepcopy(m) for m in checkpoints]
-    before = _state(model)
-    before_checkpoints = [_state(m) for m in checkpoints]
+    before = model_state(model)
+    before_checkpoints = [model_state(m) for m in checkpoints]
     d, _ = trajectory(problem, checkpoints)
     project(problem, d, checkpoints)
-    _assert_same_state(before, _state(model))
+    assert_same_state(before, model_state(model))
     for b, m, original in zip(before_checkpoints, checkpoints, originals, strict=True):
-        _assert_same_state(b, _state(m))
+        assert_same_state(b, model_state(m))
         assert [x.requires_grad for x in m.parameters()] == [x.requires_grad for x in original.parameters()]
 
 
 def test_checkpoint_of_a_different_architecture_is_refused():
-    problem = _problem("mlp")
+    problem = named_problem("mlp")
     wider = nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 3)).double()
     with pytest.raises(ValueError, match=r"checkpoint 0: '0.weight' has shape \(7, 6\)"):
         trajectory(problem, [wider, problem.model], num=1)
