@@ -29,6 +29,12 @@ from landscape.distributed import decided_by_rank0
 
 T = TypeVar("T")
 KIND_PREFIX = "report-"
+#: The analyses whose result depends on the data only through the full-data loss, so that one stored result answers
+#: any batching or sharding of the same examples (``order_free`` of :func:`remember`), by the names the command line
+#: (``spectrum`` only without ``--subsets``) and the report (``interpolation``) store them under.
+ORDER_FREE_ANALYSES = frozenset(
+    {"spectrum", "eigen", "trace", "density", "interpolate", "interpolation", "sharpness", "roughness"}
+)
 
 
 def encode(value: Any) -> Any:

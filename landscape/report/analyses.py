@@ -34,7 +34,7 @@ from landscape.scaling import ScalingReport, lr_batch_scaling
 from landscape.sharpness import Sharpness, sharpness
 from landscape.spectrum import Spectrum, spectrum
 from landscape.stability import OPTIMIZERS, StabilityReport, stability
-from landscape.store import cached
+from landscape.store import ORDER_FREE_ANALYSES, cached
 from landscape.surface import Surface, filter_normalized, interpolate, surface
 
 ADAM_PRECONDITIONER_BATCHES = 32
@@ -219,7 +219,7 @@ def analyse(
 
         def stored(name: str, config: dict[str, Any], fn: Callable[[], Any]) -> Any:
             # Results of the full-data loss alone are shared by any sharding (landscape.cache.key_for).
-            order_free = name in ("interpolation", "sharpness", "roughness")
+            order_free = name in ORDER_FREE_ANALYSES
             result, hit = cached(store, problem, name, {**config, "seed": seed}, fn, order_free=order_free)
             reused[name] = hit
             return result

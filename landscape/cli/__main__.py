@@ -1,0 +1,7 @@
+"""``python -m landscape.cli``: the command line, as ``python -m landscape``."""
+
+import sys
+
+from landscape.cli import run
+
+sys.exit(run())
