@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from landscape.models import BasicBlock, mlp, resnet18, small_cnn, small_resnet, w1_mlp, w2_cnn
+from tests.helpers import global_rng_untouched
 
 FACTORIES = {
     "mlp": lambda seed: mlp(seed=seed),
@@ -39,11 +39,8 @@ def test_same_seed_same_weights_other_seed_other_weights(name):
 
 @pytest.mark.parametrize("name", FACTORIES)
 def test_global_rng_untouched(name):
-    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
-    FACTORIES[name](3)
-    assert torch.equal(torch.get_rng_state(), torch_state)
-    after = np.random.get_state()
-    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
+    with global_rng_untouched():
+        FACTORIES[name](3)
 
 
 def test_weights_do_not_depend_on_global_rng():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -17,6 +16,7 @@ from torch.func import functional_call
 from landscape import Problem
 from landscape.roughness import RoughnessIndex, roughness_index
 from landscape.surface import Directions, filter_normalized, from_vectors, random
+from tests.helpers import model_untouched, untidy_mlp
 
 
 def _data(n: int = 30, d_in: int = 3, d_out: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,21 +165,10 @@ def test_same_seed_is_bit_identical_other_seed_differs_global_rng_untouched():
 
 def test_model_is_left_untouched():
     X, Y = _data()
-    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Dropout(0.5), nn.Linear(5, 2)).double()
-    model[0].bias.requires_grad_(False)
-    model.train()
-    model[3].weight.grad = torch.full_like(model[3].weight, 0.25)
-    before = copy.deepcopy(model.state_dict())
-    grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    r = roughness_index(Problem(model, nn.MSELoss(), (X, Y)), 3, span=0.2, points=5, seed=0)
-    assert r.settings["problem"]["mode"] == "eval"
-    assert all(m.training for m in model.modules())
-    for n, t in model.state_dict().items():
-        assert torch.equal(t, before[n]), n
-    for n, p in model.named_parameters():
-        assert p.requires_grad == flags[n], n
-        assert (p.grad is None) if grads[n] is None else torch.equal(p.grad, grads[n]), n
+    model = untidy_mlp()
+    with model_untouched(model):
+        r = roughness_index(Problem(model, nn.MSELoss(), (X, Y)), 3, span=0.2, points=5, seed=0)
+        assert r.settings["problem"]["mode"] == "eval"
 
 
 def test_non_quadratic_loss_is_rough_and_its_taylor_remainder_shrinks_with_span():

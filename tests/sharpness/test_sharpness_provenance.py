@@ -3,7 +3,6 @@ left as it was, results are frozen and self-describing, and bad arguments raise 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -23,6 +22,7 @@ from landscape.sharpness import (
     sam_sharpness,
     sharpness,
 )
+from tests.helpers import model_untouched, untidy_mlp
 from tests.sharpness.helpers import (
     least_squares_model,
     make_data,
@@ -61,27 +61,16 @@ def test_same_seed_is_bit_identical_and_the_global_rng_untouched():
 
 def test_model_is_left_untouched():
     X, Y = make_data()
-    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Dropout(0.5), nn.Linear(5, 2)).double()
-    model[0].bias.requires_grad_(False)
-    model.train()
-    model[3].weight.grad = torch.full_like(model[3].weight, 0.25)
-    before = copy.deepcopy(model.state_dict())
-    grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    problem = Problem(model, nn.MSELoss(), (X, Y), batch_size=10)
-    results = [
-        sam_sharpness(problem, 0.05, steps=3, adaptive=True),
-        sam_sharpness(problem, 0.05, steps=2, m=15),
-        average_sharpness(problem, 0.05, num_samples=3),
-        keskar_sharpness(problem, maxiter=2),
-    ]
-    assert all(r.settings["problem"]["mode"] == "eval" for r in results)
-    assert all(m.training for m in model.modules())
-    for n, t in model.state_dict().items():
-        assert torch.equal(t, before[n]), n
-    for n, p in model.named_parameters():
-        assert p.requires_grad == flags[n], n
-        assert (p.grad is None) if grads[n] is None else torch.equal(p.grad, grads[n]), n
+    model = untidy_mlp()
+    with model_untouched(model):
+        problem = Problem(model, nn.MSELoss(), (X, Y), batch_size=10)
+        results = [
+            sam_sharpness(problem, 0.05, steps=3, adaptive=True),
+            sam_sharpness(problem, 0.05, steps=2, m=15),
+            average_sharpness(problem, 0.05, num_samples=3),
+            keskar_sharpness(problem, maxiter=2),
+        ]
+        assert all(r.settings["problem"]["mode"] == "eval" for r in results)
 
 
 def test_results_are_frozen_and_self_describing():
