@@ -121,6 +121,15 @@ def short_err(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0][:140] if str(err) else ''}"
 
 
+def print_failures_and_wall_time(tracebacks: list[str], start: float) -> None:
+    """The last lines of a benchmark: the peers' tracebacks (if any), then the wall time since ``start``."""
+    if tracebacks:
+        print("\n## Peer failures (tracebacks)\n")
+        for t in tracebacks:
+            print(t)
+    print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")
+
+
 def flat_to_list(model: nn.Module, v: Tensor) -> list[Tensor]:
     out, i = [], 0
     for p in model.parameters():
@@ -1045,12 +1054,7 @@ def main() -> None:
 
     print_tables(ctxs, studies)
     print_goals(ctxs, studies)
-    notes = [n for c in ctxs for n in c.notes]
-    if notes:
-        print("\n## Peer failures (tracebacks)\n")
-        for n in notes:
-            print(n)
-    print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")
+    print_failures_and_wall_time([n for c in ctxs for n in c.notes], start)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_spectrum import count_calls, seeded, short_err  # noqa: E402
+from bench_spectrum import count_calls, print_failures_and_wall_time, seeded, short_err  # noqa: E402
 from workloads import Workload, make_w1, make_w2  # noqa: E402
 
 import landscape  # noqa: E402
@@ -382,12 +382,7 @@ def main() -> None:
         benches.append(b)
         print(f"\n{name} done in {time.perf_counter() - t0:.0f} s", flush=True)
     print_table(benches)
-    failures = [f for b in benches for f in b.failures]
-    if failures:
-        print("\n## Peer failures (tracebacks)\n")
-        for f in failures:
-            print(f)
-    print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")
+    print_failures_and_wall_time([f for b in benches for f in b.failures], start)
 
 
 if __name__ == "__main__":
