@@ -393,9 +393,20 @@ class Cache:
         finally:
             os.close(directory)
 
-    def _create(self) -> None:
+    @contextlib.contextmanager
+    def _replacing(self) -> Iterator[str]:
+        """A temporary file that atomically replaces the cache file when the block succeeds and is removed when not."""
         tmp = self._temporary()
         try:
+            yield tmp
+            self._commit(tmp)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _create(self) -> None:
+        with self._replacing() as tmp:
             # fsm + persist: space freed by replaced entries is reused instead of growing the file.
             with h5py.File(tmp, "w", libver=("v110", "latest"), fs_strategy="fsm", fs_persist=True, locking=False) as f:
                 f.attrs["format"] = FORMAT
@@ -403,11 +414,6 @@ class Cache:
                 f.attrs["landscape_version"] = _library_version()
                 f.attrs["created"] = _now()
                 f.create_group("entries")
-            self._commit(tmp)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[h5py.File]:
@@ -416,8 +422,7 @@ class Cache:
             raise CacheError(f"{self.path} was opened read-only: open Cache(path) without readonly=True to write")
         if self._lock is None:
             raise CacheError(f"the cache {self.path} is closed: open a new Cache to write")
-        tmp = self._temporary()
-        try:
+        with self._replacing() as tmp:
             shutil.copyfile(self.path, tmp)
             shutil.copymode(self.path, tmp)
             try:
@@ -427,11 +432,6 @@ class Cache:
             with f:
                 yield f
                 f.flush()
-            self._commit(tmp)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[h5py.File]:
