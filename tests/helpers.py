@@ -1,5 +1,5 @@
 """Helpers shared by tests in several folders: what a measurement or a generator must leave as it found it (the
-global random number generators, a model in the middle of training)."""
+global random number generators, a model in the middle of training), and seeded Gaussian weights."""
 
 from __future__ import annotations
 
@@ -44,3 +44,11 @@ def model_untouched(model: nn.Module) -> Iterator[None]:
     for n, p in model.named_parameters():
         assert p.requires_grad == flags[n], n
         assert (p.grad is None) if grads[n] is None else torch.equal(p.grad, grads[n]), n
+
+
+def gaussian_weights(model: nn.Module, g: torch.Generator) -> nn.Module:
+    """``model`` with every parameter drawn from N(0, 1) in float64 by ``g``, in the order of ``parameters()``."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return model

@@ -16,7 +16,7 @@ from torch.func import functional_call
 from landscape import Problem
 from landscape.roughness import RoughnessIndex, roughness_index
 from landscape.surface import Directions, filter_normalized, from_vectors, random
-from tests.helpers import model_untouched, untidy_mlp
+from tests.helpers import gaussian_weights, model_untouched, untidy_mlp
 
 
 def _data(n: int = 30, d_in: int = 3, d_out: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,10 +40,7 @@ def _least_squares_model(X: torch.Tensor, Y: torch.Tensor, offset: float = 0.0) 
 def _mlp(seed: int = 1, activation: type[nn.Module] = nn.Tanh) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     model = nn.Sequential(nn.Linear(3, 6), activation(), nn.Linear(6, 2)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return model
+    return gaussian_weights(model, g)
 
 
 def _reference_loss(model: nn.Module, X: torch.Tensor, Y: torch.Tensor):

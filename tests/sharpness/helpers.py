@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from tests.helpers import gaussian_weights
+
 N, D_IN, D_OUT = 30, 3, 2
 
 
@@ -77,10 +79,7 @@ def random_offset(seed: int = 7, scale: float = 0.3) -> torch.Tensor:
 def relu_mlp(seed: int = 1) -> nn.Sequential:
     g = torch.Generator().manual_seed(seed)
     model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return model
+    return gaussian_weights(model, g)
 
 
 def split_flat(model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from landscape.problem import Problem
+from tests.helpers import gaussian_weights
 
 F64 = torch.float64
 
@@ -107,9 +108,7 @@ def make_sgd(momentum: float = 0.0, nesterov: bool = False, dampening: float = 0
 def small_mlp(reduction: str = "mean") -> Problem:
     g = torch.Generator().manual_seed(3)
     model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=F64))
+    gaussian_weights(model, g)
     X = torch.randn(12, 3, generator=g, dtype=F64)
     y = torch.randn(12, 2, generator=g, dtype=F64)
     return Problem(model, nn.MSELoss(reduction=reduction), (X, y), batch_size=5)

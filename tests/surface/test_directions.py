@@ -14,8 +14,8 @@ from landscape import Problem
 from landscape.surface import directions as dirs
 from landscape.surface import surface
 from tests.conftest import make_case, reference_hessian, reference_loss_fn, reference_point
+from tests.helpers import gaussian_weights
 from tests.surface.helpers import assert_same_state, model_state, named_problem, set_params, untidy_model
-
 
 MAKERS = {
     "random": dirs.random,
@@ -168,9 +168,7 @@ def test_counts_of_a_wrong_type_are_type_errors_and_a_generator_seeds_like_the_i
 def _relu_mlp_problems(c: float):
     g = torch.Generator().manual_seed(11)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    gaussian_weights(model, g)
     scaled = copy.deepcopy(model)
     with torch.no_grad():
         scaled[0].weight.mul_(c)
@@ -225,9 +223,7 @@ def test_model_normalized_is_the_gaussian_rescaled_as_a_whole():
 def test_model_normalized_entries_are_zero_mean_gaussian():
     g = torch.Generator().manual_seed(0)
     model = nn.Linear(200, 50).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    gaussian_weights(model, g)
     problem = Problem(model, nn.MSELoss(), (torch.zeros(2, 200, dtype=torch.float64), torch.zeros(2, 50)))
     d = dirs.model_normalized(problem, 1, seed=9).vectors[0].numpy()
     n = d.size

@@ -19,6 +19,7 @@ from torch.func import functional_call
 from landscape import Problem
 from landscape.surface import Surface, filter_normalized, from_vectors, interpolate, random, surface
 from tests.conftest import make_case, reference_loss_fn, reference_point
+from tests.helpers import gaussian_weights
 from tests.surface.helpers import assert_same_state, case_problem, model_state, untidy_model
 
 # Selected before any figure exists (pyplot picks its backend lazily): no display needed.
@@ -60,9 +61,7 @@ def test_quadratic_loss_matches_closed_form():
     """Linear regression with MSE: L(w + a d1 + b d2) = mean((r0 + a r1 + b r2)^2), an exact quadratic."""
     g = torch.Generator().manual_seed(7)
     model = nn.Linear(3, 2).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    gaussian_weights(model, g)
     X = torch.randn(23, 3, generator=g, dtype=torch.float64)
     y = torch.randn(23, 2, generator=g, dtype=torch.float64)
     problem = Problem(model, nn.MSELoss(), (X, y), batch_size=5)  # short last batch: weighting must be exact
