@@ -86,13 +86,11 @@ def _tiny_analyses(problem: Problem, initial: nn.Module, cache):
     )
 
 
-@pytest.fixture(scope="module")
-def full():
-    problem, initial = tiny_problem()
-    results = tiny_analyses(problem, initial)
-    provenance = collect_provenance(problem, seeds={"all": 0}, settings={"note": "tiny"}, wall_times=results.wall_times)
-    html = build_report(
-        title="tiny report",
+def full_report(results, provenance, path=None, *, title: str) -> str:
+    """The report with every section of ``results`` (from :func:`tiny_analyses`), written to ``path`` if given."""
+    return build_report(
+        path,
+        title=title,
         spectrum=results.spectrum,
         surface=results.surface,
         interpolation=results.interpolation,
@@ -103,6 +101,14 @@ def full():
         provenance=provenance,
         notes=results.notes,
     )
+
+
+@pytest.fixture(scope="module")
+def full():
+    problem, initial = tiny_problem()
+    results = tiny_analyses(problem, initial)
+    provenance = collect_provenance(problem, seeds={"all": 0}, settings={"note": "tiny"}, wall_times=results.wall_times)
+    html = full_report(results, provenance, title="tiny report")
     return problem, results, provenance, html
 
 

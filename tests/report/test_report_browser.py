@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from landscape.report import build_report, collect_provenance
+from landscape.report import collect_provenance
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH (Debian: apt-get install chromium)")
@@ -20,24 +20,13 @@ EXPECTED_FIGURES = 6  # density (linear, log), 3D surface, contour, interpolatio
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
-    from test_report import tiny_analyses, tiny_problem  # the same tiny problem as the non-browser tests
+    from test_report import full_report, tiny_analyses, tiny_problem  # the same tiny problem as the non-browser tests
 
     problem, initial = tiny_problem()
     results = tiny_analyses(problem, initial)
     path = tmp_path_factory.mktemp("report") / "report.html"
-    build_report(
-        path,
-        title="browser test <report>",
-        spectrum=results.spectrum,
-        surface=results.surface,
-        interpolation=results.interpolation,
-        sharpness=results.sharpness,
-        stability=results.stability,
-        scaling=results.scaling,
-        roughness=results.roughness,
-        provenance=collect_provenance(problem, wall_times=results.wall_times),
-        notes=results.notes,
-    )
+    provenance = collect_provenance(problem, wall_times=results.wall_times)
+    full_report(results, provenance, path, title="browser test <report>")
     return path
 
 
