@@ -6,25 +6,27 @@ for the CLI, the report, spectra and surfaces.
 result rebuilt on every rank by a :class:`Codec`, else computed on every rank (their collectives match) and stored by
 rank 0. A :class:`Codec` turns a result into arrays and attributes and back; :data:`TAGGED_JSON` stores any nest of
 dataclasses, arrays, tensors, tuples and dicts as tagged JSON in one ``uint8`` array, and only dataclasses defined in
-``landscape`` modules are rebuilt from a file (anything else is refused). Resumable grids (surfaces) use
-:meth:`landscape.cache.Cache.grid` directly, since they are stored point by point while they are computed.
+``landscape`` modules are rebuilt from a file (anything else is refused). A result stored point by point while it is
+computed (a loss surface) goes through :func:`resume_grid` instead: the same key and rank-0 lookup, handing over
+what an interrupted run already finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
-from landscape.cache import Cache, CacheError, opened
+from landscape.cache import Cache, CacheError, GridEntry, opened
 from landscape.distributed import decided_by_rank0
 
 T = TypeVar("T")
@@ -222,6 +224,58 @@ def remember(
     with opened(cache) as store:
         store.put(key, kind, arrays, {**extra, **(attrs or {})})
     return result, False
+
+
+@dataclass(frozen=True)
+class GridProgress:
+    """What a grid entry holds when a run starts: the ``done`` mask, each field's values so far (NaN where not
+    done), the attributes of a finished entry (``None`` while unfinished), and where it is (``None`` without one)."""
+
+    done: np.ndarray
+    values: dict[str, np.ndarray]
+    finished: dict[str, Any] | None
+    path: str | None
+    key: str | None
+
+
+def resume_grid(
+    stack: contextlib.ExitStack,
+    cache: Cache | str | os.PathLike[str] | None,
+    problem: Any,
+    kind: str,
+    config: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+    *,
+    shape: tuple[int, ...],
+    fields: Sequence[str],
+    arrays: Mapping[str, np.ndarray] | Callable[[], Mapping[str, np.ndarray]],
+    attrs: Mapping[str, Any] | None = None,
+    order_free: bool = False,
+) -> tuple[GridProgress, GridEntry | None]:
+    """``(progress, entry)``: the resumable grid entry of this problem, ``kind`` and ``config``, opened on rank 0.
+
+    Rank 0 opens ``cache`` in ``stack`` (kept open, and locked, until the stack closes), creates or checks the entry
+    (:meth:`~landscape.cache.Cache.grid`) and reads its progress, which every rank of ``problem.ranks`` receives
+    (:func:`~landscape.distributed.decided_by_rank0`); ``entry`` is rank 0's, to write finished points into, and
+    ``None`` elsewhere or without a cache. ``config`` and ``arrays`` may be callables, evaluated on rank 0 alone.
+    """
+    entry: GridEntry | None = None
+
+    def read() -> GridProgress:
+        nonlocal entry
+        if cache is None:
+            nothing = np.full(shape, np.nan)
+            return GridProgress(np.zeros(shape, dtype=bool), {f: nothing for f in fields}, None, None, None)
+        store = stack.enter_context(opened(cache))
+        settings = dict(config() if callable(config) else config)
+        key = store.key_for(problem, kind, settings, order_free=order_free)
+        static = arrays() if callable(arrays) else arrays
+        extra = {"config": settings, **(attrs or {})}
+        entry = store.grid(key, shape=shape, fields=tuple(fields), arrays=static, attrs=extra)
+        finished = dict(entry.attrs) if entry.complete else None
+        return GridProgress(entry.done, {f: entry.values(f) for f in fields}, finished, str(store.path), key)
+
+    progress = decided_by_rank0(getattr(problem, "ranks", None), read, "broadcast of the cache's progress")
+    return progress, entry
 
 
 def cached(

@@ -16,6 +16,7 @@ interrupted with one number of ranks resumes with any other.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 from typing import Any
@@ -23,9 +24,9 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from landscape.cache import Cache, GridEntry, opened
-from landscape.distributed import decided_by_rank0
+from landscape.cache import Cache
 from landscape.problem import Problem
+from landscape.store import resume_grid
 from landscape.surface.evaluate import GridOptions, _evaluate, _plan, _Points, _run_settings
 
 
@@ -48,40 +49,23 @@ def _cached_surface(
     An error opening the cache is raised on rank 0 as it is and on every other rank as a ``DistributedError``.
     """
     ranks = problem.ranks
-    entry: GridEntry | None = None
     with contextlib.ExitStack() as stack:
-
-        def progress_so_far() -> dict[str, Any]:
-            """Rank 0: open the entry (kept open, and locked, until the surface is done) and read what it holds."""
-            nonlocal entry
-            if cache is None:
-                nothing = np.full(shape, np.nan)
-                done = np.zeros(shape, dtype=bool)
-                return {"path": None, "key": None, "done": done, "loss": nothing, "accuracy": nothing, "settings": None}
-            store = stack.enter_context(opened(cache))
-            directions = vectors.detach().cpu().numpy()
-            config = _config(directions, options, accuracy, dir_settings)
-            key = store.key_for(problem, "surface", config, order_free=True)
-            entry = store.grid(
-                key,
-                shape=shape,
-                fields=("loss", "accuracy"),
-                arrays={"coords": np.stack([coords] * len(shape)), "directions": directions},
-                attrs={"config": config, "problem": problem.describe()},
-            )
-            return {
-                "path": str(store.path),
-                "key": key,
-                "done": entry.done,
-                "loss": entry.values("loss"),
-                "accuracy": entry.values("accuracy"),
-                "settings": dict(entry.attrs["settings"]) if entry.complete else None,
-            }
-
-        state = decided_by_rank0(ranks, progress_so_far, "broadcast of the cache's progress")
-        done = state["done"]
-        if state["settings"] is not None:  # answered from the cache on every rank
-            loss, acc, settings = state["loss"], state["accuracy"], state["settings"]
+        directions = functools.cache(lambda: vectors.detach().cpu().numpy())  # on rank 0 alone, once
+        state, entry = resume_grid(
+            stack,
+            cache,
+            problem,
+            "surface",
+            lambda: _config(directions(), options, accuracy, dir_settings),
+            shape=shape,
+            fields=("loss", "accuracy"),
+            arrays=lambda: {"coords": np.stack([coords] * len(shape)), "directions": directions()},
+            attrs={"problem": problem.describe()},
+            order_free=True,
+        )
+        done = state.done
+        if state.finished is not None:  # answered from the cache on every rank
+            loss, acc, settings = state.values["loss"], state.values["accuracy"], dict(state.finished["settings"])
         else:
 
             def store_chunk(idx: np.ndarray, losses: np.ndarray, accs: np.ndarray | None) -> None:
@@ -96,7 +80,7 @@ def _cached_surface(
                 plan,
                 done=done,
                 on_chunk=store_chunk if entry is not None else None,
-                initial=(state["loss"], state["accuracy"]),
+                initial=(state.values["loss"], state.values["accuracy"]),
                 progress=progress and (ranks is None or ranks.rank == 0),
             )
             settings = _run_settings(options, plan, dir_settings, problem)
@@ -104,8 +88,8 @@ def _cached_surface(
                 entry.finish({"settings": settings})
         if acc is not None and np.isnan(acc).all():  # stored as NaN where there is no accuracy
             acc = None
-        if state["key"] is not None:
-            settings["cache"] = {"path": state["path"], "key": state["key"], "points_from_cache": int(done.sum())}
+        if state.key is not None:
+            settings["cache"] = {"path": state.path, "key": state.key, "points_from_cache": int(done.sum())}
     return loss, acc, settings
 
 
