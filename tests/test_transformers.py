@@ -37,6 +37,13 @@ def gpt2(attn: str = "sdpa") -> nn.Module:
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
+def gpt2_causal_lm(attn: str = "sdpa") -> tuple[nn.Module, list[dict], L.Problem]:
+    """:func:`gpt2`, :func:`token_batches` and the float64 causal-LM problem of the two."""
+    model = gpt2(attn)
+    data = token_batches()
+    return model, data, L.Problem(model, losses.causal_lm(), data, dtype=torch.float64)
+
+
 def bert_config(**extra) -> object:
     return transformers.BertConfig(
         vocab_size=VOCAB,
@@ -132,9 +139,7 @@ def probes(n: int, k: int, seed: int = 1) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------- GPT-2
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_gpt2_causal_lm_hessian_products_equal_reference(attn):
-    model = gpt2(attn)
-    data = token_batches()
-    problem = L.Problem(model, losses.causal_lm(), data, dtype=torch.float64)
+    model, data, problem = gpt2_causal_lm(attn)
     params = float64_params(model)
     V = probes(problem.num_params, 3)
     m64 = copy.deepcopy(model).double()
@@ -147,9 +152,7 @@ def test_gpt2_causal_lm_hessian_products_equal_reference(attn):
 
 
 def test_gpt2_token_weighted_loss_is_the_token_mean():
-    model = gpt2()
-    data = token_batches()
-    problem = L.Problem(model, losses.causal_lm(), data, dtype=torch.float64)
+    model, data, problem = gpt2_causal_lm()
     ref = reference_causal_loss(copy.deepcopy(model).double(), data, float64_params(model))
     assert problem.num_counted == 20  # (6 + 4 + 3) + (3 + 4) next-token positions
     assert abs(problem.loss() - float(ref)) <= 1e-12 * abs(float(ref))
@@ -187,9 +190,7 @@ def test_gpt2_parameter_subset_is_the_hessian_block():
 
 def test_gpt2_ggn_equals_jacobian_softmax_hessian_reference():
     """``G v = J^T H_out J v`` with ``H_out = (diag p - p p^T) / C`` per counted token, written out."""
-    model = gpt2()
-    data = token_batches()
-    problem = L.Problem(model, losses.causal_lm(), data, dtype=torch.float64)
+    model, data, problem = gpt2_causal_lm()
     m64 = copy.deepcopy(model).double()
     params = float64_params(model)
     v = probes(problem.num_params, 1)[:, 0]
@@ -213,9 +214,7 @@ def test_gpt2_ggn_equals_jacobian_softmax_hessian_reference():
 
 def test_gpt2_empirical_fisher_equals_per_sequence_gradients():
     """``F v = (1/N) sum_i g_i g_i^T v``, ``g_i = N s_i' / C`` with ``s_i`` sequence i's summed token loss."""
-    model = gpt2()
-    data = token_batches()
-    problem = L.Problem(model, losses.causal_lm(), data, dtype=torch.float64)
+    model, data, problem = gpt2_causal_lm()
     m64 = copy.deepcopy(model).double()
     params = {n: t.requires_grad_() for n, t in float64_params(model).items()}
     N, C = problem.num_samples, problem.num_counted
@@ -258,9 +257,7 @@ def test_gpt2_analyses_leave_the_model_untouched():
 
 
 def test_surface_token_accuracy_and_loss_at_origin():
-    model = gpt2()
-    data = token_batches()
-    problem = L.Problem(model, losses.causal_lm(), data, dtype=torch.float64)
+    model, data, problem = gpt2_causal_lm()
     surf = surface(problem, random_directions(problem, num=1, seed=0), span=(-1, 1), resolution=3)
     assert surf.loss[1] == problem.loss()
     correct = total = 0
