@@ -9,6 +9,8 @@ the same sum).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,13 @@ def _parts(x) -> list[np.ndarray]:
     return [x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)]
 
 
+def rank_results(world: int, scenario: str, out: Path, **launch_options) -> list[dict]:
+    """What each of ``world`` ranks of ``scenario`` saved (``out/rank{r}.pt``); every rank must exit 0."""
+    run = launch(world, scenario, out, **launch_options)
+    assert run.returncodes == (0,) * world, "\n".join(run.outputs)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict:
     return _case.analyses(_case.problem(_case.data()))
@@ -40,10 +49,7 @@ def reference() -> dict:
 @pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
 def ranks(request, tmp_path_factory) -> tuple[int, list[dict]]:
     world = request.param
-    out = tmp_path_factory.mktemp(f"analyses{world}")
-    run = launch(world, "analyses", out)
-    assert run.returncodes == (0,) * world, "\n".join(run.outputs)
-    return world, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return world, rank_results(world, "analyses", tmp_path_factory.mktemp(f"analyses{world}"))
 
 
 COMPARED = [
@@ -266,10 +272,7 @@ def minibatch_reference() -> dict:
 @pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
 def minibatch_ranks(request, tmp_path_factory) -> tuple[int, list[dict]]:
     world = request.param
-    out = tmp_path_factory.mktemp(f"minibatch{world}")
-    run = launch(world, "minibatch", out, timeout=180.0)
-    assert run.returncodes == (0,) * world, "\n".join(run.outputs)
-    return world, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return world, rank_results(world, "minibatch", tmp_path_factory.mktemp(f"minibatch{world}"), timeout=180.0)
 
 
 def test_minibatch_analyses_draw_the_examples_one_process_draws(minibatch_ranks, minibatch_reference):
