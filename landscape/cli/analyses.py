@@ -6,13 +6,44 @@ learning rate) and ``scaling`` (curvature and the maximal stable learning rate a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
 from landscape.cli.app import UserError, common_options, int_list, main, show_progress
 from landscape.cli.output import answer_and_emit
 from landscape.cli.setup import setup_problem
+
+
+def _run(
+    name: str,
+    analysis: Callable[..., Any],
+    settings: dict[str, Any],
+    *,
+    kw: dict[str, Any],
+    out: str,
+    no_cache: bool,
+    as_json: bool,
+    quiet: bool,
+    renamed: Mapping[str, str] | None = None,
+) -> None:
+    """The body of a command whose analysis returns a result with ``to_dict()`` and ``summary()``.
+
+    ``analysis(problem, **settings)`` (with progress bars for a person watching) is answered from the cache
+    ``--out/landscape.h5`` under the config ``settings``: the call and the cache key are the same dict, so they cannot
+    drift apart. ``renamed`` maps a setting stored under another name to the analysis's keyword.
+    """
+    t0 = time.perf_counter()
+    problem = setup_problem(kw, quiet)
+    keywords = {(renamed or {}).get(key, key): value for key, value in settings.items()}
+
+    def compute() -> tuple[dict, str]:
+        res = analysis(problem, **keywords, progress=show_progress(quiet))
+        return res.to_dict(), res.summary()
+
+    answer_and_emit(problem, name, settings, compute, out=Path(out), no_cache=no_cache, as_json=as_json, t0=t0)
 
 
 @main.command(name="sharpness")
@@ -26,24 +57,7 @@ def sharpness_cmd(rho, steps, num_samples, num_matvecs, keskar, out, no_cache, a
     """lambda_max, trace, Frobenius norm, SAM/ASAM and average sharpness (Keskar with --keskar)."""
     from landscape.sharpness import sharpness
 
-    t0 = time.perf_counter()
-    problem = setup_problem(kw, quiet)
-    out = Path(out)
-
-    def compute() -> tuple[dict, str]:
-        res = sharpness(
-            problem,
-            rho,
-            seed=kw["seed"],
-            steps=steps,
-            num_samples=num_samples,
-            num_matvecs=num_matvecs,
-            keskar=keskar,
-            progress=show_progress(quiet),
-        )
-        return res.to_dict(), res.summary()
-
-    config = {
+    settings = {
         "rho": rho,
         "steps": steps,
         "num_samples": num_samples,
@@ -51,7 +65,7 @@ def sharpness_cmd(rho, steps, num_samples, num_matvecs, keskar, out, no_cache, a
         "keskar": keskar,
         "seed": kw["seed"],
     }
-    answer_and_emit(problem, "sharpness", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
+    _run("sharpness", sharpness, settings, kw=kw, out=out, no_cache=no_cache, as_json=as_json, quiet=quiet)
 
 
 @main.command(name="roughness")
@@ -63,16 +77,8 @@ def roughness_cmd(num_directions, span, points, out, no_cache, as_json, quiet, *
     """Roughness index along random filter-normalised directions (with its standard error)."""
     from landscape.roughness import roughness_index
 
-    t0 = time.perf_counter()
-    problem = setup_problem(kw, quiet)
-    out = Path(out)
-
-    def compute() -> tuple[dict, str]:
-        res = roughness_index(problem, num_directions, span, points, seed=kw["seed"], progress=show_progress(quiet))
-        return res.to_dict(), res.summary()
-
-    config = {"num_directions": num_directions, "span": span, "points": points, "seed": kw["seed"]}
-    answer_and_emit(problem, "roughness", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
+    settings = {"num_directions": num_directions, "span": span, "points": points, "seed": kw["seed"]}
+    _run("roughness", roughness_index, settings, kw=kw, out=out, no_cache=no_cache, as_json=as_json, quiet=quiet)
 
 
 @main.command(name="stability")
@@ -85,32 +91,26 @@ def stability_cmd(optimizer, lr, sgd_batch_size, momentum, out, no_cache, as_jso
     """Linear-stability criteria of an optimizer at a learning rate (exit code 0 whatever the verdict)."""
     from landscape.stability import OPTIMIZERS, stability
 
-    t0 = time.perf_counter()
     if optimizer not in OPTIMIZERS:
         raise UserError(f"--optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-    problem = setup_problem(kw, quiet)
-    out = Path(out)
-
-    def compute() -> tuple[dict, str]:
-        res = stability(
-            problem,
-            optimizer,
-            lr,
-            batch_size=sgd_batch_size,
-            momentum=momentum,
-            seed=kw["seed"],
-            progress=show_progress(quiet),
-        )
-        return res.to_dict(), res.summary()
-
-    config = {
+    settings = {
         "optimizer": optimizer,
         "lr": lr,
         "sgd_batch_size": sgd_batch_size,
         "momentum": momentum,
         "seed": kw["seed"],
     }
-    answer_and_emit(problem, "stability", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
+    _run(
+        "stability",
+        stability,
+        settings,
+        kw=kw,
+        out=out,
+        no_cache=no_cache,
+        as_json=as_json,
+        quiet=quiet,
+        renamed={"sgd_batch_size": "batch_size"},  # the cache key's name of the option, kept from before
+    )
 
 
 @main.command(name="scaling")
@@ -122,25 +122,10 @@ def scaling_cmd(batch_sizes, num_batches, scaling_optimizer, out, no_cache, as_j
     """How the minibatch Hessian's top eigenvalue and the maximal stable learning rate change with batch size."""
     from landscape.scaling import lr_batch_scaling
 
-    t0 = time.perf_counter()
-    problem = setup_problem(kw, quiet)
-    out = Path(out)
-
-    def compute() -> tuple[dict, str]:
-        res = lr_batch_scaling(
-            problem,
-            batch_sizes,
-            optimizer=scaling_optimizer,
-            num_batches=num_batches,
-            seed=kw["seed"],
-            progress=show_progress(quiet),
-        )
-        return res.to_dict(), res.summary()
-
-    config = {
+    settings = {
         "batch_sizes": list(batch_sizes),
         "num_batches": num_batches,
         "optimizer": scaling_optimizer,
         "seed": kw["seed"],
     }
-    answer_and_emit(problem, "scaling", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
+    _run("scaling", lr_batch_scaling, settings, kw=kw, out=out, no_cache=no_cache, as_json=as_json, quiet=quiet)
