@@ -232,6 +232,18 @@ def top5_error(values, ref: np.ndarray) -> tuple[float, float]:
     return float(errs.max()), float(np.median(errs))
 
 
+def eigenthings_operator(ctx: Ctx):
+    """hessian-eigenthings' operator for the workload, and the module: the matrix as a ``LambdaOperator``, or the
+    full-data Hessian of a copy of the model (in eval mode)."""
+    import hessian_eigenthings as he
+
+    if ctx.w.matrix is not None:
+        A = ctx.w.matrix
+        return he.LambdaOperator(lambda v: A @ v, size=A.shape[0], dtype=A.dtype), he
+    model = copy.deepcopy(ctx.w.model).eval()
+    return he.HessianOperator(model, ctx.w.batches, he.supervised_loss(ctx.criterion), full_dataset=True), he
+
+
 # ---------------------------------------------------------------------------------------------------- references
 def deflated_moments(op: landscape.CurvatureOperator, V: Tensor, num_probes: int, seed: int, block: int = 50):
     """``tr H`` and ``tr H^2`` with their stderrs: exact on span(V) (V orthonormal eigenvectors), Hutchinson with
@@ -440,10 +452,7 @@ def bench_top(ctx: Ctx) -> None:
     run_peer(ctx, sec, "PyHessian", pyhessian_top)
 
     def eigenthings(mode: str) -> Row:
-        import hessian_eigenthings as he
-
-        model = copy.deepcopy(w.model).eval()
-        op = he.HessianOperator(model, w.batches, he.supervised_loss(ctx.criterion), full_dataset=True)
+        op, he = eigenthings_operator(ctx)
         calls = count_calls(op, "matvec")
         t0 = time.perf_counter()
         if mode == "lanczos":
@@ -607,17 +616,8 @@ def bench_trace_peers(ctx: Ctx) -> None:
         run_peer(ctx, sec, "PyHessian default", lambda: pyhessian_trace(None))
         run_peer(ctx, sec, "PyHessian all", lambda: pyhessian_trace(float("-inf")))
 
-    def eigenthings_op():
-        import hessian_eigenthings as he
-
-        if w.matrix is not None:
-            A = w.matrix
-            return he.LambdaOperator(lambda v: A @ v, size=A.shape[0], dtype=A.dtype), he
-        model = copy.deepcopy(w.model).eval()
-        return he.HessianOperator(model, w.batches, he.supervised_loss(ctx.criterion), full_dataset=True), he
-
     def eigenthings_trace(method: str) -> Row:
-        op, he = eigenthings_op()
+        op, he = eigenthings_operator(ctx)
         calls = count_calls(op, "matvec")
         t0 = time.perf_counter()
         budget = n if method == "hutchinson" else 3 * (n // 3)
@@ -741,44 +741,32 @@ def bench_density(ctx: Ctx) -> None:
         run_peer(ctx, sec, "landscape spectral_density", lambda nv=nv, m=m: ours(nv, m))
         run_peer(ctx, sec, "landscape spectrum", lambda nv=nv, m=m: ours_spectrum(nv, m))
 
-    if w.model is not None:
+    def pyhessian_density(nv: int, m: int) -> Row:
+        from pyhessian import hessian as pyh_hessian
 
-        def pyhessian_density(nv: int, m: int) -> Row:
-            from pyhessian import hessian as pyh_hessian
-
-            model = copy.deepcopy(w.model)
-            had = hasattr(torch, "eig")
-            saved = getattr(torch, "eig", None)
-            torch.eig = patch_torch_eig()
-            try:
-                with seeded(1):
-                    h = pyh_hessian(model, ctx.criterion, dataloader=w.batches, cuda=False)
-                    calls = count_calls(h, "dataloader_hv_product")
-                    t0 = time.perf_counter()
-                    nodes, weights = h.density(iter=m, n_v=nv)
-                    dt = time.perf_counter() - t0
-            finally:
-                if had:
-                    torch.eig = saved
-                else:
-                    del torch.eig
-            m1, m2 = moments_from_quadrature(np.array(nodes), np.array(weights))
-            return density_row(
-                ctx, f"PyHessian density(iter={m}, n_v={nv}) [torch.eig patched -> eigh]", calls[0], dt, m1, m2
-            )
-
-        for nv, m in settings:
-            run_peer(ctx, sec, "PyHessian density", lambda nv=nv, m=m: pyhessian_density(nv, m))
+        model = copy.deepcopy(w.model)
+        had = hasattr(torch, "eig")
+        saved = getattr(torch, "eig", None)
+        torch.eig = patch_torch_eig()
+        try:
+            with seeded(1):
+                h = pyh_hessian(model, ctx.criterion, dataloader=w.batches, cuda=False)
+                calls = count_calls(h, "dataloader_hv_product")
+                t0 = time.perf_counter()
+                nodes, weights = h.density(iter=m, n_v=nv)
+                dt = time.perf_counter() - t0
+        finally:
+            if had:
+                torch.eig = saved
+            else:
+                del torch.eig
+        m1, m2 = moments_from_quadrature(np.array(nodes), np.array(weights))
+        return density_row(
+            ctx, f"PyHessian density(iter={m}, n_v={nv}) [torch.eig patched -> eigh]", calls[0], dt, m1, m2
+        )
 
     def eigenthings_density(nv: int, m: int) -> Row:
-        import hessian_eigenthings as he
-
-        if w.matrix is not None:
-            A = w.matrix
-            op = he.LambdaOperator(lambda v: A @ v, size=A.shape[0], dtype=A.dtype)
-        else:
-            model = copy.deepcopy(w.model).eval()
-            op = he.HessianOperator(model, w.batches, he.supervised_loss(ctx.criterion), full_dataset=True)
+        op, he = eigenthings_operator(ctx)
         calls = count_calls(op, "matvec")
         t0 = time.perf_counter()
         r = he.spectral_density(op, num_runs=nv, lanczos_steps=m, seed=1)
@@ -787,9 +775,6 @@ def bench_density(ctx: Ctx) -> None:
         return density_row(
             ctx, f"hessian-eigenthings spectral_density(num_runs={nv}, lanczos_steps={m})", calls[0], dt, m1, m2
         )
-
-    for nv, m in settings:
-        run_peer(ctx, sec, "eigenthings density", lambda nv=nv, m=m: eigenthings_density(nv, m))
 
     def curvlinops_density(nv: int, m: int) -> Row:
         import curvlinops
@@ -821,8 +806,11 @@ def bench_density(ctx: Ctx) -> None:
             "eigsh; kernel width inflates m2)",
         )
 
-    for nv, m in settings:
-        run_peer(ctx, sec, "curvlinops density", lambda nv=nv, m=m: curvlinops_density(nv, m))
+    peers = [("PyHessian density", pyhessian_density)] if w.model is not None else []
+    peers += [("eigenthings density", eigenthings_density), ("curvlinops density", curvlinops_density)]
+    for method, density in peers:
+        for nv, m in settings:
+            run_peer(ctx, sec, method, lambda density=density, nv=nv, m=m: density(nv, m))
 
 
 # ---------------------------------------------------------------------------------------------------- report
