@@ -34,12 +34,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _figure_files import save_png_and_pdf  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 from scipy import stats  # noqa: E402
 from torch import nn  # noqa: E402
 
 from landscape import Problem, data, models, spectrum, training  # noqa: E402
-from landscape.plot import save  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "figures"
 NOISE_COLORS = {0.0: "tab:blue", 0.2: "tab:orange", 0.4: "tab:red"}
@@ -190,10 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     axes[0, -1].legend(handles=handles, frameon=False, fontsize=8, loc="best")
     fig.suptitle(f"Hessian criteria of {len(rows)} digits MLPs vs their generalisation (size ~ width)", y=1.0)
     fig.tight_layout()
-    args.out.mkdir(parents=True, exist_ok=True)
-    save(fig, args.out / "generalisation_criteria.png", dpi=150)
-    save(fig, args.out / "generalisation_criteria.pdf")
-    print(f"\nwrote {args.out / 'generalisation_criteria.png'} and .pdf in {time.perf_counter() - start:.0f} s")
+    save_png_and_pdf(fig, args.out, "generalisation_criteria", start)
 
 
 if __name__ == "__main__":

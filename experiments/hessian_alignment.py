@@ -38,12 +38,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _figure_files import save_png_and_pdf  # noqa: E402
 from scipy import ndimage, stats  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
 from landscape import Problem, data, diagonal, hessian, hessian_dense, models, training  # noqa: E402
-from landscape.plot import save  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "figures"
 FULL = {
@@ -242,10 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         y=1.0,
     )
     fig.tight_layout()
-    args.out.mkdir(parents=True, exist_ok=True)
-    save(fig, args.out / "hessian_alignment.png", dpi=150)
-    save(fig, args.out / "hessian_alignment.pdf")
-    print(f"\nwrote {args.out / 'hessian_alignment.png'} and .pdf in {time.perf_counter() - start:.0f} s")
+    save_png_and_pdf(fig, args.out, "hessian_alignment", start)
 
 
 if __name__ == "__main__":

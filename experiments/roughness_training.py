@@ -44,10 +44,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _figure_files import save_png_and_pdf  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from landscape import Problem, models, roughness_index  # noqa: E402
-from landscape.plot import save  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "figures"
 LOSSES = ("ritz", "galerkin")
@@ -269,10 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     ax_ri.legend(frameon=False)
     ax_err.legend(frameon=False)
     fig.tight_layout()
-    args.out.mkdir(parents=True, exist_ok=True)
-    save(fig, args.out / "roughness_training.png", dpi=150)
-    save(fig, args.out / "roughness_training.pdf")
-    print(f"\nwrote {args.out / 'roughness_training.png'} and .pdf in {time.perf_counter() - start:.0f} s")
+    save_png_and_pdf(fig, args.out, "roughness_training", start)
 
 
 if __name__ == "__main__":
