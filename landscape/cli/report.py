@@ -12,7 +12,7 @@ import click
 from torch import nn
 
 from landscape.cli.app import CACHE_FILE, UserError, common_options, int_list, main
-from landscape.cli.setup import builtin_architecture, call_factory, fresh_hf, load_data, second_model, setup_problem
+from landscape.cli.setup import fresh_model, second_model, setup_problem
 
 
 def _report_start(problem, from_path: str | None, from_init: bool, kw: dict[str, Any]) -> nn.Module | None:
@@ -20,16 +20,12 @@ def _report_start(problem, from_path: str | None, from_init: bool, kw: dict[str,
     built-in model's initialisation, or ``None``. Under torchrun every rank gets rank 0's bits, as for the model."""
     from landscape import distributed
 
+    builtin = kw["model_spec"] is None and kw["checkpoint"] is None and kw["hf_dir"] is None
     start = None
     if from_path is not None:
         start = second_model(from_path, problem.model, kw["unsafe_load"], "--from", not kw["non_strict"])
-    elif from_init and kw["hf_dir"] is not None:
-        start = fresh_hf(problem.model, kw["seed"])
-    elif kw["model_spec"] is None and kw["checkpoint"] is None and kw["hf_dir"] is None:
-        X, y = load_data(kw["data_spec"], kw["seed"])
-        start = builtin_architecture(X.flatten(1), y, kw["seed"])
-    elif from_init and kw["model_spec"] is not None:
-        start = call_factory(kw["model_spec"], "model")
+    elif builtin or (from_init and (kw["hf_dir"] is not None or kw["model_spec"] is not None)):
+        start, _ = fresh_model(problem.model, kw)
     if start is not None and problem.ranks is not None:
         distributed.broadcast_module(start)
     return start

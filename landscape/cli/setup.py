@@ -297,6 +297,17 @@ def fresh_hf(model: nn.Module, seed: int) -> nn.Module:
     return fresh.to(next(model.parameters()).dtype).eval()
 
 
+def fresh_model(model: nn.Module, kw: dict) -> tuple[nn.Module, str]:
+    """A freshly initialised model of the shared options' architecture (the ``--from-init`` start) and its name: the
+    ``--hf`` class from its config, a new ``--model`` factory(), or the built-in MLP's initialisation for the data."""
+    if kw["hf_dir"] is not None:
+        return fresh_hf(model, kw["seed"]), f"fresh {type(model).__name__}(config)"
+    if kw["model_spec"] is None:
+        X, y = load_data(kw["data_spec"], kw["seed"])
+        return builtin_architecture(X.flatten(1), y, kw["seed"]), "initialisation"
+    return call_factory(kw["model_spec"], "model"), f"fresh {kw['model_spec']}()"
+
+
 def second_model(path: str, reference: nn.Module, unsafe_load: bool, option: str, strict: bool = True) -> nn.Module:
     """The model of ``--from``/``--to``: a Hugging Face directory or TorchScript file as it is, else a checkpoint
     loaded into a copy of the reference architecture (whose missing/unexpected keys are listed if it does not fit)."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from landscape.cli.app import UserError, common_options, main, show_progress
 from landscape.cli.output import answer, emit, marked, opened_store, state_sha
-from landscape.cli.setup import builtin_architecture, call_factory, fresh_hf, load_data, second_model, setup_problem
+from landscape.cli.setup import fresh_model, second_model, setup_problem
 
 
 @main.command(name="surface")
@@ -108,15 +108,8 @@ def interpolate_cmd(from_path, from_init, to_path, span, resolution, out, no_cac
     problem = setup_problem(kw, quiet)
     model = problem.model
     model_label = kw["checkpoint"] or kw["model_spec"] or kw["hf_dir"] or "the trained built-in MLP"
-    if from_init and kw["hf_dir"] is not None:
-        start, from_label = fresh_hf(model, kw["seed"]), f"fresh {type(model).__name__}(config)"
-    elif from_init:
-        if kw["model_spec"] is None:
-            X, y = load_data(kw["data_spec"], kw["seed"])
-            start = builtin_architecture(X.flatten(1), y, kw["seed"])
-        else:
-            start = call_factory(kw["model_spec"], "model")
-        from_label = "initialisation" if kw["model_spec"] is None else f"fresh {kw['model_spec']}()"
+    if from_init:
+        start, from_label = fresh_model(model, kw)
     elif from_path is not None:
         start = second_model(from_path, model, kw["unsafe_load"], "--from", not kw["non_strict"])
         from_label = from_path
