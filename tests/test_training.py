@@ -116,7 +116,7 @@ def test_full_batch_when_data_is_smaller_than_a_batch():
         loss = nn.functional.cross_entropy(reference(X), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     np.testing.assert_allclose(log.losses, losses, rtol=1e-5)
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
