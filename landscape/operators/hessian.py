@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from landscape import memory
-from landscape.memory import DEFAULT_GRAPH_MEMORY, TRIALS_MAX_VECTOR_BYTES
+from landscape.memory import DEFAULT_GRAPH_MEMORY, DEFAULT_MAX_BLOCK, TRIALS_MAX_VECTOR_BYTES
 from landscape.operators.problem_operator import (
     MEASURE_COLUMNS,
     SCRATCH,
@@ -94,7 +94,7 @@ class HessianOperator(ProblemOperator):
         at: Tensor | None = None,
         engine: str = "auto",
         block: str = "auto",
-        max_block: int = 16,
+        max_block: int = DEFAULT_MAX_BLOCK,
         graph_memory_limit: int = DEFAULT_GRAPH_MEMORY,
     ):
         super().__init__(problem, at=at, engine=engine, block=block, max_block=max_block)
