@@ -35,6 +35,7 @@ from torch import Tensor
 
 from landscape.linalg.probes import SeedLike, make_generator, sample_probes, seed_record
 from landscape.linalg.results import Estimate
+from landscape.memory import MemoryBudgetError, default_budget, gib
 from landscape.operators import hessian
 from landscape.operators.base import CurvatureOperator
 from landscape.operators.exact import ExactDiagonalUnavailable, exact_diagonal
@@ -313,6 +314,26 @@ def layerwise_curvature(
     )
 
 
+def _check_block_fits(n: int, block: int, dtype: torch.dtype, device: torch.device) -> None:
+    """``MemoryBudgetError`` before any product when a block of probes does not fit :func:`default_budget`.
+
+    A block holds the probes, their products, the products' entrywise product and it in float64 (``3 b`` vectors of
+    the operator's dtype and ``b`` of float64), beside two float64 accumulators and the int64 group index.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_probe = n * (3 * itemsize + 8)
+    fixed = n * (2 * 8 + 8)
+    budget = default_budget(device)
+    if fixed + block * per_probe > budget:
+        fits = max(0, (budget - fixed) // per_probe)
+        raise MemoryBudgetError(
+            f"layerwise_curvature's Hutchinson estimate draws its probes in blocks of {block}: "
+            f"{gib(fixed + block * per_probe)} for {n:,} parameters, over the budget {gib(budget)} (80% of the free "
+            f"memory). Fix: method='exact' where it is supported, a Problem on fewer parameters (params=[...]), "
+            + (f"or num_matvecs <= {fits} (one block)" if fits >= 2 else "or a machine with more memory")
+        )
+
+
 def _hutchinson_groups(
     op: CurvatureOperator, group_of: Tensor, num_groups: int, num_probes: int, seed: SeedLike
 ) -> tuple[Tensor, Tensor, np.ndarray, int]:
@@ -320,6 +341,7 @@ def _hutchinson_groups(
     ``t_jg`` as an ``(s, G)`` array. Probes are drawn as :func:`landscape.linalg.diagonal` draws them (same seed,
     same diagonal)."""
     n = op.shape[0]
+    _check_block_fits(n, min(BLOCK, num_probes), op.dtype, op.device)
     gen = make_generator(seed)
     before = op.num_matvecs
     total = torch.zeros(n, dtype=torch.float64, device=op.device)

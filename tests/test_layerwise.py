@@ -98,3 +98,16 @@ def test_plot_and_json():
     assert "diagonal mean" in ax.get_ylabel()
     d = json.loads(json.dumps(r.to_dict()))
     assert d["names"] == list(r.names) and d["method"] == "hutchinson" and d["total"] == pytest.approx(r.total)
+
+
+def test_a_probe_block_over_the_budget_is_refused_before_any_product(monkeypatch):
+    problem = problem_of(make_case("mlp"))
+    n = problem.num_params
+    op = L.hessian(problem)
+    # Room for the accumulators, the group index and 3 probes (3 float64 vectors and one more per probe), not 50.
+    monkeypatch.setattr("landscape.layerwise.default_budget", lambda device="cpu": n * 24 + 3 * n * 32)
+    with pytest.raises(L.memory.MemoryBudgetError, match=r"blocks of 50: .* num_matvecs <= 3"):
+        layerwise_curvature(op, method="hutchinson", num_matvecs=100)
+    assert op.num_matvecs == 0
+    # One block that fits runs.
+    assert layerwise_curvature(op, method="hutchinson", num_matvecs=3).num_matvecs == 3
