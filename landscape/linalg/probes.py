@@ -26,22 +26,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from landscape._checks import Seed, generator
+
 Distribution = Literal["rademacher", "gaussian", "sphere"]
 DISTRIBUTIONS: tuple[str, ...] = ("rademacher", "gaussian", "sphere")
 
-SeedLike = int | torch.Generator
-
-
-def make_generator(seed: SeedLike) -> torch.Generator:
-    """Return a private generator: a new CPU one seeded with ``seed``, or ``seed`` itself if it is a generator.
-
-    A passed generator is used (and advanced) as is, which lets a caller chain several estimators on one stream.
-    """
-    if isinstance(seed, torch.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
-    return torch.Generator(device="cpu").manual_seed(seed)
+# One seed type and one generator rule for the whole package (landscape._checks): the estimators' names for them.
+SeedLike = Seed
+make_generator = generator
 
 
 def seed_record(seed: SeedLike) -> int | None:
