@@ -22,6 +22,27 @@ def _operator(problem, operator: str):
     return ggn(problem) if operator == "ggn" else hessian(problem)
 
 
+def _begin(kw: dict, quiet: bool, out: str, analysis: str, **settings) -> tuple[float, object, Path, int | None]:
+    """How every spectral command begins: its start time, the Problem of the shared options, the ``--out`` folder and
+    the memory budget of ``analysis`` with ``settings`` (under ``--dry-run``: the estimate printed, then exit)."""
+    t0 = time.perf_counter()
+    problem = setup_problem(kw, quiet)
+    return t0, problem, Path(out), memory_budget(problem, analysis, **settings)
+
+
+def _estimate(estimator, problem, operator: str, kw: dict, quiet: bool, budget: int | None, **settings):
+    """``estimator`` (a :mod:`landscape.linalg` function) on the ``--operator`` of ``problem``, with the command's
+    settings and, as every spectral command runs it, the ``--seed``, a progress bar unless ``--quiet`` and the
+    memory budget."""
+    return estimator(
+        _operator(problem, operator),
+        **settings,
+        seed=kw["seed"],
+        progress=show_progress(quiet),
+        memory_budget=budget,
+    )
+
+
 @main.command()
 @common_options
 @click.option("--top-k", type=int, default=5, show_default=True, help="Number of top eigenvalues.")
@@ -34,9 +55,7 @@ def spectrum(top_k, probes, steps, subsets, operator, out, no_cache, as_json, qu
     from landscape.plot.cli_figures import spectrum_figure
     from landscape.spectrum import spectrum as run_spectrum
 
-    t0 = time.perf_counter()
-    problem = setup_problem(kw, quiet)
-    out = Path(out)
+    t0, problem, out, budget = _begin(kw, quiet, out, "spectrum", num_probes=probes, num_steps=steps)
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "k": top_k,
@@ -46,7 +65,6 @@ def spectrum(top_k, probes, steps, subsets, operator, out, no_cache, as_json, qu
         "operator": operator,
         "seed": kw["seed"],
     }
-    budget = memory_budget(problem, "spectrum", num_probes=probes, num_steps=steps)
     with opened_store(out, no_cache) as store:
 
         def run():
@@ -86,26 +104,27 @@ def eigen(top_k, tol, max_matvecs, guarantee, operator, out, no_cache, as_json, 
     """Top-k eigenvalues of the Hessian (or GGN) with Ritz residuals and error bounds (Lanczos)."""
     from landscape.linalg import top_eigen
 
-    t0 = time.perf_counter()
-    problem = setup_problem(kw, quiet)
-    out = Path(out)
-    budget = memory_budget(problem, "top_eigen", k=top_k, max_matvecs=max_matvecs, guarantee=guarantee)
+    t0, problem, out, budget = _begin(
+        kw, quiet, out, "top_eigen", k=top_k, max_matvecs=max_matvecs, guarantee=guarantee
+    )
 
     def compute() -> tuple[dict, str]:
-        op = _operator(problem, operator)
-        res = top_eigen(
-            op,
+        res = _estimate(
+            top_eigen,
+            problem,
+            operator,
+            kw,
+            quiet,
+            budget,
             k=top_k,
             tol=tol,
             max_matvecs=max_matvecs,
-            seed=kw["seed"],
-            progress=show_progress(quiet),
-            memory_budget=budget,
             guarantee=guarantee,
         )
+        num_params = int(problem.num_params)
         result = {
             "operator": operator,
-            "num_params": int(op.shape[0]),
+            "num_params": num_params,
             "eigenvalues": res.values.tolist(),
             "residuals": res.residuals.tolist(),
             "error_bounds": res.error_bounds.tolist(),
@@ -120,7 +139,7 @@ def eigen(top_k, tol, max_matvecs, guarantee, operator, out, no_cache, as_json, 
             "random_start": res.settings.get("random_start"),
         }
         lines = [
-            f"top {top_k} {operator} eigenvalues of {int(op.shape[0]):,} parameters ({res.method}, "
+            f"top {top_k} {operator} eigenvalues of {num_params:,} parameters ({res.method}, "
             f"{res.num_matvecs} products, {res.wall_time:.2f} s, seed {res.seed}):"
         ]
         for i, (v, r, b, c) in enumerate(
@@ -157,20 +176,10 @@ def trace_cmd(method, num_matvecs, operator, out, no_cache, as_json, quiet, **kw
     """Trace of the Hessian (or GGN): exact where supported, else a stochastic estimate with its standard error."""
     from landscape.linalg import trace
 
-    t0 = time.perf_counter()
-    problem = setup_problem(kw, quiet)
-    out = Path(out)
-    budget = memory_budget(problem, "trace", method=method, num_matvecs=num_matvecs)
+    t0, problem, out, budget = _begin(kw, quiet, out, "trace", method=method, num_matvecs=num_matvecs)
 
     def compute() -> tuple[dict, str]:
-        est = trace(
-            _operator(problem, operator),
-            method=method,
-            num_matvecs=num_matvecs,
-            seed=kw["seed"],
-            progress=show_progress(quiet),
-            memory_budget=budget,
-        )
+        est = _estimate(trace, problem, operator, kw, quiet, budget, method=method, num_matvecs=num_matvecs)
         result = {
             "operator": operator,
             "value": float(est.value),
@@ -206,20 +215,10 @@ def density(probes, steps, operator, out, no_cache, as_json, quiet, **kw):
     from landscape.linalg import spectral_density
     from landscape.plot.cli_figures import density_figure
 
-    t0 = time.perf_counter()
-    problem = setup_problem(kw, quiet)
-    out = Path(out)
-    budget = memory_budget(problem, "spectrum", num_probes=probes, num_steps=steps)
+    t0, problem, out, budget = _begin(kw, quiet, out, "spectrum", num_probes=probes, num_steps=steps)
 
     def compute() -> tuple[dict, str]:
-        dens = spectral_density(
-            _operator(problem, operator),
-            num_probes=probes,
-            num_steps=steps,
-            seed=kw["seed"],
-            progress=show_progress(quiet),
-            memory_budget=budget,
-        )
+        dens = _estimate(spectral_density, problem, operator, kw, quiet, budget, num_probes=probes, num_steps=steps)
         tr = dens.trace()
         result = {
             "operator": operator,
