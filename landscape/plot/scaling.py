@@ -53,28 +53,18 @@ def scaling_plot(report: Any, ax: Any = None, *, kind: str = "lr") -> Any:
         ax = plt.figure(figsize=(6.4, 4.8)).add_subplot()
     B = report.batch_sizes.astype(np.float64)
     grid = np.geomspace(B[0], B[-1], 200)
+    # The measured points with their standard errors, first in the legend: lambda_max(H_B), or the lr 2 / lambda_max.
     if kind == "sharpness":
-        ax.errorbar(
-            B,
-            report.lambda_mean,
-            yerr=report.lambda_stderr,
-            fmt="o",
-            capsize=3,
-            label=r"$\lambda_{\max}(H_B)$, mean $\pm$ s.e.",
-        )
+        y, yerr, label = report.lambda_mean, report.lambda_stderr, r"$\lambda_{\max}(H_B)$, mean $\pm$ s.e."
+    else:
+        y, yerr, label = report.spectral_lr, report.spectral_lr_stderr, r"$2/\lambda_{\max}(H_B)$ (measured spectra)"
+    ax.errorbar(B, y, yerr=yerr, fmt="o", capsize=3, label=label)
+    if kind == "sharpness":
         ax.plot(grid, report.fit.predict(grid), "-", label=f"fit {report.fit.formula()}")
         ax.plot(grid, report.fit_bulk.predict(grid), ":", label=f"fit {report.fit_bulk.formula()}")
         ax.axhline(report.lambda_full, color="gray", lw=0.8, ls="--", label=r"$\lambda_{\max}(H)$")
         ax.set_ylabel(r"$\lambda_{\max}$ of the batch Hessian")
     else:
-        ax.errorbar(
-            B,
-            report.spectral_lr,
-            yerr=report.spectral_lr_stderr,
-            fmt="o",
-            capsize=3,
-            label=r"$2/\lambda_{\max}(H_B)$ (measured spectra)",
-        )
         ax.plot(B, report.worst_batch_lr, "v", mfc="none", label=r"$2/\max_S \lambda_{\max}(H_S)$ (sharpest batch)")
         ax.plot(grid, report.fitted_lr(grid), "-", label=r"$2/\lambda'(B)$, fit $a + b\,x(B)$")
         if report.optimizer == "adam":
