@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from landscape import Problem
 from tests.helpers import gaussian_weights
 
 N, D_IN, D_OUT = 30, 3, 2
@@ -42,6 +43,19 @@ def least_squares_model(X: torch.Tensor, Y: torch.Tensor, offset: torch.Tensor |
             model.weight.add_(offset[: D_IN * D_OUT].view(D_OUT, D_IN))
             model.bias.add_(offset[D_IN * D_OUT :])
     return model
+
+
+def least_squares_problem(
+    X: torch.Tensor | None = None,
+    Y: torch.Tensor | None = None,
+    offset: torch.Tensor | None = None,
+    batch_size: int | None = None,
+) -> Problem:
+    """The mean-squared-error Problem of :func:`least_squares_model` on ``(X, Y)`` (default :func:`make_data`): at its
+    minimum, or ``offset`` away from it."""
+    if X is None or Y is None:
+        X, Y = make_data()
+    return Problem(least_squares_model(X, Y, offset), nn.MSELoss(), (X, Y), batch_size=batch_size)
 
 
 def exact_hessian(X: torch.Tensor) -> torch.Tensor:

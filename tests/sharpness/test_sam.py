@@ -19,6 +19,7 @@ from tests.sharpness.helpers import (
     N,
     exact_hessian,
     least_squares_model,
+    least_squares_problem,
     loss_function,
     make_data,
     random_offset,
@@ -29,7 +30,7 @@ from tests.sharpness.helpers import (
 
 def test_sam_at_a_quadratic_minimum_is_half_rho_squared_lambda_max():
     X, Y = make_data()
-    problem = Problem(least_squares_model(X, Y), nn.MSELoss(), (X, Y), batch_size=7)
+    problem = least_squares_problem(X, Y, batch_size=7)
     lam_max = float(torch.linalg.eigvalsh(exact_hessian(X)).max())
     exact = 0.05**2 * lam_max / 2
     r = sam_sharpness(problem, 0.05, steps=20, seed=0)
@@ -75,7 +76,7 @@ def test_sam_ascent_off_the_minimum_solves_the_trust_region_problem():
     """On a quadratic, max_{||e|| <= rho} g^T e + e^T H e / 2 has the secular-equation solution e = (mu I - H)^-1 g."""
     X, Y = make_data(seed=2)
     offset = random_offset(seed=3, scale=0.05)
-    problem = Problem(least_squares_model(X, Y, offset), nn.MSELoss(), (X, Y))
+    problem = least_squares_problem(X, Y, offset)
     H = exact_hessian(X)
     g = H @ offset
     lam, Q = torch.linalg.eigh(H)
@@ -99,12 +100,12 @@ def test_box_sharpness_with_a_diagonal_hessian_is_exact_at_the_corners():
     H = exact_hessian(X)
     assert torch.count_nonzero(H - torch.diag(torch.diag(H))) == 0 or torch.allclose(H, torch.diag(torch.diag(H)))
     rho = 0.05
-    at_min = Problem(least_squares_model(X, Y), nn.MSELoss(), (X, Y))
+    at_min = least_squares_problem(X, Y)
     r = sam_sharpness(at_min, rho, p="inf", steps=5, seed=4)
     assert r.random_starts == 1 and torch.all(r.perturbation.abs() == rho)
     assert r.value == pytest.approx(rho**2 * float(torch.trace(H)) / 2, rel=1e-9)
     offset = random_offset(seed=5, scale=0.02)
-    off = Problem(least_squares_model(X, Y, offset), nn.MSELoss(), (X, Y))
+    off = least_squares_problem(X, Y, offset)
     g = torch.diag(H) * offset
     exact = float((g.abs() * rho + torch.diag(H) * rho**2 / 2).sum())
     r = sam_sharpness(off, rho, p=math.inf, steps=5)
@@ -157,7 +158,7 @@ def test_asam_is_invariant_to_relu_layer_rescaling_and_sam_is_not():
 
 def test_m_sharpness_with_m_equal_to_n_is_the_full_batch_value():
     X, Y = make_data()
-    problem = Problem(least_squares_model(X, Y, random_offset()), nn.MSELoss(), (X, Y), batch_size=7)
+    problem = least_squares_problem(X, Y, random_offset(), batch_size=7)
     for steps in (0, 6):
         full = sam_sharpness(problem, 0.05, steps=steps)
         one = sam_sharpness(problem, 0.05, steps=steps, m=N)
@@ -170,7 +171,7 @@ def test_m_sharpness_with_m_equal_to_n_is_the_full_batch_value():
     assert parts.subset_values.tolist() == pytest.approx(np.nanmax(parts.history, axis=1).tolist(), rel=1e-14)
     assert parts.stderr == pytest.approx(parts.subset_values.std(ddof=1) / math.sqrt(3), rel=1e-12)
     # Each subset has its own gradient, even at the full-data minimum: the first-order start is defined there.
-    at_min = Problem(least_squares_model(X, Y), nn.MSELoss(), (X, Y))
+    at_min = least_squares_problem(X, Y)
     m_at_min = sam_sharpness(at_min, 0.05, steps=0, m=5)
     assert m_at_min.random_starts == 0 and m_at_min.subset_values.size == 6
     assert m_at_min.loss == pytest.approx(at_min.loss(), rel=1e-12)

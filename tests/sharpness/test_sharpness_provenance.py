@@ -24,15 +24,14 @@ from landscape.sharpness import (
 )
 from tests.helpers import model_untouched, untidy_mlp
 from tests.sharpness.helpers import (
-    least_squares_model,
+    least_squares_problem,
     make_data,
     random_offset,
 )
 
 
 def test_same_seed_is_bit_identical_and_the_global_rng_untouched():
-    X, Y = make_data()
-    problem = Problem(least_squares_model(X, Y), nn.MSELoss(), (X, Y), batch_size=7)
+    problem = least_squares_problem(batch_size=7)
     torch.manual_seed(1234)
     np.random.seed(99)
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()
@@ -74,8 +73,7 @@ def test_model_is_left_untouched():
 
 
 def test_results_are_frozen_and_self_describing():
-    X, Y = make_data()
-    problem = Problem(least_squares_model(X, Y, random_offset()), nn.MSELoss(), (X, Y))
+    problem = least_squares_problem(offset=random_offset())
     r = sam_sharpness(problem, 0.05, p=math.inf, steps=2, seed=5)
     a = average_sharpness(problem, num_samples=3)
     k = keskar_sharpness(problem, maxiter=2)
@@ -114,15 +112,13 @@ def test_results_are_frozen_and_self_describing():
     ],
 )
 def test_bad_arguments_raise_clear_errors(func, kwargs, match):
-    X, Y = make_data()
-    problem = Problem(least_squares_model(X, Y), nn.MSELoss(), (X, Y))
+    problem = least_squares_problem()
     with pytest.raises(ValueError, match=match):
         func(problem, **kwargs)
 
 
 def test_bad_types_raise_clear_errors():
-    X, Y = make_data()
-    problem = Problem(least_squares_model(X, Y), nn.MSELoss(), (X, Y))
+    problem = least_squares_problem()
     with pytest.raises(TypeError, match="seed"):
         sam_sharpness(problem, seed=1.5)
     with pytest.raises(TypeError, match="Problem"):
@@ -144,7 +140,6 @@ def test_bad_types_raise_clear_errors():
     ],
 )
 def test_arguments_of_the_wrong_type_raise_type_errors(func, kwargs, match):
-    X, Y = make_data()
-    problem = Problem(least_squares_model(X, Y), nn.MSELoss(), (X, Y))
+    problem = least_squares_problem()
     with pytest.raises(TypeError, match=match):
         func(problem, **kwargs)

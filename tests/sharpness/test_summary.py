@@ -9,16 +9,14 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
-from landscape import Problem
 from landscape.sharpness import Sharpness, sharpness
-from tests.sharpness.helpers import exact_hessian, least_squares_model, make_data
+from tests.sharpness.helpers import exact_hessian, least_squares_problem, make_data
 
 
 def test_sharpness_gathers_every_measure_with_its_error_bar():
     X, Y = make_data()
-    problem = Problem(least_squares_model(X, Y), nn.MSELoss(), (X, Y), batch_size=10)
+    problem = least_squares_problem(X, Y, batch_size=10)
     H = exact_hessian(X)
     lam = float(torch.linalg.eigvalsh(H).max())
     with warnings.catch_warnings():
