@@ -24,8 +24,6 @@ Run: python experiments/generalisation_criteria.py   ->  figures/generalisation_
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 import matplotlib
@@ -34,7 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _figure_files import save_png_and_pdf  # noqa: E402
+from _figure_files import begin, save_png_and_pdf  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 from scipy import stats  # noqa: E402
 from torch import nn  # noqa: E402
@@ -112,14 +110,9 @@ def measure(width: int, noise: float, steps: int, cfg: dict, seed: int, Xtr, ytr
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny configuration for CI (seconds)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batch order and label noise")
-    parser.add_argument("--out", type=Path, default=OUT, help="folder for the figures")
-    args = parser.parse_args(argv)
-    cfg = SMOKE if args.smoke else FULL
-    torch.set_num_threads(1)
-    start = time.perf_counter()
+    args, cfg, start = begin(
+        __doc__, OUT, FULL, SMOKE, argv, seed_help="seed of initialisation, batch order and label noise"
+    )
     Xtr, ytr = data.digits(split="train", seed=0, dtype=torch.float64)
     Xte, yte = data.digits(split="test", seed=0, dtype=torch.float64)
     rows = [measure(w, nz, st, cfg, args.seed, Xtr, ytr, Xte, yte) for w, nz, st in cfg["models"]]

@@ -28,8 +28,6 @@ Run: python experiments/hessian_alignment.py   ->  figures/hessian_alignment.png
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 import matplotlib
@@ -38,7 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _figure_files import save_png_and_pdf  # noqa: E402
+from _figure_files import begin, save_png_and_pdf  # noqa: E402
 from scipy import ndimage, stats  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
@@ -114,13 +112,7 @@ def domain(problem_model: nn.Module, names: list[str], X: Tensor, y: Tensor, pro
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny configuration for CI (seconds)")
-    parser.add_argument("--out", type=Path, default=OUT, help="folder for the figures")
-    args = parser.parse_args(argv)
-    cfg = SMOKE if args.smoke else FULL
-    torch.set_num_threads(1)
-    start = time.perf_counter()
+    args, cfg, start = begin(__doc__, OUT, FULL, SMOKE, argv)
 
     raw_train, y_train = data.digits(split="train", normalize=False, flatten=False, dtype=torch.float64)
     raw_test, y_test = data.digits(split="test", normalize=False, flatten=False, dtype=torch.float64)

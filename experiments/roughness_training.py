@@ -32,9 +32,7 @@ Run: python experiments/roughness_training.py   ->  figures/roughness_training.p
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
 import warnings
 from pathlib import Path
 
@@ -44,7 +42,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _figure_files import save_png_and_pdf  # noqa: E402
+from _figure_files import begin, save_png_and_pdf  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from landscape import Problem, models, roughness_index  # noqa: E402
@@ -179,14 +177,7 @@ def run(kind: str, seed: int, cfg: dict, X: Tensor, T: Tensor) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny configuration for CI (seconds)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the collocation points")
-    parser.add_argument("--out", type=Path, default=OUT, help="folder for the figures")
-    args = parser.parse_args(argv)
-    cfg = SMOKE if args.smoke else FULL
-    torch.set_num_threads(1)
-    start = time.perf_counter()
+    args, cfg, start = begin(__doc__, OUT, FULL, SMOKE, argv, seed_help="seed of the collocation points")
     X, T = collocation(cfg["n_int"], cfg["n_bnd"], args.seed)
 
     rows = [r for kind in LOSSES for seed in cfg["seeds"] for r in run(kind, seed, cfg, X, T)]
