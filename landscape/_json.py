@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["jsonable", "strict_json"]
+__all__ = ["field_dict", "jsonable", "strict_json"]
 
 
 def jsonable(x: Any) -> Any:
@@ -35,6 +36,12 @@ def jsonable(x: Any) -> Any:
     if hasattr(x, "to_dict"):
         return jsonable(x.to_dict())
     return str(x)
+
+
+def field_dict(result: Any) -> dict[str, Any]:
+    """Every field of the dataclass ``result`` by name, in the order declared, with its value as it is (a shallow
+    view, the start of a ``to_dict()`` that lists its fields)."""
+    return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
 
 
 def strict_json(x: Any) -> Any:

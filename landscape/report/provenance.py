@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from landscape._json import field_dict
 from landscape._version import __version__
 from landscape.cache import content_key
 from landscape.problem import Problem
@@ -76,25 +77,8 @@ class Provenance:
     created: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return {
-            "model_hash": self.model_hash,
-            "data_fingerprint": self.data_fingerprint,
-            "model": self.model,
-            "num_params": self.num_params,
-            "num_samples": self.num_samples,
-            "mode": self.mode,
-            "mode_policy": self.mode_policy,
-            "batchnorm_layers": self.batchnorm_layers,
-            "dropout_layers": self.dropout_layers,
-            "dtype": self.dtype,
-            "device": self.device,
-            "seeds": dict(self.seeds),
-            "versions": dict(self.versions),
-            "settings": dict(self.settings),
-            "wall_times": dict(self.wall_times),
-            "created": self.created,
-        }
+        """JSON-ready fields (the dicts copied)."""
+        return {name: dict(v) if isinstance(v, dict) else v for name, v in field_dict(self).items()}
 
 
 def library_versions() -> dict[str, str]:

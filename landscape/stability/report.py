@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from landscape._json import jsonable
+from landscape._json import field_dict, jsonable
 
 __all__ = ["KINDS", "Criterion", "StabilityReport", "criterion"]
 
@@ -61,18 +61,7 @@ class Criterion:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "value": self.value,
-            "threshold": self.threshold,
-            "margin": self.margin,
-            "stable": self.stable,
-            "max_stable_lr": self.max_stable_lr,
-            "reference": self.reference,
-            "note": self.note,
-            "details": jsonable(self.details),
-        }
+        return {**field_dict(self), "details": jsonable(self.details)}
 
 
 def criterion(
