@@ -201,13 +201,14 @@ def _lanczos_top(
     max_matvecs: int | None,
     v0: Tensor | None,
     seed: SeedLike,
-    progress: bool = False,
-    max_basis: int | None = None,
-    memory_budget: int | None = None,
-    vectors: bool = True,
-    guarantee: float | None = None,
-    confidence: float = 0.99,
+    progress: bool,
+    max_basis: int | None,
+    memory_budget: int | None,
+    vectors: bool,
+    guarantee: float | None,
+    confidence: float,
 ) -> EigenResult:
+    """Lanczos for :func:`top_eigen` (its arguments, checked, and their defaults there)."""
     prov = Meter(op, seed)
     n = op.shape[0]
     budget = min(n, max(20 * k, 100)) if max_matvecs is None else min(int(max_matvecs), n)
