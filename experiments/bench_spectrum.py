@@ -46,7 +46,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workloads import SEED, Workload, make_w1, make_w2  # noqa: E402
+from workloads import SEED, Workload, add_w2_options, make_w1, make_w2  # noqa: E402
 
 import landscape  # noqa: E402
 
@@ -363,6 +363,13 @@ def bench_top(ctx: Ctx) -> None:
     print("\n### top-1 / top-5 eigenvalues", flush=True)
     sec = "top5"
 
+    def row(method: str, values, top1: float, hvps, seconds: float, note: str, median: str = "median") -> Row:
+        """A top-5 row: the largest relative error of ``values`` against the reference's top five, and in the detail
+        the error of ``top1`` (the method's largest eigenvalue), the median error and ``note``."""
+        emax, emed = top5_error(values, ref.top5)
+        detail = f"top-1 err {rel(top1, ref.top5[0]):.1e}, {median} {emed:.1e}{note}"
+        return Row(w.name, sec, method, hvps, seconds, emax, detail)
+
     def ours(tol: float, budget: int | None) -> Row:
         op = ctx.op()
         t0 = time.perf_counter()
@@ -370,18 +377,9 @@ def bench_top(ctx: Ctx) -> None:
             warnings.simplefilter("ignore", landscape.ConvergenceWarning)
             r = landscape.top_eigen(op, 5, method="lanczos", tol=tol, max_matvecs=budget, seed=1)
         dt = time.perf_counter() - t0
-        emax, emed = top5_error(r.values, ref.top5)
         name = f"landscape top_eigen lanczos tol={tol:g}" + (f" max_matvecs={budget}" if budget else "")
-        return Row(
-            w.name,
-            sec,
-            name,
-            r.num_matvecs,
-            dt,
-            emax,
-            f"top-1 err {rel(r.values[0], ref.top5[0]):.1e}, median top-5 err {emed:.1e}, "
-            f"converged {bool(r.all_converged)}",
-        )
+        note = f", converged {bool(r.all_converged)}"
+        return row(name, r.values, r.values[0], r.num_matvecs, dt, note, median="median top-5 err")
 
     for tol, budget in ctx.cfg["our_eig_settings"]:
         run_peer(ctx, sec, f"landscape tol={tol}", lambda tol=tol, budget=budget: ours(tol, budget))
@@ -392,16 +390,8 @@ def bench_top(ctx: Ctx) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", landscape.ConvergenceWarning)
             r = landscape.top_eigen(op, 5, method="power", tol=1e-4, seed=1)
-        emax, emed = top5_error(r.values, ref.top5)
-        return Row(
-            w.name,
-            sec,
-            "landscape top_eigen power tol=1e-4",
-            r.num_matvecs,
-            time.perf_counter() - t0,
-            emax,
-            f"top-1 err {rel(r.values[0], ref.top5[0]):.1e}, median {emed:.1e}",
-        )
+        dt = time.perf_counter() - t0
+        return row("landscape top_eigen power tol=1e-4", r.values, r.values[0], r.num_matvecs, dt, "")
 
     if ctx.cfg.get("power", True):
         run_peer(ctx, sec, "landscape power", ours_power)
@@ -410,16 +400,9 @@ def bench_top(ctx: Ctx) -> None:
         op = ctx.op()
         t0 = time.perf_counter()
         s = landscape.spectrum(op, k=5, num_probes=num_probes, num_steps=num_steps, seed=1)
-        emax, emed = top5_error(s.eigenvalues, ref.top5)
-        return Row(
-            w.name,
-            sec,
-            f"landscape spectrum() {num_probes} probes x {num_steps} steps",
-            s.num_matvecs,
-            time.perf_counter() - t0,
-            emax,
-            f"top-1 err {rel(s.eigenvalues[0], ref.top5[0]):.1e}, median {emed:.1e}; also gives trace/density",
-        )
+        dt = time.perf_counter() - t0
+        name = f"landscape spectrum() {num_probes} probes x {num_steps} steps"
+        return row(name, s.eigenvalues, s.eigenvalues[0], s.num_matvecs, dt, "; also gives trace/density")
 
     for p_, m_ in ctx.cfg["spectrum_settings"]:
         run_peer(ctx, sec, "landscape spectrum", lambda p_=p_, m_=m_: ours_spectrum(p_, m_))
@@ -437,16 +420,13 @@ def bench_top(ctx: Ctx) -> None:
             t0 = time.perf_counter()
             vals, _ = h.eigenvalues(top_n=5)
             dt = time.perf_counter() - t0
-        emax, emed = top5_error(vals, ref.top5)
-        return Row(
-            w.name,
-            sec,
+        return row(
             "PyHessian eigenvalues(top_n=5) defaults (maxIter=100, tol=1e-3)",
+            vals,
+            max(vals),
             calls[0],
             dt,
-            emax,
-            f"top-1 err {rel(max(vals), ref.top5[0]):.1e}, median {emed:.1e}; HVPs counted by wrapping "
-            "dataloader_hv_product (one full-data HVP per call)",
+            "; HVPs counted by wrapping dataloader_hv_product (one full-data HVP per call)",
         )
 
     run_peer(ctx, sec, "PyHessian", pyhessian_top)
@@ -463,16 +443,7 @@ def bench_top(ctx: Ctx) -> None:
             label = "hessian-eigenthings deflated_power_iteration(k=5) defaults (max_iter=100, tol=1e-4)"
         dt = time.perf_counter() - t0
         vals = r.eigenvalues.detach().double().numpy()
-        emax, emed = top5_error(vals, ref.top5)
-        return Row(
-            w.name,
-            sec,
-            label,
-            calls[0],
-            dt,
-            emax,
-            f"top-1 err {rel(vals.max(), ref.top5[0]):.1e}, median {emed:.1e}; HVPs counted by wrapping matvec",
-        )
+        return row(label, vals, vals.max(), calls[0], dt, "; HVPs counted by wrapping matvec")
 
     run_peer(ctx, sec, "eigenthings lanczos", lambda: eigenthings("lanczos"))
     run_peer(ctx, sec, "eigenthings power", lambda: eigenthings("power_iter"))
@@ -496,16 +467,13 @@ def bench_top(ctx: Ctx) -> None:
         v0 = np.random.default_rng(1).standard_normal(A.shape[0]).astype(A.dtype)
         vals = eigsh(L, k=5, which="LA", tol=1e-4, v0=v0, return_eigenvectors=False)
         dt = time.perf_counter() - t0
-        emax, emed = top5_error(vals, ref.top5)
-        return Row(
-            w.name,
-            sec,
+        return row(
             "curvlinops HessianLinearOperator + scipy eigsh(k=5, which='LA', tol=1e-4)",
+            vals,
+            vals.max(),
             calls[0],
             dt,
-            emax,
-            f"top-1 err {rel(vals.max(), ref.top5[0]):.1e}, median {emed:.1e}; "
-            "matvecs counted in a wrapping scipy LinearOperator; check_deterministic=False",
+            "; matvecs counted in a wrapping scipy LinearOperator; check_deterministic=False",
         )
 
     run_peer(ctx, sec, "curvlinops eigsh", curvlinops_eigsh)
@@ -567,18 +535,20 @@ def bench_trace_peers(ctx: Ctx) -> None:
     sec = "trace"
     print(f"\n### trace, single runs at ~{n} probes (ours and peers)", flush=True)
 
+    def row(method: str, hvps, seconds: float, value: float, detail: str) -> Row:
+        """A trace row: its relative error against the reference trace."""
+        return Row(w.name, sec, method, hvps, seconds, rel(value, ref.trace), detail)
+
     def ours(method: str, budget: int) -> Row:
         op = ctx.op()
         t0 = time.perf_counter()
         est = landscape.trace(op, method=method, num_matvecs=budget, seed=1)
         dt = time.perf_counter() - t0
-        return Row(
-            w.name,
-            sec,
+        return row(
             f"landscape trace {method}",
             op.num_matvecs,
             dt,
-            rel(est.value, ref.trace),
+            est.value,
             f"{est.value:.4f} +- {est.stderr:.4f}",
         )
 
@@ -603,13 +573,11 @@ def bench_trace_peers(ctx: Ctx) -> None:
                     f"PyHessian trace(maxIter={n}, tol=-inf): all probes (tol=0 still stops early when the mean is < 0)"
                 )
             )
-            return Row(
-                w.name,
-                sec,
+            return row(
                 label,
                 len(vhv),
                 dt,
-                rel(float(np.mean(vhv)), ref.trace),
+                float(np.mean(vhv)),
                 f"{np.mean(vhv):.4f} (no error bar); HVPs = len(returned samples)",
             )
 
@@ -623,13 +591,11 @@ def bench_trace_peers(ctx: Ctx) -> None:
         budget = n if method == "hutchinson" else 3 * (n // 3)
         r = he.trace(op, num_matvecs=budget, method=method, seed=1)
         dt = time.perf_counter() - t0
-        return Row(
-            w.name,
-            sec,
+        return row(
             f"hessian-eigenthings trace(method='{method}', num_matvecs={budget})",
             calls[0],
             dt,
-            rel(r.estimate, ref.trace),
+            r.estimate,
             f"{r.estimate:.4f} +- {r.stderr:.4f}",
         )
 
@@ -663,13 +629,11 @@ def bench_trace_peers(ctx: Ctx) -> None:
             val = float(fn(target, budget))
             dt = time.perf_counter() - t0
         hv = calls[0] if w.matrix is None else budget
-        return Row(
-            w.name,
-            sec,
+        return row(
             f"curvlinops {fn.__name__}({label_op}, {budget})",
             hv,
             dt,
-            rel(val, ref.trace),
+            val,
             f"{val:.4f} (no error bar)",
         )
 
@@ -707,39 +671,25 @@ def bench_density(ctx: Ctx) -> None:
     print("\n### spectral density (SLQ): moment errors (1/P) tr H and (1/P) tr H^2", flush=True)
     settings = ctx.cfg["density_settings"]
 
-    def ours(nv: int, m: int) -> Row:
+    def ours(nv: int, m: int, via_spectrum: bool) -> Row:
+        """Our density, from ``spectral_density`` or from the density that ``spectrum`` returns with its top five."""
         op = ctx.op()
         t0 = time.perf_counter()
-        d = landscape.spectral_density(op, num_probes=nv, num_steps=m, seed=1)
+        if via_spectrum:
+            s = landscape.spectrum(op, k=5, num_probes=nv, num_steps=m, seed=1)
+            density, hvps, name = s.density, s.num_matvecs, "spectrum"
+        else:
+            density = landscape.spectral_density(op, num_probes=nv, num_steps=m, seed=1)
+            hvps, name = op.num_matvecs, "spectral_density"
         dt = time.perf_counter() - t0
-        mom = d.moments(2)
-        return density_row(
-            ctx,
-            f"landscape spectral_density({nv} probes x {m} steps)",
-            op.num_matvecs,
-            dt,
-            float(mom.value[0]),
-            float(mom.value[1]),
-        )
-
-    def ours_spectrum(nv: int, m: int) -> Row:
-        op = ctx.op()
-        t0 = time.perf_counter()
-        s = landscape.spectrum(op, k=5, num_probes=nv, num_steps=m, seed=1)
-        dt = time.perf_counter() - t0
-        mom = s.density.moments(2)
-        return density_row(
-            ctx,
-            f"landscape spectrum({nv} probes x {m} steps)",
-            s.num_matvecs,
-            dt,
-            float(mom.value[0]),
-            float(mom.value[1]),
-        )
+        mom = density.moments(2)
+        method = f"landscape {name}({nv} probes x {m} steps)"
+        return density_row(ctx, method, hvps, dt, float(mom.value[0]), float(mom.value[1]))
 
     for nv, m in settings:
-        run_peer(ctx, sec, "landscape spectral_density", lambda nv=nv, m=m: ours(nv, m))
-        run_peer(ctx, sec, "landscape spectrum", lambda nv=nv, m=m: ours_spectrum(nv, m))
+        for via_spectrum in (False, True):
+            label = "landscape spectrum" if via_spectrum else "landscape spectral_density"
+            run_peer(ctx, sec, label, lambda nv=nv, m=m, v=via_spectrum: ours(nv, m, v))
 
     def pyhessian_density(nv: int, m: int) -> Row:
         from pyhessian import hessian as pyh_hessian
@@ -977,8 +927,7 @@ def main() -> None:
     parser.add_argument(
         "--sections", default="top,trace,peers,density", help="comma-separated subset of top,trace,peers,density"
     )
-    parser.add_argument("--w2-samples", type=int, default=None, help="W2 images (default 128; specified: 512)")
-    parser.add_argument("--w2-size", type=int, default=None, help="W2 image side (default 8; specified: 32)")
+    add_w2_options(parser)
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)

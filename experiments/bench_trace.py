@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_spectrum import count_calls, print_failures_and_wall_time, seeded, short_err  # noqa: E402
-from workloads import Workload, make_w1, make_w2  # noqa: E402
+from workloads import Workload, add_w2_options, make_w1, make_w2  # noqa: E402
 
 import landscape  # noqa: E402
 
@@ -353,8 +353,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=None, help="matvecs per estimate (default 100; quick 20)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-peers", action="store_true", help="skip the peer libraries")
-    parser.add_argument("--w2-samples", type=int, default=None, help="W2 images (default 128; specified: 512)")
-    parser.add_argument("--w2-size", type=int, default=None, help="W2 image side (default 8; specified: 32)")
+    add_w2_options(parser)
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)

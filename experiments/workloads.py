@@ -10,6 +10,7 @@ Everything is seeded (``SEED``) and uses local generators only.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,13 @@ def count(model: nn.Module) -> int:
 
 def _trained(log) -> str:
     return f"trained {log.steps} SGD steps in {log.wall_time:.2f} s, loss {log.losses[0]:.3f} -> {log.final_loss:.3f}"
+
+
+def add_w2_options(parser: argparse.ArgumentParser) -> None:
+    """``--w2-samples`` and ``--w2-size``: the size of a benchmark's W2 (its default when left out, else the
+    specified 512 images of side 32)."""
+    parser.add_argument("--w2-samples", type=int, default=None, help="W2 images (default 128; specified: 512)")
+    parser.add_argument("--w2-size", type=int, default=None, help="W2 image side (default 8; specified: 32)")
 
 
 def w1_data() -> tuple[Tensor, Tensor]:
