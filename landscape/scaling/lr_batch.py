@@ -142,6 +142,16 @@ def fit_batch_sharpness(
     )
 
 
+def _per_batch_size(statistic: str, doc: str) -> property:
+    """A read-only ``(m,)`` array: the ``statistic`` attribute of each :class:`BatchSharpness` of a
+    :class:`ScalingReport`, in batch-size order."""
+
+    def get(report: ScalingReport) -> np.ndarray:
+        return np.array([getattr(s, statistic) for s in report.sharpness])
+
+    return property(get, doc=doc)
+
+
 @dataclass(frozen=True)
 class ScalingReport:
     """Batch-Hessian sharpness, predicted maximal stable learning rates and the noise scale across batch sizes.
@@ -192,25 +202,12 @@ class ScalingReport:
     def num_samples(self) -> int:
         return int(self.batch_sizes[-1])
 
-    @property
-    def lambda_mean(self) -> np.ndarray:
-        """``(m,)`` mean ``lambda_max(H_B)`` per batch size."""
-        return np.array([s.mean for s in self.sharpness])
-
-    @property
-    def lambda_std(self) -> np.ndarray:
-        """``(m,)`` spread of ``lambda_max(H_B)`` over the sampled batches."""
-        return np.array([s.std for s in self.sharpness])
-
-    @property
-    def lambda_stderr(self) -> np.ndarray:
-        """``(m,)`` standard errors of :attr:`lambda_mean`."""
-        return np.array([s.stderr for s in self.sharpness])
-
-    @property
-    def lambda_worst(self) -> np.ndarray:
-        """``(m,)`` largest ``lambda_max(H_B)`` among the sampled batches of each size."""
-        return np.array([s.max for s in self.sharpness])
+    lambda_mean = _per_batch_size("mean", "``(m,)`` mean ``lambda_max(H_B)`` per batch size.")
+    lambda_std = _per_batch_size("std", "``(m,)`` spread of ``lambda_max(H_B)`` over the sampled batches.")
+    lambda_stderr = _per_batch_size("stderr", "``(m,)`` standard errors of :attr:`lambda_mean`.")
+    lambda_worst = _per_batch_size(
+        "max", "``(m,)`` largest ``lambda_max(H_B)`` among the sampled batches of each size."
+    )
 
     @property
     def lambda_full(self) -> float:
