@@ -38,10 +38,10 @@ def jsonable(x: Any) -> Any:
     return str(x)
 
 
-def field_dict(result: Any) -> dict[str, Any]:
-    """Every field of the dataclass ``result`` by name, in the order declared, with its value as it is (a shallow
-    view, the start of a ``to_dict()`` that lists its fields)."""
-    return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+def field_dict(result: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every field of the dataclass ``result`` but those in ``exclude`` by name, in the order declared, with its value
+    as it is (a shallow view, the start of a ``to_dict()`` that lists its fields)."""
+    return {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in exclude}
 
 
 def strict_json(x: Any) -> Any:

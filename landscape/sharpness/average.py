@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from landscape._checks import Seed, check_int, check_positive, check_seed, generator
+from landscape._json import field_dict
 from landscape.linalg.probes import sample_probes, seed_record
 from landscape.problem import Problem, check_problem
 from landscape.sharpness._common import perturbation_scale
@@ -77,20 +78,7 @@ class AverageSharpness:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready numbers."""
-        return {
-            "value": self.value,
-            "stderr": self.stderr,
-            "loss": self.loss,
-            "samples": self.samples.tolist(),
-            "rho": self.rho,
-            "adaptive": self.adaptive,
-            "eta": self.eta,
-            "antithetic": self.antithetic,
-            "num_loss_evaluations": self.num_loss_evaluations,
-            "seed": self.seed,
-            "wall_time": self.wall_time,
-            "settings": self.settings,
-        }
+        return {**field_dict(self), "samples": self.samples.tolist()}
 
 
 def average_sharpness(

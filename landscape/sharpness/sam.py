@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from landscape._checks import Seed, check_int, check_positive, check_seed, generator
+from landscape._json import field_dict
 from landscape.example_pool import Examples
 from landscape.linalg.probes import sample_probes, seed_record
 from landscape.problem import Problem, check_problem
@@ -153,29 +154,11 @@ class SAMSharpness:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready numbers (``nan`` where undefined; ``p`` as ``2`` or ``"inf"``)."""
+        arrays = ("subset_values", "subset_losses", "subset_sizes", "history")
         return {
-            "value": self.value,
-            "stderr": self.stderr,
-            "loss": self.loss,
-            "perturbed_loss": self.perturbed_loss,
-            "perturbation_norm": self.perturbation_norm,
-            "constraint_norm": self.constraint_norm,
-            "subset_values": self.subset_values.tolist(),
-            "subset_losses": self.subset_losses.tolist(),
-            "subset_sizes": self.subset_sizes.tolist(),
-            "history": self.history.tolist(),
-            "random_starts": self.random_starts,
-            "rho": self.rho,
+            **field_dict(self, exclude=("perturbation",)),
+            **{name: getattr(self, name).tolist() for name in arrays},
             "p": "inf" if math.isinf(self.p) else 2,
-            "adaptive": self.adaptive,
-            "eta": self.eta,
-            "m": self.m,
-            "steps": self.steps,
-            "num_loss_evaluations": self.num_loss_evaluations,
-            "num_gradient_evaluations": self.num_gradient_evaluations,
-            "seed": self.seed,
-            "wall_time": self.wall_time,
-            "settings": self.settings,
         }
 
 
