@@ -8,6 +8,7 @@ analyses (``spectrum``, ``roughness``, ``surface``) -> plots (``plot``) -> CLI; 
 from landscape import losses
 from landscape._version import __version__ as __version__
 from landscape.attention import AttentionKernelError
+from landscape.blocks import BlockSpectra, block_spectra
 from landscape.cache import Cache, CacheError, CacheLockedError
 from landscape.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_hf, load_model
 from landscape.distributed import DistributedError, ShardInfo
@@ -65,6 +66,8 @@ from landscape.spectrum import Spectrum, spectrum
 from landscape.stability import Criterion, EdgeOfStabilityTracker, StabilityReport, stability
 
 __all__ = [
+    "BlockSpectra",
+    "block_spectra",
     "ExactDiagonal",
     "ExactDiagonalUnavailable",
     "ExactSupport",

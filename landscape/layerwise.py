@@ -180,8 +180,18 @@ class LayerwiseCurvature:
         }
 
 
-def _groups(names: Sequence[str], by: str | Mapping[str, Sequence[str] | str]) -> list[tuple[str, list[str]]]:
-    """``(group name, member parameter names)`` in order of first appearance; every parameter in exactly one."""
+def parameter_groups(names: Sequence[str], by: str | Mapping[str, Sequence[str] | str]) -> list[tuple[str, list[str]]]:
+    """``(group name, member parameter names)`` in order of first appearance; every parameter in exactly one.
+
+    ``by``: ``"module"`` (the module owning each parameter, ``"(model)"`` for the root's), ``"parameter"`` (one
+    group per tensor) or ``{group name: glob or list of globs}`` (first match wins, unmatched parameters form
+    ``"(other)"``; a group matching nothing, or an empty mapping, is an error).
+    """
+    if isinstance(by, Mapping) and not by:
+        raise ValueError(
+            "by={} names no group: give {group name: glob(s)} over parameter names, e.g. "
+            "{'attention': '*attn*', 'mlp': '*mlp*'}, or by='module' / by='parameter'"
+        )
     if isinstance(by, str):
         if by not in GROUPINGS:
             raise ValueError(f"by must be one of {GROUPINGS} or a mapping of group names to globs, got {by!r}")
@@ -254,7 +264,7 @@ def layerwise_curvature(
     if method != "exact" and (not isinstance(num_matvecs, int) or num_matvecs < 2):
         raise ValueError(f"num_matvecs must be an int >= 2 (a standard error needs two probes), got {num_matvecs!r}")
     problem = pop.problem
-    groups = _groups(problem.param_names, by)
+    groups = parameter_groups(problem.param_names, by)
     index = {n: i for i, (_, members) in enumerate(groups) for n in members}
     numels = dict(zip(problem.param_names, problem.param_numels, strict=True))
     group_of = torch.cat([torch.full((numels[n],), index[n], dtype=torch.long) for n in problem.param_names])

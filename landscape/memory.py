@@ -178,6 +178,13 @@ def uses_three_term(k: int, vectors: bool, cap: int, steps: int, guarantee: floa
     return k == 1 and steps > 1 and (guarantee is not None or not vectors or cap < min(steps + 1, min_basis(k) + 1))
 
 
+def block_lanczos_vectors(p: int, steps: int, columns: int, stored: bool) -> int:
+    """Length-``P`` vectors the block recurrences of :mod:`landscape.blocks.lanczos` hold: the basis (``p (m + 1)``,
+    or two per probe for the three-term recurrence), the products ``H_bb q_b`` gathered per probe (``p``) and one
+    pass's input columns (the operator's output counts as the product)."""
+    return p * (steps + 1 if stored else 2) + p + columns
+
+
 def gib(nbytes: float) -> str:
     """``nbytes`` as GiB (MiB below one GiB, KiB below one MiB) for messages."""
     if nbytes >= 2**30:
@@ -187,7 +194,7 @@ def gib(nbytes: float) -> str:
 
 # ---------------------------------------------------------------------------------------------------- estimate
 #: Analyses :func:`estimate` knows, and the vectors of length ``n`` each holds besides the product's own.
-ANALYSES = ("gradient", "hvp", "top_eigen", "spectrum", "trace")
+ANALYSES = ("gradient", "hvp", "top_eigen", "spectrum", "trace", "block_spectra")
 
 
 @dataclass(frozen=True)
@@ -351,6 +358,13 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
         g = min(p, cap // 2, int(settings.get("group") or p))
         at_once = f"{g} of {p} probes at a time" if g < p else f"{p} probes"
         return 4 * g, f"three-term recurrence: {at_once} x 2 vectors, the block's input and CGS2 temporary"
+    if analysis == "block_spectra":
+        p, m = int(settings.get("num_probes", 4)), int(settings.get("num_steps", 40))
+        columns, stored = int(settings.get("columns") or p), bool(settings.get("stored", True))
+        how = f"{p} probes x {m + 1} basis vectors" if stored else f"three-term recurrence: {p} probes x 2 vectors"
+        return block_lanczos_vectors(p, m, columns, stored), f"{how} (every block's on its own entries), the " + (
+            f"product's output per probe and a pass's {columns} input column(s)"
+        )
     if analysis == "trace":
         method = settings.get("method", "hutch++")
         method = "hutch++" if method in ("auto", "exact") else method
@@ -377,14 +391,15 @@ def estimate(
     gradient too (one vector). A product adds its output and about one vector of autograd transients, plus the
     largest parameter. The estimator's own vectors follow its settings (``k``, ``vectors``, ``max_basis``,
     ``max_matvecs`` for ``top_eigen``; ``num_probes``, ``num_steps`` for ``spectrum``; ``method``,
-    ``num_matvecs``, ``block_size`` for ``trace``; ``width`` for ``hvp``).
+    ``num_matvecs``, ``block_size`` for ``trace``; ``width`` for ``hvp``; ``num_probes``, ``num_steps``, ``columns``,
+    ``stored`` for ``block_spectra``).
 
     Parameters
     ----------
     problem
         The problem to analyse.
     analysis
-        One of ``"gradient"``, ``"hvp"``, ``"top_eigen"``, ``"spectrum"``, ``"trace"``.
+        One of ``"gradient"``, ``"hvp"``, ``"top_eigen"``, ``"spectrum"``, ``"trace"``, ``"block_spectra"``.
     memory_budget
         Budget to compare with (default :func:`default_budget`).
     graph_memory_limit
@@ -437,6 +452,8 @@ def block_width(analysis: str, settings: dict[str, Any]) -> int:
         return int(settings.get("width", 1))
     if analysis == "spectrum":
         return int(settings.get("group") or settings.get("num_probes", 8))
+    if analysis == "block_spectra":
+        return int(settings.get("columns") or settings.get("num_probes", 4))
     if analysis == "trace":
         m = int(settings.get("num_matvecs", 100))
         if settings.get("method") == "hutchinson":

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from landscape.cache import Cache
-from landscape.linalg.lanczos import lanczos
+from landscape.linalg.lanczos import LanczosDecomposition, lanczos
 from landscape.linalg.probes import SeedLike, make_generator, seed_record
 from landscape.linalg.results import Estimate
 from landscape.linalg.short_recurrence import genuine
@@ -400,23 +400,8 @@ def _compute(
     gen = make_generator(seed)
     before = op.num_matvecs
     dec = _krylov(op, num_probes, num_steps, gen, eigenvectors, progress, memory_budget, group)
-    density = SpectralDensity.from_lanczos(dec, op.shape[0], sigma=sigma)
-    values, residuals, bounds, converged, vectors = _top_ritz(dec, k, tol, torch.finfo(op.dtype).eps)
-    moments = density.moments(2)
     P = op.shape[0]
-    fro_sq = P * moments.samples[:, 1]
-    fro_sq_mean = float(fro_sq.mean())
-    fro_sq_se = float(fro_sq.std(ddof=1) / math.sqrt(fro_sq.size)) if fro_sq.size > 1 else math.nan
-    frob = Estimate(
-        value=math.sqrt(max(fro_sq_mean, 0.0)),
-        stderr=fro_sq_se / (2 * math.sqrt(fro_sq_mean)) if fro_sq_mean > 0 else math.nan,
-        num_matvecs=dec.num_matvecs,
-        seed=seed_record(seed),
-        method="slq",
-        wall_time=dec.wall_time,
-        samples=fro_sq,
-        settings={"squared": fro_sq_mean, "squared_stderr": fro_sq_se},
-    )
+    summary = krylov_summary(dec, P, k=k, tol=tol, sigma=sigma, eps=torch.finfo(op.dtype).eps, seed=seed)
     spread = None
     if subsets:
         parts = problem_or_op.subsets(subsets)
@@ -443,15 +428,7 @@ def _compute(
     if hasattr(op, "chosen"):
         settings["engine"] = {str(w): name for w, name in op.chosen.items()}
     return Spectrum(
-        eigenvalues=values,
-        eigen_residuals=residuals,
-        eigen_error_bounds=bounds,
-        eigen_converged=converged,
-        eigenvectors=vectors,
-        trace=density.trace(),
-        frobenius=frob,
-        density=density,
-        lla=density.lla_criteria(),
+        **summary,
         subsets=spread,
         num_params=P,
         num_matvecs=op.num_matvecs - before,
@@ -461,7 +438,41 @@ def _compute(
     )
 
 
-def _top_ritz(dec, k: int, tol: float, eps: float):
+def krylov_summary(
+    dec: LanczosDecomposition, num_params: int, *, k: int, tol: float, sigma: float | None, eps: float, seed: SeedLike
+) -> dict[str, Any]:
+    """The fields of a :class:`Spectrum` that one Lanczos pass of a ``num_params``-dimensional operator gives:
+    top-``k`` Ritz pairs with residuals and bounds, the SLQ density, its trace, the Frobenius norm from its second
+    moment and the LLA criteria (shared with :func:`landscape.blocks.block_spectra`, one pass per diagonal block)."""
+    density = SpectralDensity.from_lanczos(dec, num_params, sigma=sigma)
+    values, residuals, bounds, converged, vectors = _top_ritz(dec, k, tol, eps)
+    fro_sq = num_params * density.moments(2).samples[:, 1]
+    fro_sq_mean = float(fro_sq.mean())
+    fro_sq_se = float(fro_sq.std(ddof=1) / math.sqrt(fro_sq.size)) if fro_sq.size > 1 else math.nan
+    frob = Estimate(
+        value=math.sqrt(max(fro_sq_mean, 0.0)),
+        stderr=fro_sq_se / (2 * math.sqrt(fro_sq_mean)) if fro_sq_mean > 0 else math.nan,
+        num_matvecs=dec.num_matvecs,
+        seed=seed_record(seed),
+        method="slq",
+        wall_time=dec.wall_time,
+        samples=fro_sq,
+        settings={"squared": fro_sq_mean, "squared_stderr": fro_sq_se},
+    )
+    return {
+        "eigenvalues": values,
+        "eigen_residuals": residuals,
+        "eigen_error_bounds": bounds,
+        "eigen_converged": converged,
+        "eigenvectors": vectors,
+        "trace": density.trace(),
+        "frobenius": frob,
+        "density": density,
+        "lla": density.lla_criteria(),
+    }
+
+
+def _top_ritz(dec: LanczosDecomposition, k: int, tol: float, eps: float):
     """Top-``k`` Ritz pairs of the recurrence whose worst top-``k`` residual is smallest."""
     best = None
     for probe in range(dec.num_probes):

@@ -81,6 +81,7 @@ KNOWN_UPWARD: dict[tuple[str, str], str] = {
     ("landscape.linalg.slq", "landscape.plot"): "SpectralDensity.plot()",
     ("landscape.surface.grid", "landscape.plot"): "Surface.plot() and friends",
     ("landscape.layerwise", "landscape.plot"): "LayerwiseCurvature's figure",
+    ("landscape.blocks", "landscape.plot"): "BlockSpectra's figures",
     ("landscape.scaling", "landscape.plot"): "ScalingReport's figure",
     ("landscape.stability", "landscape.plot"): "EdgeOfStabilityTracker's figure",
 }

@@ -229,6 +229,16 @@ class ProblemOperator(CurvatureOperator):
         ``i == SCRATCH`` marks the measurement slice, whose state must replace the previous slice's, not be cached.
         """
 
+    def adopt_choice(self, width: int) -> None:
+        """Use the strategy chosen for blocks of ``width`` columns for every narrower block not yet chosen (no
+        further measurements): for callers whose blocks shrink step by step (recurrences that end one by one), each
+        new width would otherwise be measured again. A batched strategy is not used for one column."""
+        name = self.chosen.get(width)
+        if name is None:
+            return
+        for w in range(1 if not name.endswith("_batched") else 2, width):
+            self.chosen.setdefault(w, name)
+
     def describe(self) -> dict:
         return {
             "operator": type(self).__name__,
