@@ -267,8 +267,7 @@ def layerwise_curvature(
     groups = parameter_groups(problem.param_names, by)
     index = {n: i for i, (_, members) in enumerate(groups) for n in members}
     numels = dict(zip(problem.param_names, problem.param_numels, strict=True))
-    group_of = torch.cat([torch.full((numels[n],), index[n], dtype=torch.long) for n in problem.param_names])
-    group_of = group_of.to(pop.device)
+    segments = _segments(problem, index)
     num_groups = len(groups)
     curvature = (
         "hessian" if isinstance(pop, HessianOperator) else "ggn" if isinstance(pop, GGNOperator) else type(pop).__name__
@@ -285,7 +284,7 @@ def layerwise_curvature(
             reason = err.reason
     if exact is not None:
         value = exact.value.to(pop.device)
-        traces = torch.zeros(num_groups, dtype=torch.float64, device=pop.device).index_add_(0, group_of, value)
+        traces = _group_sums(value, segments, num_groups)
         stderrs = np.zeros(num_groups)
         settings["note"] = (
             f"{method}: exact diagonal by second-order backpropagation ({exact.backend}, {exact.extension})"
@@ -293,7 +292,7 @@ def layerwise_curvature(
         diag = Estimate(value, torch.zeros_like(value), 0, None, "exact", exact.wall_time, None, dict(settings))
         total_stderr, used, ran, seed_out = 0.0, 0, "exact", None
     else:
-        value, diag_stderr, samples, used = _hutchinson_groups(pop, group_of, num_groups, num_matvecs, seed)
+        value, diag_stderr, samples, used = _hutchinson_groups(pop, segments, num_groups, num_matvecs, seed)
         traces = torch.as_tensor(samples.mean(axis=0))
         s = samples.shape[0]
         stderrs = samples.std(axis=0, ddof=1) / math.sqrt(s)
@@ -324,34 +323,55 @@ def layerwise_curvature(
     )
 
 
-def _check_block_fits(n: int, block: int, dtype: torch.dtype, device: torch.device) -> None:
-    """``MemoryBudgetError`` before any product when a block of probes does not fit :func:`default_budget`.
+def _probe_block(n: int, num_probes: int, dtype: torch.dtype, device: torch.device) -> int:
+    """The most probes per block (at most ``BLOCK``) that fit :func:`default_budget`; ``MemoryBudgetError`` before
+    any product when not even one does.
 
     A block holds the probes, their products, the products' entrywise product and it in float64 (``3 b`` vectors of
-    the operator's dtype and ``b`` of float64), beside two float64 accumulators and the int64 group index.
+    the operator's dtype and ``b`` of float64), beside two float64 accumulators. The rows are drawn one after
+    another from one generator, so the probes are the same whatever the block size (and the same as
+    :func:`landscape.linalg.diagonal`'s).
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_probe = n * (3 * itemsize + 8)
-    fixed = n * (2 * 8 + 8)
+    fixed = n * 2 * 8
     budget = default_budget(device)
-    if fixed + block * per_probe > budget:
-        fits = max(0, (budget - fixed) // per_probe)
+    fits = max(0, (budget - fixed) // per_probe)
+    if fits < 1:
         raise MemoryBudgetError(
-            f"layerwise_curvature's Hutchinson estimate draws its probes in blocks of {block}: "
-            f"{gib(fixed + block * per_probe)} for {n:,} parameters, over the budget {gib(budget)} (80% of the free "
-            f"memory). Fix: method='exact' where it is supported, a Problem on fewer parameters (params=[...]), "
-            + (f"or num_matvecs <= {fits} (one block)" if fits >= 2 else "or a machine with more memory")
+            f"layerwise_curvature's Hutchinson estimate needs {gib(fixed + per_probe)} for one probe of {n:,} "
+            f"parameters, over the budget {gib(budget)} (80% of the free memory). Fix: method='exact' where it is "
+            "supported, a Problem on fewer parameters (params=[...]), or a machine with more memory"
         )
+    return int(min(BLOCK, num_probes, fits))
+
+
+def _segments(problem: Problem, index: dict[str, int]) -> list[tuple[int, int, int]]:
+    """``(start, stop, group)`` ranges of the flat vector, one per parameter: group sums without an index vector of
+    the full length (an int64 index is 1 GB on GPT-2 small)."""
+    out, start = [], 0
+    for name, numel in zip(problem.param_names, problem.param_numels, strict=True):
+        out.append((start, start + numel, index[name]))
+        start += numel
+    return out
+
+
+def _group_sums(P: Tensor, segments: list[tuple[int, int, int]], num_groups: int) -> Tensor:
+    """``(G, *rest)`` float64 sums of the rows of ``P`` over each group's segments."""
+    out = torch.zeros(num_groups, *P.shape[1:], dtype=torch.float64, device=P.device)
+    for s, e, g in segments:
+        out[g] += P[s:e].double().sum(dim=0)
+    return out
 
 
 def _hutchinson_groups(
-    op: CurvatureOperator, group_of: Tensor, num_groups: int, num_probes: int, seed: SeedLike
+    op: CurvatureOperator, segments: list[tuple[int, int, int]], num_groups: int, num_probes: int, seed: SeedLike
 ) -> tuple[Tensor, Tensor, np.ndarray, int]:
-    """Rademacher probes in blocks: the diagonal estimate and its stderr per entry, and the per-probe group sums
-    ``t_jg`` as an ``(s, G)`` array. Probes are drawn as :func:`landscape.linalg.diagonal` draws them (same seed,
-    same diagonal)."""
+    """Rademacher probes in blocks bounded by the memory budget: the diagonal estimate and its stderr per entry, and
+    the per-probe group sums ``t_jg`` as an ``(s, G)`` array. Probes are drawn as :func:`landscape.linalg.diagonal`
+    draws them (same seed, same diagonal)."""
     n = op.shape[0]
-    _check_block_fits(n, min(BLOCK, num_probes), op.dtype, op.device)
+    block = _probe_block(n, num_probes, op.dtype, op.device)
     gen = make_generator(seed)
     before = op.num_matvecs
     total = torch.zeros(n, dtype=torch.float64, device=op.device)
@@ -359,12 +379,14 @@ def _hutchinson_groups(
     sums = []
     taken = 0
     while taken < num_probes:
-        b = min(BLOCK, num_probes - taken)
+        b = min(block, num_probes - taken)
         Z = sample_probes(n, b, distribution="rademacher", seed=gen, dtype=op.dtype, device=op.device)
         P = (Z * (op @ Z)).double()
+        del Z
         total += P.sum(dim=1)
         total_sq += (P * P).sum(dim=1)
-        sums.append(torch.zeros(num_groups, b, dtype=torch.float64, device=op.device).index_add_(0, group_of, P).T)
+        sums.append(_group_sums(P, segments, num_groups).T)
+        del P
         taken += b
     s = num_probes
     mean = total / s
