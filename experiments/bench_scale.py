@@ -82,6 +82,7 @@ METHODS = (
     "noise_scale",
     "batch_sharpness",
     "layerwise",
+    "blocks",
     "pyhessian",
     "eigenthings",
     "curvlinops",
@@ -283,6 +284,33 @@ def run_layerwise(workload: str) -> dict:
     t0 = time.perf_counter()
     r = landscape.layerwise_curvature(p, seed=SEED)
     return {"seconds": time.perf_counter() - t0, "note": f"{len(r.names)} blocks, method {r.method}"}
+
+
+# Coarse blocks of each workload (by kind of layer), so a block spectrum at this scale is a few passes, not hours.
+COARSE_BLOCKS = {
+    "gpt2": {"embeddings": ["*wte*", "*wpe*"], "attention": "*attn*", "mlp": "*mlp*", "layernorm": "*ln_*"},
+    # landscape.models.resnet18 is a Sequential: 0 the stem, 1-8 the residual blocks of stages 1-4, 11 the head.
+    "resnet18": {"stem": "0.*", "stages 1-2": "[1-4].*", "stages 3-4": "[5-8].*", "head": "11.*"},
+}
+
+
+def run_blocks(workload: str) -> dict:
+    """``block_spectra`` of a few coarse blocks: one probe, 8 steps (every block's products in one pass a step)."""
+    p = problem(workload)
+    settings = {"num_probes": 1, "num_steps": 8}
+    blocks = COARSE_BLOCKS[workload]
+    info = estimate(p, "block_spectra", columns=len(blocks), **settings)
+    t0 = time.perf_counter()
+    r = landscape.block_spectra(p, by=blocks, k=1, full=False, seed=SEED, **settings)
+    h = r.heterogeneity
+    return {
+        **info,
+        "seconds": time.perf_counter() - t0,
+        "products": int(r.num_matvecs),
+        "block_lambda_max": dict(zip(r.names, (float(x) for x in r.lambda_max), strict=True)),
+        "note": f"{len(r.names)} blocks in {r.passes} passes ({r.settings['columns']} columns each), traces "
+        f"{r.trace_method}, JS mean {h.mean:.3f} max {h.max:.3f}, {r.settings['reorthogonalisation']}",
+    }
 
 
 def run_top5(workload: str) -> dict:
