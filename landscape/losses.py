@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 
 from landscape.batch import num_examples
+from landscape.lm_head import chunked_token_loss
 
 __all__ = [
     "Custom",
@@ -248,13 +249,66 @@ def supervised(
 
 
 class TokenLoss(Loss):
-    """Cross-entropy over the tokens whose label is not ``ignore_index``; weight = the counted tokens."""
+    """Cross-entropy over the tokens whose label is not ``ignore_index``; weight = the counted tokens.
+
+    With ``chunk`` and ``head`` (the model's output layer, an ``nn.Linear`` such as ``model.lm_head``), the loss
+    skips the head's ``(tokens, vocab)`` logits: a pre-hook on ``head`` takes its input (the final hidden states)
+    and weights during the model call and hands the head an empty slice, and :func:`landscape.lm_head.
+    chunked_token_loss` computes the loss and its first two derivatives ``chunk`` tokens at a time. The logits of
+    :meth:`outputs` (GGN, per-example losses, accuracy) are unchanged.
+    """
 
     shift = False
 
-    def __init__(self, ignore_index: int = -100, labels: str = "labels"):
+    def __init__(
+        self, ignore_index: int = -100, labels: str = "labels", chunk: int | None = None, head: nn.Module | None = None
+    ):
         self.ignore_index = int(ignore_index)
         self.labels = labels
+        if chunk is not None:
+            if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+                raise ValueError(f"chunk must be a positive number of tokens or None, got {chunk!r}")
+            if not isinstance(head, nn.Module) or not isinstance(getattr(head, "weight", None), Tensor):
+                raise ValueError(
+                    f"chunk={chunk} needs head=, the model's output layer with a .weight of shape (vocab, hidden) "
+                    "(for a Hugging Face model: model.get_output_embeddings(), e.g. model.lm_head)"
+                )
+        self.chunk = chunk
+        self.head = head
+
+    def describe(self) -> dict[str, Any]:
+        # The chunked loss is the same function (equal to rounding): only a chosen chunk is recorded, so the
+        # unchunked loss keeps its cache keys.
+        out = super().describe()
+        if self.chunk is None:
+            out.pop("chunk", None)
+        return out
+
+    def mean(self, model: Model, batch: Any) -> Tensor:
+        if self.chunk is None:
+            return super().mean(model, batch)
+        batch = _need_mapping(batch, f"losses.{self.name}")
+        seen: dict[str, Any] = {}
+
+        def take(module: nn.Module, args: tuple) -> tuple:
+            seen.update(hidden=args[0], weight=module.weight, bias=module.bias)
+            return (args[0][..., :0, :], *args[1:])
+
+        handle = self.head.register_forward_pre_hook(take)
+        try:
+            model(**{k: v for k, v in batch.items() if k != self.labels})
+        finally:
+            handle.remove()
+        if "hidden" not in seen:
+            raise LossError(
+                f"losses.{self.name}(chunk={self.chunk}): the head given was not called by the model; pass the "
+                "model's own output layer (model.get_output_embeddings())"
+            )
+        hidden = seen["hidden"][..., :-1, :] if self.shift else seen["hidden"]
+        total = chunked_token_loss(
+            hidden, seen["weight"], seen["bias"], self._labels(batch), self.ignore_index, self.chunk
+        )
+        return total / self.count(batch)
 
     def _labels(self, batch: Any) -> Tensor:
         batch = _need_mapping(batch, f"losses.{self.name}")
@@ -314,7 +368,9 @@ class MaskedLM(TokenLoss):
     shift = False
 
 
-def causal_lm(ignore_index: int = -100, *, labels: str = "labels") -> CausalLM:
+def causal_lm(
+    ignore_index: int = -100, *, labels: str = "labels", chunk: int | None = None, head: nn.Module | None = None
+) -> CausalLM:
     """Next-token cross-entropy of a causal language model, ``model(**batch).logits`` shifted by one.
 
     The mean over the counted positions ``t`` (label of token ``t+1`` not ``ignore_index``),
@@ -323,8 +379,13 @@ def causal_lm(ignore_index: int = -100, *, labels: str = "labels") -> CausalLM:
 
     with labels from ``batch[labels]``, else ``input_ids`` with padding (``attention_mask == 0``) excluded; the
     weight is ``c_b``, so the full-data loss is the exact token mean. The labels are not passed to the model.
+
+    ``chunk=`` (tokens) with ``head=model.lm_head`` fuses the output layer into the loss, so neither the loss, its
+    gradient nor a Hessian-vector product (double backward) holds a ``(tokens, vocab)`` buffer: the logits are
+    recomputed ``chunk`` tokens at a time (:mod:`landscape.lm_head`). Only the Hessian engine ``double_backward``
+    goes through it (``engine="auto"`` finds that by itself).
     """
-    return CausalLM(ignore_index, labels)
+    return CausalLM(ignore_index, labels, chunk, head)
 
 
 def masked_lm(ignore_index: int = -100, *, labels: str = "labels") -> MaskedLM:

@@ -47,6 +47,7 @@ LAYERS = {
     "landscape.store": STORAGE,
     "landscape.problem": PROBLEM,
     "landscape.losses": PROBLEM,
+    "landscape.lm_head": PROBLEM,
     "landscape.data": PROBLEM,
     "landscape.checkpoint": PROBLEM,
     "landscape.attention": PROBLEM,

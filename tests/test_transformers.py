@@ -465,3 +465,44 @@ def test_a_custom_loss_callable_weighted_by_its_own_counts():
     )
     with pytest.raises(losses.LossError, match="GGN"):
         L.ggn(custom) @ v
+
+
+@pytest.mark.parametrize("block", ["loop", "batched"])
+def test_gpt2_chunked_head_equals_the_plain_loss_and_its_hessian(block):
+    """The head fused into the loss, 3 tokens at a time: the same loss, gradient and Hessian products (double
+    backward, one vector and a block), and no (tokens, vocab) logits on the way; the model as it was."""
+    model, data, problem = gpt2_causal_lm()
+    chunked = L.Problem(model, losses.causal_lm(chunk=3, head=model.lm_head), data, dtype=torch.float64)
+    assert chunked.loss() == pytest.approx(problem.loss(), rel=1e-13)
+    g0, g1 = problem.loss_and_grad()[1], chunked.loss_and_grad()[1]
+    assert rel(g1, g0) < 1e-12
+    V = probes(problem.num_params, 3)
+    ref = L.hessian(problem, engine="double_backward", block=block) @ V
+    op = L.hessian(chunked, engine="double_backward", block=block)
+    assert rel(op @ V, ref) < 1e-12 and rel(op @ V[:, 0], ref[:, 0]) < 1e-12
+    shapes = []
+    handle = model.lm_head.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
+    try:
+        chunked.loss()
+    finally:
+        handle.remove()
+    assert shapes and all(s[-2] == 0 for s in shapes)  # the head saw empty slices only
+    assert not model.lm_head._forward_pre_hooks  # the loss's own hook is gone
+    # "auto" finds that forward-over-reverse cannot go through the fused loss and keeps double backward.
+    auto = L.hessian(chunked)
+    assert rel(auto @ V[:, 0], ref[:, 0]) < 1e-12 and set(auto.chosen.values()) <= {"double_backward"}
+
+
+def test_gpt2_chunked_head_needs_the_models_head():
+    with pytest.raises(ValueError, match="needs head=, the model's output layer"):
+        losses.causal_lm(chunk=4)
+    with pytest.raises(ValueError, match="chunk must be a positive number of tokens"):
+        losses.causal_lm(chunk=0, head=nn.Linear(2, 2))
+    model, data, _ = gpt2_causal_lm()
+    stray = L.Problem(model, losses.causal_lm(chunk=4, head=nn.Linear(8, VOCAB)), data, dtype=torch.float64)
+    with pytest.raises(losses.LossError, match="the head given was not called by the model"):
+        stray.loss()
+    assert (
+        "chunk" not in losses.causal_lm().describe()
+        and losses.causal_lm(chunk=4, head=model.lm_head).describe()["chunk"] == 4
+    )
