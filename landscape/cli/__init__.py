@@ -15,7 +15,7 @@ and register on the group when imported here.
 """
 
 # Importing a command module registers its commands on ``main``.
-from landscape.cli import analyses, report, spectra, surfaces  # noqa: F401
+from landscape.cli import analyses, blocks, report, spectra, surfaces  # noqa: F401
 from landscape.cli.app import UserError, common_options, main, run
 from landscape.cli.setup import build_problem, check_data_fits
 

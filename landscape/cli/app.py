@@ -28,7 +28,7 @@ LOSSES = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss}
 ADAPTERS = ("causal_lm", "masked_lm", "model_output")
 CACHE_FILE = "landscape.h5"
 # Commands with a memory estimate (--dry-run), and where the context keeps --max-memory / --dry-run.
-ESTIMATED = ("eigen", "spectrum", "trace", "density")
+ESTIMATED = ("eigen", "spectrum", "trace", "density", "blocks")
 MEMORY = "landscape.memory"
 
 
