@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from landscape.plot import _common as c
+from landscape.plot.blocks import COLORBAR_LABEL, MAX_ANNOTATED, RIDGE_FLOOR, floored
 from landscape.plot.interactive import TEMPLATE, to_html
 
-__all__ = ["card_html", "contour_figure", "scaling_figure"]
+__all__ = ["block_density_figure", "block_heatmap_figure", "card_html", "contour_figure", "scaling_figure"]
 
 
 def card_html(fig: Any, height: int = 420, *, include_plotlyjs: bool = False) -> str:
@@ -121,6 +122,84 @@ def scaling_figure(scaling: Any) -> Any:
         title={"text": f"maximal stable learning rate vs batch size ({scaling.optimizer})"},
         xaxis={"type": "log", "title": "batch size B"},
         yaxis={"type": "log", "title": "learning rate"},
+        template=TEMPLATE,
+    )
+    return fig
+
+
+def block_density_figure(result: Any) -> Any:
+    """The diagonal blocks' densities overlaid (log axis, each floored at :data:`RIDGE_FLOOR` of its peak, on the
+    heterogeneity's common grid and width), each block's top eigenvalue dotted in its colour; a legend entry per
+    block hides or shows it."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+
+    h = result.heterogeneity
+    grid = np.asarray(h.grid, dtype=np.float64).tolist()
+    fig = go.Figure()
+    for b, (name, top) in enumerate(zip(result.names, result.lambda_max, strict=True)):
+        shown, low = floored(h.densities[b])
+        color = qualitative.Plotly[b % len(qualitative.Plotly)]
+        fig.add_trace(
+            go.Scatter(
+                x=grid,
+                y=shown.tolist(),
+                mode="lines",
+                name=name,
+                legendgroup=name,
+                line={"color": color},
+                hovertemplate=f"{name}<br>eigenvalue: %{{x:.5g}}<br>density: %{{y:.4g}}<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[float(top)] * 2,
+                y=[low, float(shown.max())],
+                mode="lines",
+                line={"color": color, "dash": "dot"},
+                legendgroup=name,
+                showlegend=False,
+                hovertemplate=f"{name}: λ_max = {float(top):.5g}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title={
+            "text": f"block densities (σ = {h.sigma:.3g}, floored at {RIDGE_FLOOR:g} of each peak)<br>"
+            "top eigenvalues dotted"
+        },
+        xaxis_title="eigenvalue λ",
+        yaxis={"type": "log", "title": "density (log scale)"},
+        template=TEMPLATE,
+    )
+    return fig
+
+
+def block_heatmap_figure(result: Any) -> Any:
+    """The Jensen-Shannon distances between the blocks' densities on ``[0, 1]``, each value written in its cell when
+    there are at most :data:`~landscape.plot.blocks.MAX_ANNOTATED` blocks."""
+    import plotly.graph_objects as go
+
+    h = result.heterogeneity
+    names = list(result.names)
+    annotated = len(names) <= MAX_ANNOTATED
+    fig = go.Figure(
+        go.Heatmap(
+            z=np.asarray(h.distances, dtype=np.float64).tolist(),
+            x=names,
+            y=names,
+            zmin=0.0,
+            zmax=1.0,
+            colorscale="Viridis",
+            colorbar={"title": {"text": COLORBAR_LABEL.replace("\n", "<br>"), "side": "right"}},
+            texttemplate="%{z:.2f}" if annotated else None,
+            hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
+    summary = "" if len(names) < 2 else f": mean {h.mean:.3g}, max {h.max:.3g}"
+    fig.update_layout(
+        title={"text": f"block heterogeneity (Jensen-Shannon distance){summary}"},
+        xaxis={"type": "category"},
+        yaxis={"type": "category", "autorange": "reversed", "scaleanchor": "x"},
         template=TEMPLATE,
     )
     return fig

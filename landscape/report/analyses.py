@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape._json import jsonable, strict_json
+from landscape.blocks import BlockSpectra, block_spectra
 from landscape.cache import Cache, opened
 from landscape.example_pool import Examples
 from landscape.problem import Problem
@@ -94,6 +95,7 @@ class Analyses:
     notes: tuple[str, ...] = ()
     cache: dict[str, Any] = field(default_factory=dict)
     wall_times: dict[str, float] = field(default_factory=dict)
+    blocks: BlockSpectra | None = None
 
 
 def adam_second_moment(problem: Problem, batch_size: int, *, num_batches: int = 32, seed: int = 0) -> Tensor:
@@ -166,6 +168,7 @@ def analyse(
     num_samples: int = 10,
     num_matvecs: int = 40,
     roughness_directions: int = 10,
+    blocks: Mapping[str, Any] | None = None,
     seed: int = 0,
     cache: Cache | str | os.PathLike[str] | None = None,
     log: Callable[[str], None] | None = None,
@@ -193,6 +196,9 @@ def analyse(
         Sharpness: SAM radius and ascent steps, average-case draws, trace/Frobenius budget.
     roughness_directions : int
         Directions of the roughness index (span 0.1, 11 points each; 0: skipped).
+    blocks : mapping, optional
+        Also the spectra of the diagonal blocks (the report's "Block spectra" section): the keywords of
+        :func:`landscape.block_spectra` (``{}``: its defaults; e.g. ``{"by": "parameter", "k": 3}``); ``None``: skipped.
     seed : int
         Seed of every stochastic step (the global RNG is never touched).
     cache : Cache or path, optional
@@ -266,6 +272,13 @@ def analyse(
                 ),
             ),
         )
+        block_result = None
+        if blocks is not None:
+            settings = dict(blocks)
+            block_result = timed(
+                "blocks",
+                lambda: stored("block_spectra", settings, lambda: block_spectra(problem, seed=seed, **settings)),
+            )
         rough = None
         if roughness_directions:
             rough = timed(
@@ -306,7 +319,7 @@ def analyse(
         if store is not None:
             info["from_cache"] = reused
             info["spectrum_from_cache"] = reused["spectrum"]
-    return Analyses(spec, surf, interp, sharp, tuple(reports), scaling, rough, tuple(notes), info, times)
+    return Analyses(spec, surf, interp, sharp, tuple(reports), scaling, rough, tuple(notes), info, times, block_result)
 
 
 def write_report(
@@ -327,6 +340,7 @@ def write_report(
         "stability": analyses.stability,
         "scaling": analyses.scaling,
         "roughness": analyses.roughness,
+        **({} if analyses.blocks is None else {"blocks": analyses.blocks}),
     }
     path = out / "report.html"
     build_report(path, title=title, provenance=provenance, notes=analyses.notes, **fields)

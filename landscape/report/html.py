@@ -28,7 +28,13 @@ from markupsafe import Markup
 
 from landscape._json import jsonable, strict_json
 from landscape.plot.interactive import density_figure, surface_figure
-from landscape.plot.report import card_html, contour_figure, scaling_figure
+from landscape.plot.report import (
+    block_density_figure,
+    block_heatmap_figure,
+    card_html,
+    contour_figure,
+    scaling_figure,
+)
 from landscape.report.provenance import Provenance, library_versions
 
 NOT_COMPUTED = "not computed"
@@ -41,6 +47,8 @@ SECTIONS = (
     ("scaling", "Batch-size scaling"),
     ("provenance", "Provenance"),
 )
+#: Shown only when a block-spectra result is given (after the spectrum), so a report without one is unchanged.
+BLOCKS_SECTION = ("blocks", "Block spectra")
 
 
 def fmt(x: Any, digits: int = 6) -> str:
@@ -181,11 +189,18 @@ class ReportData:
     roughness: Any = None
     provenance: Provenance | None = None
     notes: tuple[str, ...] = ()
+    blocks: Any = None
+
+    def sections(self) -> tuple[tuple[str, str], ...]:
+        """The page's sections: :data:`SECTIONS`, with :data:`BLOCKS_SECTION` after the spectrum when given."""
+        if self.blocks is None:
+            return SECTIONS
+        return SECTIONS[:1] + (BLOCKS_SECTION,) + SECTIONS[1:]
 
     def wall_times(self) -> dict[str, float]:
         """Seconds per step: the provenance's own entries, then each result's ``wall_time``."""
         times = dict(self.provenance.wall_times) if self.provenance is not None else {}
-        for name in ("spectrum", "surface", "interpolation", "sharpness", "scaling", "roughness"):
+        for name in ("spectrum", "blocks", "surface", "interpolation", "sharpness", "scaling", "roughness"):
             result = getattr(self, name)
             if result is not None and name not in times:
                 times[name] = float(result.wall_time)
@@ -214,10 +229,12 @@ class ReportData:
         def own(r: Any) -> Any:
             return None if r is None else r.to_dict()
 
+        blocks = {} if self.blocks is None else {"blocks": own(self.blocks)}  # absent when not asked for
         return {
             "title": self.title,
             "trace": own(self.trace()),
             "spectrum": own(self.spectrum),
+            **blocks,
             "surface": surf(self.surface),
             "interpolation": surf(self.interpolation),
             "sharpness": own(self.sharpness),
@@ -314,6 +331,8 @@ _TEMPLATES.globals.update(
     surface_figure=surface_figure,
     contour_figure=contour_figure,
     scaling_figure=scaling_figure,
+    block_density_figure=block_density_figure,
+    block_heatmap_figure=block_heatmap_figure,
 )
 
 
@@ -322,6 +341,7 @@ def render(data: ReportData) -> str:
     prov = data.provenance
     page = _TEMPLATES.get_template("report.html").render(
         data=data,
+        sections=data.sections(),
         prov=prov,
         trace=data.trace(),
         versions=prov.versions if prov is not None else library_versions(),
@@ -344,6 +364,7 @@ def build_report(
     roughness: Any = None,
     provenance: Provenance | None = None,
     notes: Sequence[str] = (),
+    blocks: Any = None,
 ) -> str:
     """One self-contained HTML page of the given results; sections without a result say "not computed".
 
@@ -372,6 +393,9 @@ def build_report(
         (:func:`landscape.report.collect_provenance`).
     notes : sequence of str
         Extra remarks shown under the stability section (e.g. how an Adam preconditioner was obtained).
+    blocks : BlockSpectra, optional
+        A "Block spectra" section after the spectrum (only when given): the blocks' densities, the Jensen-Shannon
+        heatmap and the table per block (:func:`landscape.block_spectra`).
 
     Returns
     -------
@@ -395,6 +419,7 @@ def build_report(
         roughness=roughness,
         provenance=provenance,
         notes=tuple(notes),
+        blocks=blocks,
     )
     html = render(data)
     if path is not None:
