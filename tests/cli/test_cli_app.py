@@ -11,7 +11,7 @@ from tests.cli.helpers import CACHED, PROGRESS_MARKS, runs_fixture  # noqa: F401
 
 # The commands of DESIGN.md.
 COMMANDS = ("spectrum", "trace", "eigen", "density", "surface", "interpolate", "sharpness", "roughness", "stability")
-COMMANDS += ("scaling", "report", "demo")
+COMMANDS += ("scaling", "report", "demo", "blocks")
 
 
 def test_every_command_registers_on_the_group_when_the_package_is_imported():
