@@ -77,6 +77,14 @@ def _report_start(problem, from_path: str | None, from_init: bool, kw: dict[str,
     is_flag=True,
     help="Also the interpolation from a fresh --model factory() (always done for the built-in model).",
 )
+@click.option(
+    "--blocks",
+    "blocks_by",
+    type=click.Choice(["module", "parameter"]),
+    default=None,
+    help="Also the block spectra (a section: every module's or parameter tensor's Hessian spectrum, top eigenvalue "
+    "per block, with --probes and --steps).",
+)
 @click.option("--title", default="Loss landscape report", show_default=True, help="Title of the page.")
 def report_cmd(
     optimizers,
@@ -93,6 +101,7 @@ def report_cmd(
     resolution,
     from_path,
     from_init,
+    blocks_by,
     title,
     out,
     no_cache,
@@ -121,6 +130,7 @@ def report_cmd(
     start = _report_start(problem, from_path, from_init, kw)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    blocks = None if blocks_by is None else {"by": blocks_by, "k": 1, "num_probes": probes, "num_steps": steps}
     results = analyse(
         problem,
         optimizers=settings,
@@ -132,6 +142,7 @@ def report_cmd(
         span=span,
         resolution=resolution,
         interpolate_from=start,
+        blocks=blocks,
         rho=rho,
         seed=kw["seed"],
         cache=None if no_cache else out / CACHE_FILE,
@@ -151,6 +162,7 @@ def report_cmd(
         "scaling_batch_sizes": list(batch_sizes),
         "num_batches": num_batches,
         "spectrum": {"top_k": top_k, "num_probes": probes, "num_steps": steps},
+        "blocks": blocks,
         "surface": {"directions": "filter_normalized", "span": span, "resolution": resolution},
         "interpolation_from": from_path or ("initialisation" if start is not None else None),
         "rho": rho,

@@ -94,14 +94,24 @@ def test_eigen_equals_the_python_api_and_npy_tokens_equal_pt(saved):
 
 
 def test_report_on_a_saved_hugging_face_model(saved):
+    from landscape import Problem, block_spectra, losses
+    from landscape.checkpoint import load_hf
+    from landscape.data import load_tokens, token_batches
+
     out = saved / "report"
     argv = ["report", "--hf", str(saved / "model"), "--data", str(saved / "tokens.pt"), "--batch-size", "4"]
     argv += ["--out", str(out), "--quiet", "--no-cache", "--resolution", "3", "--probes", "2", "--steps", "6"]
-    argv += ["--batch-sizes", "2,3", "--num-batches", "2"]
+    argv += ["--batch-sizes", "2,3", "--num-batches", "2", "--blocks", "module"]
     result = CliRunner().invoke(main, argv, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     html = (out / "report.html").read_text()
     assert "causal_lm" in html or "CausalLM" in html
+    # --blocks: the section, and the same numbers as the Python API with the same settings.
+    blocks = json.loads((out / "report.json").read_text())["blocks"]
+    problem = Problem(load_hf(saved / "model"), losses.causal_lm(), token_batches(load_tokens(saved / "tokens.pt"), 4))
+    api = block_spectra(problem, by="module", k=1, num_probes=2, num_steps=6, seed=0)
+    assert "Block spectra" in html and blocks["names"] == list(api.names)
+    assert blocks["lambda_max"] == pytest.approx(api.lambda_max.tolist(), rel=1e-4)
     # The printed summary shows the report's one trace (the page's), not the SLQ estimate of the spectrum pass.
     trace = json.loads((out / "report.json").read_text())["trace"]
     assert f"({trace['how']})" in result.output, (trace, result.output)
