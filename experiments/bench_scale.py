@@ -83,6 +83,9 @@ METHODS = (
     "batch_sharpness",
     "layerwise",
     "blocks",
+    "gradient_long",
+    "hvp_long",
+    "hvp_long_chunked",
     "pyhessian",
     "eigenthings",
     "curvlinops",
@@ -102,8 +105,8 @@ def gpt2_model(attn: str) -> nn.Module:
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
-def gpt2_tokens() -> torch.Tensor:
-    return torch.randint(50257, (4, 64), generator=torch.Generator().manual_seed(SEED))
+def gpt2_tokens(length: int = 64) -> torch.Tensor:
+    return torch.randint(50257, (4, length), generator=torch.Generator().manual_seed(SEED))
 
 
 def resnet_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,10 +191,43 @@ def estimate(p: landscape.Problem, analysis: str, **settings) -> dict:
     return {"estimate_gib": est.total / 2**30, "estimate_parts": {k: v / 2**30 for k, v in est.parts.items()}}
 
 
-def run_hvp(workload: str) -> dict:
-    p = problem(workload)
+# Long sequences (GPT-2 only): 4 x 512 tokens, where the (tokens, vocab) buffers of the loss weigh 0.4 GB each.
+LONG = 512
+
+
+def long_problem(workload: str, chunk: int | None = None) -> landscape.Problem:
+    if workload != "gpt2":
+        raise ValueError("the long-sequence methods are for the gpt2 workload")
+    model = gpt2_model("sdpa")
+    loss = losses.causal_lm(chunk=chunk, head=model.lm_head if chunk else None)
+    return landscape.Problem(model, loss, [{"input_ids": gpt2_tokens(LONG)}])
+
+
+def run_gradient_long(workload: str) -> dict:
+    """A plain gradient of the 4 x 512-token loss (the baseline of the long-sequence HVPs)."""
+    p = long_problem(workload)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        p.loss_and_grad()
+        times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times[1:]), "first_s": times[0], "note": f"4 x {LONG} tokens"}
+
+
+def run_hvp_long(workload: str) -> dict:
+    """One Hessian-vector product (double backward) on 4 x 512 tokens, the loss as autograd writes it."""
+    return run_hvp(workload, long_problem(workload), note=f"4 x {LONG} tokens")
+
+
+def run_hvp_long_chunked(workload: str) -> dict:
+    """The same with the head fused into the loss, 256 tokens at a time (``causal_lm(chunk=256, head=)``)."""
+    return run_hvp(workload, long_problem(workload, chunk=256), note=f"4 x {LONG} tokens, chunk 256")
+
+
+def run_hvp(workload: str, p: landscape.Problem | None = None, note: str = "") -> dict:
+    p = problem(workload) if p is None else p
     info = estimate(p, "hvp")
-    op = landscape.hessian(p)
+    op = landscape.hessian(p, engine="double_backward") if note else landscape.hessian(p)
     v = torch.randn(p.num_params, generator=torch.Generator().manual_seed(SEED))
     t0 = time.perf_counter()
     op @ v
@@ -201,7 +237,7 @@ def run_hvp(workload: str) -> dict:
         t0 = time.perf_counter()
         op @ v
         later.append(time.perf_counter() - t0)
-    return {**info, "first_s": first, "seconds": statistics.median(later), "chosen": op.chosen}
+    return {**info, "first_s": first, "seconds": statistics.median(later), "chosen": op.chosen, "note": note}
 
 
 def _top(workload: str, k: int, **kw) -> dict:

@@ -196,15 +196,9 @@ class BlockLanczos:
         self.j += 1
 
     def result(self) -> BlockTridiagonals:
-        return BlockTridiagonals(
-            alphas=self.alphas,
-            betas=self.betas,
-            steps=self.steps,
-            start_norms=self.start_norms,
-            matvecs=self.matvecs,
-            passes=self.passes,
-            stored=self.store_basis,
-        )
+        """The recurrences' tridiagonals and counts (the state's arrays, not copies)."""
+        names = ("alphas", "betas", "steps", "start_norms", "matvecs", "passes")
+        return BlockTridiagonals(**{n: getattr(self, n) for n in names}, stored=self.store_basis)
 
 
 def column_chunks(widest: int) -> list[int]:

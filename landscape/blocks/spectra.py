@@ -370,23 +370,13 @@ def block_spectra(
     block_wall = time.perf_counter() - t0
     eps = torch.finfo(op.dtype).eps
     reorth = "full (CGS2)" if stored else "local: three-term recurrence (memory budget)"
-    spectra = {}
-    for b, name in enumerate(part.names):
-        if b in matrices:
-            spectra[name] = _dense_spectrum(matrices[b], k=k, num_steps=int(num_steps), wall=block_wall)
-        else:
-            spectra[name] = _block_spectrum(
-                tri,
-                b,
-                part.sizes[b],
-                k=k,
-                tol=tol,
-                eps=eps,
-                seed=seed,
-                wall=block_wall,
-                num_steps=int(num_steps),
-                reorth=reorth,
-            )
+    shared = {"k": k, "tol": tol, "eps": eps, "seed": seed, "wall": block_wall, "num_steps": int(num_steps)}
+    spectra = {
+        name: _dense_spectrum(matrices[b], k=k, num_steps=int(num_steps), wall=block_wall)
+        if b in matrices
+        else _block_spectrum(tri, b, part.sizes[b], reorth=reorth, **shared)
+        for b, name in enumerate(part.names)
+    }
     block_matvecs = op.num_matvecs - before
     exact, note = _exact_traces(op, by, part.names, traces)
     methods = tuple(
