@@ -307,8 +307,8 @@ def figure(runs: list[dict], out: Path, start: float) -> None:
         r, name = run["result"], run["model"]
         r.plot("heatmap", row[0])
         row[0].set_title(
-            f"{name} (trained, {r.num_params:,} params): Jensen-Shannon distances at landscape's width "
-            f"{r.heterogeneity.sigma:.3g}\nmean {r.heterogeneity.mean:.3f}, max {r.heterogeneity.max:.3f}",
+            f"{name} (trained, {r.num_params:,} params): Jensen-Shannon distances\nat landscape's width "
+            f"{r.heterogeneity.sigma:.3g}: mean {r.heterogeneity.mean:.3f}, max {r.heterogeneity.max:.3f}",
             fontsize=10,
         )
         r.plot("ridge", row[1], title=f"{name}: block densities (log scale), top eigenvalues dashed")
