@@ -71,8 +71,10 @@ class BlockLanczos:
         store_basis: bool = True,
         columns: int | None = None,
         skip: tuple[int, ...] = (),
+        restricted: bool = False,
     ):
-        """``Z`` (P, p): the probes; ``skip``: blocks not to run (their rows stay zero)."""
+        """``Z`` (P, p): the probes; ``skip``: blocks not to run (their rows stay zero); ``restricted``: multiply
+        through ``op.block_products`` (each block's products restricted to its parameters) instead of full columns."""
         if partition.num_params != op.shape[0]:
             raise ValueError(f"the partition covers {partition.num_params} parameters, the operator {op.shape[0]}")
         self.op = op
@@ -84,6 +86,7 @@ class BlockLanczos:
         self.max_steps = max_steps
         self.store_basis = store_basis
         self.columns = columns or p * B
+        self.restricted = restricted
         self.Q = torch.zeros(p, max_steps + 1 if store_basis else 2, op.shape[0], dtype=op.dtype, device=op.device)
         q0 = self.Q[:, 0]
         q0.copy_(Z.T.to(device=op.device, dtype=op.dtype))
@@ -139,8 +142,30 @@ class BlockLanczos:
             total += c
         return total
 
+    def _restricted_products(self, q: Tensor) -> Tensor:
+        """``W[i, b] = H_bb q[i, b]`` by the operator's restricted block products, every active pair in one pass."""
+        blocks, index = [], []
+        for b, segs in enumerate(self.segs):
+            probes = [i for i in range(self.p) if self.active[b, i]]
+            if probes:
+                V = torch.cat([q[probes, s:e] for s, e in segs], dim=1).T  # (|b|, c), rows in parameter order
+                blocks.append((list(self.part.members[b]), V))
+                index.append((b, probes))
+        W = torch.zeros_like(q)
+        outs = self.op.block_products(blocks)
+        self.passes += 1
+        for (b, probes), out in zip(index, outs, strict=True):
+            self.matvecs[b] += len(probes)
+            offset = 0
+            for s, e in self.segs[b]:
+                W[probes, s:e] = out[offset : offset + e - s].T.to(W.dtype)
+                offset += e - s
+        return W
+
     def _products(self, q: Tensor) -> Tensor:
         """``W[i, b] = H_bb q[i, b]`` for every active pair (zero elsewhere), ``columns`` pairs per data pass."""
+        if self.restricted:
+            return self._restricted_products(q)
         pairs = [(b, i) for b in range(self.B) for i in range(self.p) if self.active[b, i]]
         W = torch.zeros_like(q)
         for first in range(0, len(pairs), self.columns):

@@ -359,8 +359,11 @@ def block_spectra(
     gen = make_generator(seed)
     Z = draw(op, p, "rademacher", gen)
     before = op.num_matvecs
-    matrices, dense_passes = _dense_blocks(op, part, dense, width) if dense else ({}, 0)
-    state = BlockLanczos(op, part, Z, steps, store_basis=stored, columns=width, skip=dense)
+    # Products restricted to each block's parameters where the operator has them (the Hessian by double backward):
+    # a column then costs a backward pass through the part of the graph that links the block to itself.
+    restricted = hasattr(op, "block_products") and op.engine != "forward_over_reverse"
+    matrices, dense_passes = _dense_blocks(op, part, dense, width, restricted) if dense else ({}, 0)
+    state = BlockLanczos(op, part, Z, steps, store_basis=stored, columns=width, skip=dense, restricted=restricted)
     with progress_bar(steps if lanczos_blocks else 0, "block Lanczos", progress, unit="step") as bar:
         while lanczos_blocks and not state.done:
             state.step()
@@ -396,6 +399,9 @@ def block_spectra(
         "trace_note": note,
         "reorthogonalisation": reorth,
         "columns": width,
+        "products": "restricted to each block (double backward on the block's gradients)"
+        if restricted
+        else "full columns, each block's rows kept",
         "dense_max": dense_max,
         "dense_blocks": [part.names[b] for b in dense],
         "basis_bytes": p * (steps + 1 if stored else 2) * part.num_params * Z.element_size(),
@@ -474,10 +480,15 @@ def _block_spectrum(
 
 
 def _dense_blocks(
-    op: ProblemOperator, part: BlockPartition, which: tuple[int, ...], width: int
+    op: ProblemOperator, part: BlockPartition, which: tuple[int, ...], width: int, restricted: bool
 ) -> tuple[dict[int, np.ndarray], int]:
-    """``H_bb`` of the blocks ``which`` as float64 matrices: ``H e_i`` for every entry ``i`` of them, ``width``
-    columns per pass, block ``b``'s rows kept; and the number of passes."""
+    """``H_bb`` of the blocks ``which`` as float64 matrices, and the number of passes: ``H_bb e_i`` for every entry
+    ``i`` of them, by restricted block products in one pass, else full columns ``H e_i`` (``width`` per pass) of
+    which block ``b``'s rows are kept."""
+    if restricted:
+        eye = [(list(part.members[b]), torch.eye(part.sizes[b], dtype=op.dtype, device=op.device)) for b in which]
+        outs = op.block_products(eye)
+        return {b: out.double().cpu().numpy() for b, out in zip(which, outs, strict=True)}, 1
     entries = [(b, s + i) for b in which for s, e in part.of_block(b) for i in range(e - s)]
     out = {b: np.zeros((part.sizes[b], part.sizes[b])) for b in which}
     filled = dict.fromkeys(which, 0)

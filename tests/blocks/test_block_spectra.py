@@ -235,3 +235,24 @@ def test_bad_input_names_the_fix():
         block_spectra(L.MatrixOperator(torch.eye(3, dtype=torch.float64)))
     with pytest.raises(TypeError, match="num_steps must be an int"):
         block_spectra(problem, num_steps=4.0)
+
+
+def test_restricted_block_products_equal_masked_full_columns():
+    """The Hessian's products restricted to each block (double backward on the block's own gradients) against full
+    Hessian columns of which the block's rows are kept (forward-over-reverse): the same recurrences."""
+    case = make_case("cnn_bn_eval")
+    problem = problem_of(case)
+    kw = {"by": "parameter", "k": 2, "num_probes": 2, "num_steps": 12, "dense_max": 2, "full": False, "seed": 1}
+    restricted = block_spectra(problem, engine="double_backward", **kw)
+    full = block_spectra(problem, engine="forward_over_reverse", **kw)
+    assert restricted.settings["products"].startswith("restricted") and full.settings["products"].startswith("full")
+    assert restricted.settings["dense_blocks"] == ["0.bias", "1.weight", "1.bias"]
+    for name in restricted.names:
+        a, b = restricted.spectra[name], full.spectra[name]
+        np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(a.density.nodes, b.density.nodes, rtol=1e-7, atol=1e-10, err_msg=name)
+    # One pass for the dense blocks, one per step for the others: the model runs once per batch per pass at most.
+    counter = _Counter(case.model)
+    again = block_spectra(problem, engine="double_backward", **kw)
+    counter.handle.remove()
+    assert again.passes == 1 + 12 and counter.calls <= 3 * again.passes + 10
