@@ -274,7 +274,7 @@ def block_spectra(
     engine: str = "auto",
     block: str = "auto",
     tol: float = 1e-4,
-    sigma: float | None = None,
+    sigma: float | str | None = None,
     full: bool = True,
     traces: str = "auto",
     seed: SeedLike = 0,
@@ -303,7 +303,8 @@ def block_spectra(
     tol
         A Ritz value counts as converged when its residual is ``<= tol * max |theta|``.
     sigma
-        Smoothing width of the heterogeneity's common grid (default: the Lanczos resolution of the widest support).
+        Smoothing width of the heterogeneity's common grid: default Zhang et al.'s ``sqrt(1e-5)``, or
+        ``"resolution"`` (the Lanczos resolution of the widest support), or a number.
     full
         Also run ``num_probes`` recurrences of the full matrix from the same probes (``num_probes * num_steps``
         products, ``1/B`` of the blocks' cost) to compare it with the block-diagonal approximation.

@@ -56,7 +56,7 @@ def _point_density(values, weights, steps=10):
 def test_matrix_on_a_common_grid():
     same = _point_density([1.0, 2.0], [0.5, 0.5])
     far = _point_density([50.0, 60.0], [0.5, 0.5])
-    h = heterogeneity(["a", "b", "c"], [same, same, far])
+    h = heterogeneity(["a", "b", "c"], [same, same, far], sigma="resolution")
     D = np.asarray(h)
     assert D[0, 1] == 0.0 and np.allclose(D, D.T) and np.all(np.diag(D) == 0)
     assert 0.9999 < D[0, 2] < 1.0  # the supports lie 8 common widths apart: all but disjoint
@@ -65,3 +65,9 @@ def test_matrix_on_a_common_grid():
     np.testing.assert_allclose(np.trapezoid(h.densities, h.grid, axis=1), 1.0, atol=1e-4)
     d = h.to_dict()
     assert d["definition"].startswith("Jensen-Shannon distance") and d["grid"]["points"] == 1000
+    # Zhang et al.'s width by default: sqrt(1e-5), on a grid of spacing sigma / 2; the supports are then disjoint.
+    z = heterogeneity(["a", "b", "c"], [same, same, far])
+    assert z.sigma == pytest.approx(1e-5**0.5) and z.grid[1] - z.grid[0] <= z.sigma / 2
+    assert np.asarray(z)[0, 1] == 0.0 and np.asarray(z)[0, 2] == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="sigma must be a width > 0"):
+        heterogeneity(["a"], [same], sigma="wide")
