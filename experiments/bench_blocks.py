@@ -147,8 +147,11 @@ def run_one(name: str, method: str, args: argparse.Namespace) -> dict:
             counts.operator(problem, args), by="module", full=False, traces="slq", dense_max=dense_max, **kw
         )
         tops = [float(x) for x in r.lambda_max]
+        # Restricted block products (HessianOperator.block_products) bypass _matmat: take the result's own counts.
+        counts.calls, counts.products = r.passes, r.num_matvecs
         extra = {
             "passes_reported": r.passes,
+            "products_kind": r.settings["products"],
             "dense_blocks": len(r.settings["dense_blocks"]),
             "columns": r.settings["columns"],
             "strategies": sorted(set(r.settings.get("engine", {}).values())),
