@@ -191,8 +191,8 @@ def estimate(p: landscape.Problem, analysis: str, **settings) -> dict:
     return {"estimate_gib": est.total / 2**30, "estimate_parts": {k: v / 2**30 for k, v in est.parts.items()}}
 
 
-# Long sequences (GPT-2 only): 4 x 512 tokens, where the (tokens, vocab) buffers of the loss weigh 0.4 GB each.
-LONG = 512
+# Long sequences (GPT-2 only): 4 x 256 tokens, where the (tokens, vocab) buffers of the loss weigh 0.2 GB each.
+LONG = 256
 
 
 def long_problem(workload: str, chunk: int | None = None) -> landscape.Problem:
@@ -204,7 +204,7 @@ def long_problem(workload: str, chunk: int | None = None) -> landscape.Problem:
 
 
 def run_gradient_long(workload: str) -> dict:
-    """A plain gradient of the 4 x 512-token loss (the baseline of the long-sequence HVPs)."""
+    """A plain gradient of the long-sequence loss (the baseline of the long-sequence HVPs)."""
     p = long_problem(workload)
     times = []
     for _ in range(3):
@@ -215,13 +215,13 @@ def run_gradient_long(workload: str) -> dict:
 
 
 def run_hvp_long(workload: str) -> dict:
-    """One Hessian-vector product (double backward) on 4 x 512 tokens, the loss as autograd writes it."""
+    """One Hessian-vector product (double backward) on the long sequences, the loss as autograd writes it."""
     return run_hvp(workload, long_problem(workload), note=f"4 x {LONG} tokens")
 
 
 def run_hvp_long_chunked(workload: str) -> dict:
     """The same with the head fused into the loss, 256 tokens at a time (``causal_lm(chunk=256, head=)``)."""
-    return run_hvp(workload, long_problem(workload, chunk=256), note=f"4 x {LONG} tokens, chunk 256")
+    return run_hvp(workload, long_problem(workload, chunk=128), note=f"4 x {LONG} tokens, chunk 128")
 
 
 def run_hvp(workload: str, p: landscape.Problem | None = None, note: str = "") -> dict:
