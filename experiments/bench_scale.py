@@ -220,7 +220,7 @@ def run_hvp_long(workload: str) -> dict:
 
 
 def run_hvp_long_chunked(workload: str) -> dict:
-    """The same with the head fused into the loss, 256 tokens at a time (``causal_lm(chunk=256, head=)``)."""
+    """The same with the head fused into the loss, 128 tokens at a time (``causal_lm(chunk=128, head=)``)."""
     return run_hvp(workload, long_problem(workload, chunk=128), note=f"4 x {LONG} tokens, chunk 128")
 
 
