@@ -35,5 +35,5 @@ def test_smoke_run_writes_figures_json_and_the_same_tables_twice(tmp_path):
         blocks = len(run["block_spectra"]["names"])
         assert blocks >= 10 and 0 <= h["mean"] <= h["max"] <= 1 and math.isfinite(run["loss"])
         assert run["block_spectra"]["passes"] <= record["config"]["num_steps"] + 1  # one pass per step, all blocks
-    assert len(record["comparisons"]) == 6 and all(isinstance(v["agrees"], bool) for v in record["comparisons"])
+    assert len(record["comparisons"]) == 8 and all(isinstance(v["agrees"], bool) for v in record["comparisons"])
     assert record["verdict"] in runs[0][0].stdout
