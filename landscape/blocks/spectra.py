@@ -355,14 +355,15 @@ def block_spectra(
     steps = min(int(num_steps), max((part.sizes[b] for b in lanczos_blocks), default=1))
     p, B = int(num_probes), part.num_blocks
     # The widest pass: every (probe, block) pair of the Lanczos blocks, or every entry of the dense ones.
-    widest = max(p * len(lanczos_blocks), sum(part.sizes[b] for b in dense))
+    # Products restricted to each block's parameters where the operator has them (the Hessian by double backward):
+    # a column then costs a backward pass through the part of the graph that links the block to itself, and no
+    # full-length input columns are held (one vector of transients is counted instead).
+    restricted = hasattr(op, "block_products") and op.engine != "forward_over_reverse"
+    widest = 1 if restricted else max(p * len(lanczos_blocks), sum(part.sizes[b] for b in dense))
     stored, width = _plan(op, p, steps, widest, memory_budget, columns)
     gen = make_generator(seed)
     Z = draw(op, p, "rademacher", gen)
     before = op.num_matvecs
-    # Products restricted to each block's parameters where the operator has them (the Hessian by double backward):
-    # a column then costs a backward pass through the part of the graph that links the block to itself.
-    restricted = hasattr(op, "block_products") and op.engine != "forward_over_reverse"
     matrices, dense_passes = _dense_blocks(op, part, dense, width, restricted) if dense else ({}, 0)
     state = BlockLanczos(op, part, Z, steps, store_basis=stored, columns=width, skip=dense, restricted=restricted)
     with progress_bar(steps if lanczos_blocks else 0, "block Lanczos", progress, unit="step") as bar:
