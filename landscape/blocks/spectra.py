@@ -371,6 +371,7 @@ def block_spectra(
             state.step()
             bar.update(1)
     tri = state.result()
+    basis_bytes = state.Q.numel() * state.Q.element_size()
     del state
     block_wall = time.perf_counter() - t0
     eps = torch.finfo(op.dtype).eps
@@ -406,7 +407,7 @@ def block_spectra(
         else "full columns, each block's rows kept",
         "dense_max": dense_max,
         "dense_blocks": [part.names[b] for b in dense],
-        "basis_bytes": p * (steps + 1 if stored else 2) * part.num_params * Z.element_size(),
+        "basis_bytes": basis_bytes,
         **problem.describe(),
     }
     if hasattr(op, "chosen"):
@@ -570,6 +571,8 @@ def _compare_full(
     """One Lanczos pass of the full operator from the same probes, against the block-diagonal approximation."""
     before = op.num_matvecs
     vectors = krylov_vectors(memory_budget, op.shape[0], op.dtype, op.device)
+    # Stricter than lanczos()'s own check, which raises only below two vectors and otherwise runs the probes in
+    # groups, one after another: here every probe's two vectors fit at once, or the error names full=False.
     if vectors < 2 * Z.shape[1]:
         raise MemoryBudgetError(
             f"comparing with the full matrix needs {2 * Z.shape[1]} vectors ({gib(2 * Z.shape[1] * Z[:, 0].nbytes)})"
