@@ -400,7 +400,7 @@ def _compute(
     gen = make_generator(seed)
     before = op.num_matvecs
     dec = _krylov(op, num_probes, num_steps, gen, eigenvectors, progress, memory_budget, group)
-    P = op.shape[0]
+    P = op.space.size(op.shape[0])  # the global dimension (sharded: op.shape is this rank's)
     summary = krylov_summary(dec, P, k=k, tol=tol, sigma=sigma, eps=torch.finfo(op.dtype).eps, seed=seed)
     spread = None
     if subsets:

@@ -20,15 +20,26 @@ from landscape.operators import hessian
 from landscape.operators.base import CurvatureOperator
 from landscape.operators.exact import ExactDiagonal, ExactDiagonalUnavailable, exact_diagonal
 from landscape.problem import Problem
+from landscape.sharding import LOCAL, VectorSpace
 
 
 def draw(
     op: CurvatureOperator, k: int, distribution: Distribution, gen: torch.Generator, *, normalize: bool = False
 ) -> Tensor:
-    """``k`` probes from ``gen`` as the columns of an ``(n, k)`` tensor in the operator's dtype and device."""
-    return sample_probes(
-        op.shape[0], k, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device, normalize=normalize
+    """``k`` probes from ``gen`` as the columns of an ``(n, k)`` tensor in the operator's dtype and device.
+
+    For a sharded operator (``op.space``), this rank's rows of the draw one process would make: the same vectors."""
+    space = op.space
+    probes = sample_probes(
+        space.size(op.shape[0]),
+        k,
+        distribution=distribution,
+        seed=gen,
+        dtype=op.dtype,
+        device=op.device,
+        normalize=normalize,
     )
+    return space.local(probes) if space.sharded else probes
 
 
 def as_start_block(v0: Tensor, n: int, columns: str = "p") -> Tensor:
@@ -84,7 +95,7 @@ def to_numpy(chunks: list[Tensor]) -> np.ndarray:
     return torch.cat(chunks).cpu().numpy()
 
 
-def residual_fraction(Y: Tensor) -> float:
+def residual_fraction(Y: Tensor, space: VectorSpace = LOCAL) -> float:
     """Estimate how much of ``||H||_F^2`` a rank-``k`` deflation leaves, from a sketch ``Y = H S`` alone.
 
     For ``k`` isotropic probes ``S``, ``||Y||_F^2 / k`` is an unbiased estimate of ``||H||_F^2`` and
@@ -98,7 +109,7 @@ def residual_fraction(Y: Tensor) -> float:
     variants of the Hutch++ algorithm", SIMAX 43(3), adapt the split to it).
     """
     k = Y.shape[1]
-    ev = torch.linalg.eigvalsh((Y.T @ Y).double())
+    ev = torch.linalg.eigvalsh(space.inner(Y, Y).double())
     total = float(ev.sum())
     if total <= 0.0:
         return 0.0
@@ -110,14 +121,14 @@ def residual_fraction(Y: Tensor) -> float:
 DEFLATION_MARGIN = 1.5
 
 
-def deflation_pays(Y: Tensor, num_matvecs: int, num_residual: int) -> tuple[bool, float]:
+def deflation_pays(Y: Tensor, num_matvecs: int, num_residual: int, space: VectorSpace = LOCAL) -> tuple[bool, float]:
     """Whether spending the rest of a budget ``m`` on deflation beats plain Hutchinson, from the sketch ``Y``.
 
     Hutchinson with ``m`` probes has variance ``~ 2 ||H||_F^2 / m``; a deflated estimator whose residual part gets
     ``g`` samples has ``~ 2 rho ||H||_F^2 / g`` with ``rho`` the residual fraction (:func:`residual_fraction`).
     Deflation is chosen when ``rho m / g < 1 / DEFLATION_MARGIN``. Returns the decision and the estimated ``rho``.
     """
-    rho = residual_fraction(Y)
+    rho = residual_fraction(Y, space)
     return rho * num_matvecs / max(num_residual, 1) < 1.0 / DEFLATION_MARGIN, rho
 
 
@@ -154,10 +165,10 @@ def deflate(
 ) -> Sketch:
     """Finish the Hutch++ split from a sketch ``Y = H S``: ``Q = orth(Y)``, then ``H [Q, (I - QQ^T) G]`` is one block
     of ``k + g`` columns for ``g = num_residual`` fresh probes ``G``."""
-    k = Y.shape[1]
     G = draw(op, num_residual, distribution, gen)
-    Q, _ = torch.linalg.qr(Y)
-    deflated = G - Q @ (Q.T @ G)
+    Q = op.space.orthonormal(Y)
+    k = Q.shape[1]
+    deflated = G - Q @ op.space.inner(Q, G)
     HZ = apply_in_blocks(op, torch.cat([Q, deflated], dim=1), block_size)
     return Sketch(Q, G, deflated, HZ[:, :k], HZ[:, k:])
 
@@ -176,7 +187,7 @@ def deflated_sketch(
     block_size: int | None,
 ) -> Sketch:
     """The Hutch++ split of a budget ``m`` (:func:`hutchpp_split`): ``Q = orth(H S)``, then ``H [Q, (I - QQ^T) G]``."""
-    k, g = hutchpp_split(num_matvecs, op.shape[0])
+    k, g = hutchpp_split(num_matvecs, op.space.size(op.shape[0]))
     _, Y = range_sketch(op, k, distribution, gen, block_size)
     return deflate(op, Y, g, distribution, gen, block_size)
 

@@ -54,7 +54,7 @@ def error_bounds(theta: np.ndarray, wanted: np.ndarray, residuals: np.ndarray) -
 
 
 def check_top_eigen_args(op: CurvatureOperator, k: int, which: str, tol: float, max_matvecs: int | None) -> None:
-    n = op.shape[0]
+    n = op.space.size(op.shape[0])
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     if not 1 <= k <= n:

@@ -125,7 +125,7 @@ def _short_top(
     with ``guarantee``, for at least the steps after which a random start is within ``guarantee`` of the spread
     with probability ``confidence`` (:mod:`landscape.linalg.random_start`)."""
     pick = lambda theta: select_wanted(theta, 1, which)[0]  # noqa: E731
-    n = op.shape[0]
+    n = op.space.size(op.shape[0])
     min_steps = random_start.steps_for(n, guarantee, confidence) if guarantee is not None else 1
     run = three_term_extreme(op, v0, pick, tol, budget, progress, keep_start=vectors, min_steps=min_steps)
     first = prov.num_matvecs
@@ -210,7 +210,7 @@ def _lanczos_top(
 ) -> EigenResult:
     """Lanczos for :func:`top_eigen` (its arguments, checked, and their defaults there)."""
     prov = Meter(op, seed)
-    n = op.shape[0]
+    n = op.space.size(op.shape[0])
     budget = min(n, max(20 * k, 100)) if max_matvecs is None else min(int(max_matvecs), n)
     if budget < k:
         raise ValueError(f"Lanczos needs max_matvecs >= k={k} to produce k Ritz pairs, got {max_matvecs}")

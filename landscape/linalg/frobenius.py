@@ -59,7 +59,7 @@ def frobenius_norm(
     chunks = []
     for Z in probe_blocks(op, num_matvecs, bs, distribution, gen):
         HZ = op @ Z
-        chunks.append((HZ * HZ).sum(dim=0).double())
+        chunks.append(op.space.sums(HZ * HZ))
     samples = to_numpy(chunks)
     squared, squared_stderr = mean_and_stderr(samples)
     norm = math.sqrt(max(squared, 0.0))

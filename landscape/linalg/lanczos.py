@@ -115,14 +115,15 @@ class BatchedLanczos:
     ):
         n = op.shape[0]
         self.op = op
-        self.n = n
+        self.space = op.space  # sharded: rows of Q are this rank's shards, inner products summed over ranks
+        self.n = self.space.size(n)  # the global length (thresholds, the Krylov dimension)
         self.gen = generator
         self.restart = restart
         self.distribution = distribution
         self.max_steps = max_steps
         p = V0.shape[1]
         V0 = V0.to(device=op.device, dtype=op.dtype)
-        norms = V0.norm(dim=0)
+        norms = self.space.norms(V0)
         if not bool(torch.all(norms > 0)):
             raise ValueError("Lanczos start vectors must be nonzero")
         self.start_norms = norms.double().cpu().numpy()
@@ -156,7 +157,7 @@ class BatchedLanczos:
         basis = self.Q[:, :upto] if self.store_basis else self.Q
         total = torch.zeros(W.shape[0], basis.shape[1], dtype=W.dtype, device=W.device)
         for _ in range(2):
-            c = torch.bmm(basis, W.unsqueeze(2)).squeeze(2)
+            c = self.space.bmm(basis, W.unsqueeze(2)).squeeze(2)
             W = W.sub_(torch.bmm(c.unsqueeze(1), basis).squeeze(1))  # W is this step's own product: in place
             total = total + c
         return W, total
@@ -173,7 +174,7 @@ class BatchedLanczos:
             W[sel] = (self.op @ q[sel].T).T.to(q.dtype)
         W, coeffs = self._orthogonalise(W, j + 1)
         alpha = coeffs[:, self._slot(j)].double().cpu().numpy()
-        beta = W.norm(dim=1).double().cpu().numpy()
+        beta = self.space.norms(W, dim=1).double().cpu().numpy()
         prev = self.betas[:, j - 1] if j > 0 else np.zeros_like(beta)
         self.anorm = np.maximum.reduce([self.anorm, np.abs(alpha), prev, beta])
         # Rounding in one product is ~ eps sqrt(n) ||H||; a residual that small means an invariant subspace.
@@ -199,10 +200,10 @@ class BatchedLanczos:
         """Continue a broken-down recurrence from a random vector orthogonal to its basis (False: none left)."""
         z = draw(self.op, 1, self.distribution, self.gen)[:, 0]
         basis = self.Q[probe, :upto]
-        norm0 = float(z.norm())
+        norm0 = self.space.norm(z)
         for _ in range(2):
-            z = z - basis.T @ (basis @ z)
-        norm = float(z.norm())
+            z = z - basis.T @ self.space.inner(basis.T, z[:, None])[:, 0]
+        norm = self.space.norm(z)
         if norm <= 100.0 * self.eps * math.sqrt(self.n) * norm0:
             return False
         self.Q[probe, upto] = z / norm
@@ -273,14 +274,14 @@ def lanczos(
     LanczosDecomposition
     """
     prov = Meter(op, seed)
-    n = op.shape[0]
+    n = op.shape[0]  # this rank's length of a vector (sharded: its shard; the memory it costs here)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if num_probes < 1:
         raise ValueError(f"num_probes must be >= 1, got {num_probes}")
     gen = make_generator(seed)
     p = num_probes if v0 is None else as_start_block(v0, n).shape[1]
-    steps = min(int(num_steps), n)
+    steps = min(int(num_steps), op.space.size(n))
     vectors = krylov_vectors(memory_budget, n, op.dtype, op.device)
     store = p * (steps + 1) <= vectors
     if not store and (keep_basis or restart_on_breakdown or vectors < 2):

@@ -22,13 +22,14 @@ from landscape.linalg._ritz import Which, check_top_eigen_args, eigen_result, er
 from landscape.linalg.probes import SeedLike, make_generator
 from landscape.linalg.results import EigenResult
 from landscape.operators.base import CurvatureOperator
+from landscape.sharding import VectorSpace
 
 
-def _project_out(v: Tensor, U: Tensor | None) -> Tensor:
+def _project_out(v: Tensor, U: Tensor | None, space: VectorSpace) -> Tensor:
     if U is None:
         return v
     for _ in range(2):
-        v = v - U @ (U.T @ v)
+        v = v - U @ space.inner(U, v[:, None])[:, 0]
     return v
 
 
@@ -42,19 +43,20 @@ def _one_pass(
     budget: int,
 ) -> tuple[float, Tensor, float, bool, float]:
     """Power iteration on ``P (H + shift I) P`` from ``start``; returns (theta, v, residual, converged, |theta|max)."""
-    v = _project_out(start, U)
-    v = v / v.norm()
+    space = op.space
+    v = _project_out(start, U, space)
+    v = v / space.norm(v)
     theta, residual, converged = 0.0, float("inf"), False
     for _ in range(budget):
         w = op @ v
-        theta = float(v @ w)
-        residual = float((w - theta * v).norm())
+        theta = space.dot(v, w)
+        residual = space.norm(w - theta * v)
         scale = max(scale, abs(theta))
         if residual <= tol * scale:
             converged = True
             break
-        nxt = _project_out(w + shift * v, U)
-        norm = float(nxt.norm())
+        nxt = _project_out(w + shift * v, U, space)
+        norm = space.norm(nxt)
         if norm == 0.0:
             # v spans an eigenvector of the shifted operator with eigenvalue 0; the residual above is then exact.
             converged = residual <= tol * scale

@@ -28,14 +28,7 @@ from landscape.progress import progress as progress_bar
 
 # VECTORS, VECTORS_WITH_RITZ: the vectors the recurrence holds at once without and with the Ritz vector; defined in
 # landscape.memory, whose estimate counts them.
-__all__ = ["VECTORS", "VECTORS_WITH_RITZ", "ShortRecurrence", "dot", "genuine", "ritz_vector", "three_term_extreme"]
-
-_CHUNK = 1 << 20
-
-
-def dot(a: Tensor, b: Tensor) -> float:
-    """``a . b`` accumulated in float64 chunk by chunk (no float64 copy of a 10^8-entry vector)."""
-    return float(sum(torch.dot(x.double(), y.double()) for x, y in zip(a.split(_CHUNK), b.split(_CHUNK), strict=True)))
+__all__ = ["VECTORS", "VECTORS_WITH_RITZ", "ShortRecurrence", "genuine", "ritz_vector", "three_term_extreme"]
 
 
 @dataclass
@@ -71,11 +64,12 @@ def _step(op: CurvatureOperator, q: Tensor, r: Tensor, beta_prev: float, alpha: 
     if alpha is not None:
         r.sub_(q, alpha=alpha)
         return alpha, float("nan")
-    a = dot(q, r)
+    space = op.space
+    a = space.dot(q, r)
     r.sub_(q, alpha=a)
-    correction = dot(q, r)  # keeps alpha accurate in float32
+    correction = space.dot(q, r)  # keeps alpha accurate in float32
     r.sub_(q, alpha=correction)
-    return a + correction, float(r.norm())
+    return a + correction, space.norm(r)
 
 
 def three_term_extreme(
@@ -92,7 +86,8 @@ def three_term_extreme(
     ``<= tol`` (of ``max |theta|``) after at least ``min_steps`` steps, the space is exhausted (``beta ~ 0``:
     exact) or ``budget`` products are spent. ``keep_start=False`` normalises ``v0`` in place and uses it as the
     first vector (no copy)."""
-    q = v0 / v0.norm() if keep_start else v0.div_(v0.norm())
+    norm0 = op.space.norm(v0)
+    q = v0 / norm0 if keep_start else v0.div_(norm0)
     r = torch.empty_like(q)
     alphas: list[float] = []
     betas: list[float] = []
@@ -105,7 +100,7 @@ def three_term_extreme(
             betas.append(beta)
             bar.update(1)
             m = len(alphas)
-            exhausted = beta <= 1e-10 * max(abs(a) for a in alphas) or m >= min(budget, op.shape[0])
+            exhausted = beta <= 1e-10 * max(abs(a) for a in alphas) or m >= min(budget, op.space.size(op.shape[0]))
             # The tridiagonal solve is O(m^2): every step early on, then every ~m/10 steps.
             if exhausted or m == min_steps or (m > min_steps and m - last_check >= max(1, m // 10)):
                 last_check = m
@@ -120,14 +115,14 @@ def three_term_extreme(
 
 def ritz_vector(op: CurvatureOperator, v0: Tensor, run: ShortRecurrence) -> Tensor:
     """``sum_j y_j q_j`` by regenerating the ``q_j`` with the run's own coefficients (``len(y) - 1`` products)."""
-    q = v0 / v0.norm()
+    q = v0 / op.space.norm(v0)
     r = torch.empty_like(q)
     x = q * float(run.y[0])
     for j in range(len(run.y) - 1):
         _step(op, q, r, run.betas[j - 1] if j else 0.0, run.alphas[j])
         q, r = r.div_(run.betas[j]), q
         x.add_(q, alpha=float(run.y[j + 1]))
-    return x / x.norm()
+    return x / op.space.norm(x)
 
 
 def genuine(alphas: np.ndarray, betas: np.ndarray, theta: np.ndarray, residuals: np.ndarray, eps: float) -> np.ndarray:

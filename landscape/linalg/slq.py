@@ -255,7 +255,7 @@ def spectral_density(
     SpectralDensity
     """
     check_distribution(distribution)
-    n = op.shape[0]
+    n = op.space.size(op.shape[0])
     gen = make_generator(seed)
     V0 = draw(op, num_probes, distribution, gen, normalize=True)
     decomposition = lanczos(

@@ -39,8 +39,10 @@ class ThickRestartState:
     def __init__(self, op: CurvatureOperator, v0: Tensor, m: int, generator: torch.Generator):
         n = op.shape[0]
         self.op, self.n, self.m, self.gen = op, n, m, generator
+        self.space = op.space  # sharded: Q holds this rank's rows, inner products summed over ranks
+        self.global_n = self.space.size(n)
         self.Q = torch.zeros(m + 1, n, dtype=op.dtype, device=op.device)
-        self.Q[0] = v0 / v0.norm()
+        self.Q[0] = v0 / self.space.norm(v0)
         self.M = np.zeros((m, m))  # projected matrix Q^T A Q of the current basis
         self.size = 0  # vectors of Q whose product has been taken (the basis of M)
         self.beta = 0.0  # coupling of the last basis vector to Q[size]
@@ -60,24 +62,24 @@ class ThickRestartState:
         basis = self.Q[: j + 1]
         total = torch.zeros(j + 1, dtype=w.dtype, device=w.device)
         for _ in range(2):
-            c = basis @ w
+            c = self.space.inner(basis.T, w[:, None])[:, 0]
             w.sub_(c @ basis)  # in place: one temporary vector, not two
             total = total + c
         coeffs = total.double().cpu().numpy()
         # The computed column is the projection in exact arithmetic; symmetrise with the row already there.
         self.M[: j + 1, j] = coeffs
         self.M[j, : j + 1] = coeffs
-        beta = float(w.norm())
+        beta = self.space.norm(w)
         self.anorm = max(self.anorm, float(np.abs(coeffs).max()), beta)
         self.size = j + 1
-        if beta <= 10.0 * math.sqrt(self.n) * self.eps * max(self.anorm, 1e-300):
+        if beta <= 10.0 * math.sqrt(self.global_n) * self.eps * max(self.anorm, 1e-300):
             # An invariant subspace: continue from a random direction orthogonal to it (coupling 0).
             self.beta = 0.0
             self.breakdowns += 1
             z = draw(self.op, 1, "gaussian", self.gen)[:, 0]
             for _ in range(2):
-                z = z - (basis @ z) @ basis
-            norm = float(z.norm())
+                z = z - self.space.inner(basis.T, z[:, None])[:, 0] @ basis
+            norm = self.space.norm(z)
             self.Q[j + 1] = z / norm if norm > 0 else z
         else:
             self.beta = beta

@@ -80,6 +80,7 @@ class _Counted(CurvatureOperator):
     def __init__(self, op: CurvatureOperator, bar: object):
         super().__init__(op.shape[0], op.dtype, op.device)
         self.op = op
+        self.space = op.space
         self.bar = bar
 
     def _matmat(self, V: Tensor) -> Tensor:
@@ -122,7 +123,7 @@ def hutchinson(
     taken = 0
     stopped_early = False
     for Z in probe_blocks(op, num_matvecs, bs, distribution, gen):
-        chunks.append(((op @ Z) * Z).sum(dim=0).double())
+        chunks.append(op.space.sums((op @ Z) * Z))
         taken += Z.shape[1]
         if stopping and taken >= min_samples and taken < num_matvecs:
             mean, stderr = mean_and_stderr(to_numpy(chunks))
@@ -159,11 +160,11 @@ def _hutchinson_from_sketch(
     """Hutchinson samples for a budget ``m`` that already paid for ``Y = H S``: the sketch probes' own quadratic
     forms ``s_j^T y_j`` (isotropic probes, so unbiased), then fresh probes up to ``m``. Probes are drawn from the same
     stream in the same order as :func:`hutchinson` draws them."""
-    chunks = [(Y * S).sum(dim=0).double()]
+    chunks = [op.space.sums(Y * S)]
     rest = num_matvecs - S.shape[1]
     if rest > 0:
         bs = default_block_size(block_size, rest)
-        chunks += [((op @ Z) * Z).sum(dim=0).double() for Z in probe_blocks(op, rest, bs, distribution, gen)]
+        chunks += [op.space.sums((op @ Z) * Z) for Z in probe_blocks(op, rest, bs, distribution, gen)]
     return to_numpy(chunks)
 
 
@@ -171,10 +172,10 @@ def _decide(
     op: CurvatureOperator, Y: Tensor, num_matvecs: int, num_residual: int, adaptive: bool, settings: dict
 ) -> bool:
     """Whether to deflate; records the decision and the estimated residual fraction in ``settings``."""
-    if not adaptive or Y.shape[1] >= op.shape[0]:
+    if not adaptive or Y.shape[1] >= op.space.size(op.shape[0]):
         settings.update(adaptive=adaptive, deflated=True)
         return True
-    pays, rho = deflation_pays(Y, num_matvecs, num_residual)
+    pays, rho = deflation_pays(Y, num_matvecs, num_residual, op.space)
     settings.update(adaptive=True, deflated=pays, residual_fraction=rho)
     return pays
 
@@ -203,13 +204,13 @@ def hutchpp(
     decision). ``settings`` records ``deflated`` and ``residual_fraction``.
     """
     prov, gen = _start(op, seed, num_matvecs, 3, "hutch++", distribution)
-    k, g = hutchpp_split(num_matvecs, op.shape[0])
+    k, g = hutchpp_split(num_matvecs, op.space.size(op.shape[0]))
     S, Y = range_sketch(op, k, distribution, gen, block_size)
     settings: dict = {"distribution": distribution, "block_size": block_size}
     if _decide(op, Y, num_matvecs, g, adaptive, settings):
         sk = deflate(op, Y, g, distribution, gen, block_size)
-        exact = float((sk.Q * sk.HQ).sum().double())
-        samples = (sk.deflated * sk.HG).sum(dim=0).double().cpu().numpy()
+        exact = float(op.space.sums(sk.Q * sk.HQ).sum())
+        samples = op.space.sums(sk.deflated * sk.HG).cpu().numpy()
         residual, stderr = mean_and_stderr(samples)
         value = exact + residual
         settings.update(sk.sizes())
@@ -250,6 +251,11 @@ def xtrace(
     spectrum the ``s`` products become Hutchinson samples and the other half of the budget fresh Hutchinson probes.
     """
     prov, gen = _start(op, seed, num_matvecs, 4, "xtrace", distribution)
+    if op.space.sharded:
+        raise NotImplementedError(
+            "xtrace on a sharded operator is not implemented (its leave-one-out updates need a distributed QR with "
+            "R); use method='hutch++' (the default) or 'hutchinson', which run on shards"
+        )
     n = op.shape[0]
     s = min(num_matvecs // 2, n)
     Om, Y = range_sketch(op, s, distribution, gen, block_size)

@@ -13,6 +13,7 @@ from landscape.operators.exact import (
     exact_diagonal,
     exact_support,
 )
+from landscape.operators.finite_difference import FiniteDifferenceHessian
 from landscape.operators.fisher import EmpiricalFisherOperator
 from landscape.operators.ggn import GGNOperator
 from landscape.operators.hessian import HessianOperator
@@ -21,8 +22,16 @@ from landscape.problem import Problem
 
 def hessian(
     problem: Problem, *, at: Tensor | None = None, engine: str = "auto", block: str = "auto", **kwargs
-) -> HessianOperator:
-    """The Hessian of ``problem``'s full-data loss at its current parameters (or at ``at``)."""
+) -> HessianOperator | FiniteDifferenceHessian:
+    """The Hessian of ``problem``'s full-data loss at its current parameters (or at ``at``).
+
+    ``engine="finite_difference"`` (FSDP2-sharded models only): central differences of the sharded model's own
+    gradients (:class:`FiniteDifferenceHessian`, ``step=`` among ``kwargs``), with an error bound in its settings.
+    """
+    if engine == "finite_difference":
+        if at is not None:
+            raise ValueError("engine='finite_difference' multiplies at the model's own (sharded) weights: drop at=")
+        return FiniteDifferenceHessian(problem, **kwargs)
     return HessianOperator(problem, at=at, engine=engine, block=block, **kwargs)
 
 
@@ -44,6 +53,7 @@ __all__ = [
     "ExactDiagonal",
     "ExactDiagonalUnavailable",
     "ExactSupport",
+    "FiniteDifferenceHessian",
     "GGNOperator",
     "HessianOperator",
     "MatrixOperator",

@@ -12,13 +12,21 @@ import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
+from landscape.sharding import LOCAL, VectorSpace
+
 
 class CurvatureOperator:
     """A symmetric ``n x n`` linear operator acting on flat torch vectors.
 
     Subclasses implement :meth:`_matmat` for a block ``(n, k)``; ``op @ v`` and ``op @ V`` dispatch to it and count
     one matrix-vector product per column in :attr:`num_matvecs`.
+
+    :attr:`space` says where the vectors live (:mod:`landscape.sharding`): whole in this process
+    (:data:`~landscape.sharding.LOCAL`), or this rank's shard of a vector split over ranks, whose inner products
+    the estimators sum over ranks through it. ``shape`` is then the *local* length; ``space.size(n)`` the global.
     """
+
+    space: VectorSpace = LOCAL
 
     def __init__(self, n: int, dtype: torch.dtype, device: torch.device):
         self._n = int(n)

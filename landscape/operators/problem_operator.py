@@ -76,7 +76,10 @@ class ProblemOperator(CurvatureOperator):
         block: str = "auto",
         max_block: int = DEFAULT_MAX_BLOCK,
     ):
-        super().__init__(problem.num_params, problem.dtype, problem.device)
+        space = problem.space
+        super().__init__(problem.num_params if space is None else space.local_size, problem.dtype, problem.device)
+        if space is not None:  # FSDP2-sharded: vectors are this rank's shards (landscape.sharding)
+            self.space = space
         self.problem = problem
         # The model's own tensors when no point is given (no copy of the weights); an in-place change of them is
         # caught before the next product (see _check_point).
@@ -128,6 +131,13 @@ class ProblemOperator(CurvatureOperator):
             )
 
     def _matmat(self, V: Tensor) -> Tensor:
+        if self.problem.space is not None:
+            # Sharded: the product of the whole vector (gathered from the ranks' shards), of which this rank keeps
+            # its entries. Each rank multiplies with its data shard; the all-reduce below sums the ranks' parts.
+            return self.problem.space.local(self._full_matmat(self.problem.space.gather(V)))
+        return self._full_matmat(V)
+
+    def _full_matmat(self, V: Tensor) -> Tensor:
         self._check_point()
         # Wide blocks go through in chunks of at most max_block columns (bounded memory for vmapped strategies),
         # all within one pass over the data.

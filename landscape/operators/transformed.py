@@ -29,6 +29,7 @@ class Transformed(CurvatureOperator):
     def __init__(self, op: CurvatureOperator, *, scale: Tensor | None = None, shift: float = 0.0):
         super().__init__(op.shape[0], op.dtype, op.device)
         self.op = op
+        self.space = op.space
         self.scale = None if scale is None else scale.to(device=op.device, dtype=op.dtype).reshape(-1, 1)
         self.shift = float(shift)
 

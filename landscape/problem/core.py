@@ -35,6 +35,7 @@ from landscape.problem.guards import (
     ParamDict,
     check_finite,
 )
+from landscape.sharding import ShardedSpace, full_tensor, plain_forward, space_for
 
 MODES = ("eval", "train")
 
@@ -126,6 +127,9 @@ class Problem:
         # A stateless twin for train mode: BatchNorm without running statistics computes exactly the train-mode
         # function but never writes to buffers, which torch.func transforms (jvp, vmap) could not do anyway.
         self._train_twin: nn.Module | None = None
+        # FSDP2-sharded parameters (DTensors): operators and estimators work on this rank's shards of flat vectors;
+        # the Problem's own flat vectors (params_vector, loss_and_grad, at=) stay global.
+        self.space: ShardedSpace | None = space_for(model, self.param_names, self.dist)
         if self.dist is not None:
             self._shard = self._gather_shard()
 
@@ -187,7 +191,9 @@ class Problem:
             views = self.unflatten(at)
             return views if share else {n: t.clone() for n, t in views.items()}
         named = dict(self.model.named_parameters())
-        out = {n: named[n].detach().to(device=self.device, dtype=self.dtype) for n in self.param_names}
+        out = {n: full_tensor(named[n]).to(device=self.device, dtype=self.dtype) for n in self.param_names}
+        if self.space is not None:  # gathered from the shards: already this Problem's own copies
+            return out
         return out if share else {n: t.clone() for n, t in out.items()}
 
     def params_vector(self) -> Tensor:
@@ -200,7 +206,7 @@ class Problem:
         state: ParamDict = {}
         for n, p in self.model.named_parameters():
             if n not in selected:
-                state[n] = p.detach().to(device=self.device, dtype=self.dtype)
+                state[n] = full_tensor(p).to(device=self.device, dtype=self.dtype)
         for n, b in self.model.named_buffers():
             b = b.detach().to(device=self.device)
             state[n] = b.to(self.dtype) if b.is_floating_point() else b
@@ -433,8 +439,9 @@ class Problem:
         fixed = self._fixed_state()
         rng = torch.random.fork_rng(devices=[]) if self.mode == "train" else contextlib.nullcontext()
         kernel = attention.differentiable() if order >= 2 else contextlib.nullcontext()
+        unhooked = plain_forward(self.model) if self.space is not None else contextlib.nullcontext()
         try:
-            with rng, kernel:
+            with rng, kernel, unhooked:
                 if module is self.model:
                     self.model.eval()
 
@@ -565,6 +572,7 @@ class Problem:
             "reduction": self.reduction,
             **self._loss_settings(),
             **({} if self.shard is None else {"distributed": self.shard.to_dict()}),
+            **({} if self.space is None else {"sharded": self.space.describe()}),
             **(
                 {}
                 if self.replicas is None

@@ -164,3 +164,94 @@ def lm_analyses(p: Problem) -> dict:
         "top": top_eigen(hessian(p, engine="double_backward"), k=1, seed=0).values,
         "drawn": (drawn["input_ids"].numpy(), drawn["attention_mask"].numpy()),
     }
+
+
+# ------------------------------------------------------------------------------------------- FSDP2-sharded models
+def fully_sharded(net: nn.Module, kind: str) -> nn.Module:
+    """``net`` wrapped as FSDP2 would be for training: each layer (MLP: each Linear; GPT-2: each transformer block)
+    its own group, the root holding the rest."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = [m for m in net if any(True for _ in m.parameters())] if kind == "mlp" else list(net.transformer.h)
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(net)
+    return net
+
+
+def sharded_problem(
+    kind: str, rank: int, world_size: int, *, sharded: bool = True, dtype: torch.dtype = torch.float64
+) -> Problem:
+    """The MLP on this rank's uneven shard (``kind="mlp"``) or the tiny GPT-2 on its token batches (``"gpt2"``),
+    analysed in float64, with the model (in ``dtype``) FSDP2-sharded over the ranks; ``sharded=False``: the unsharded
+    model on all the data in this process alone (the reference)."""
+    from landscape import losses
+    from tests.test_transformers import gpt2
+
+    net = (model() if kind == "mlp" else gpt2()).to(dtype)
+    if sharded:
+        net = fully_sharded(net, kind)
+    if kind == "mlp":
+        pair = shard(rank, world_size) if sharded else data()
+        return Problem(
+            net,
+            nn.CrossEntropyLoss(),
+            pair,
+            batch_size=BATCH_SIZE,
+            distributed=None if sharded else False,
+            dtype=torch.float64,
+        )
+    batches = lm_batches(rank, world_size) if sharded else lm_batches()
+    return Problem(net, losses.causal_lm(), batches, dtype=torch.float64, distributed=None if sharded else False)
+
+
+def sharded_analyses(p: Problem) -> dict:
+    """The spectral estimators of issue 21 on ``p`` (vectors gathered whole), with fixed seeds and engines."""
+    from landscape.linalg import diagonal, lanczos, spectral_density, top_eigen, trace
+    from landscape.operators import hessian
+    from landscape.spectrum import spectrum
+
+    op = hessian(p, engine="double_backward", block="loop")
+    space = op.space
+    V = torch.randn(p.num_params, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    eig = top_eigen(op, k=3, seed=0, tol=1e-10)
+    density = spectral_density(op, num_probes=2, num_steps=10, seed=0)
+    spec = spectrum(p, k=3, num_probes=2, num_steps=12, seed=0, engine="double_backward", block="loop")
+    dec = lanczos(op, 8, num_probes=2, seed=0)
+    return {
+        "hvp_block": space.gather(op @ space.local(V)),
+        "top_eigen": eig.values,
+        "top_vectors_abs": space.gather(eig.vectors).abs(),
+        "trace_hutchpp": trace(op, method="hutch++", num_matvecs=24, seed=0).value,
+        "trace_hutchinson": trace(op, method="hutchinson", num_matvecs=12, seed=0).value,
+        "diagonal": space.gather(diagonal(op, method="hutchinson", num_matvecs=12, seed=0).value),
+        "density_nodes": density.nodes,
+        "density_weights": density.weights,
+        "spectrum_eigenvalues": spec.eigenvalues,
+        "spectrum_trace": spec.trace.value,
+        "spectrum_density": spec.density.density(np.linspace(-1, 3, 9)),
+        "basis_bytes": dec.settings["basis_bytes"],
+    }
+
+
+def finite_difference_analyses(p: Problem) -> dict:
+    """Finite-difference products and top eigenvalues of the sharded model against the exact ones on shards."""
+    from landscape.linalg import top_eigen
+    from landscape.operators import hessian
+
+    exact = hessian(p, engine="double_backward", block="loop")
+    fd = hessian(p, engine="finite_difference")
+    space = exact.space
+    V = space.local(torch.randn(p.num_params, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    A, B = exact @ V, fd @ V
+    errors = [space.norm(A[:, j] - B[:, j]) / space.norm(A[:, j]) for j in range(V.shape[1])]
+    bound = fd.error_bound
+    top_fd = top_eigen(fd, k=3, seed=0, tol=1e-6)
+    return {
+        "errors": errors,
+        "bound": bound,
+        "top_exact": top_eigen(exact, k=3, seed=0, tol=1e-10).values,
+        "top_fd": top_fd.values,
+        "top_bound": fd.error_bound,
+        "settings": fd.settings,
+    }

@@ -5,7 +5,9 @@ surface; ``ARGS = cache kill_rank kill_after``: rank ``kill_rank`` SIGKILLs itse
 evaluation), ``raise`` (rank 1 raises in its loss part way through Lanczos), ``hang`` (rank 1 stops answering) and
 ``cli`` (``ARGS`` are the command line, run as ``torchrun -m landscape`` would), ``replicated`` (as
 ``surface``, with every rank holding all the data: grid points dealt out to the ranks), ``minibatch`` (the minibatch
-and per-example analyses), ``language_model`` (a tiny GPT-2 on token batches).
+and per-example analyses), ``language_model`` (a tiny GPT-2 on token batches), ``sharded`` (``ARGS = mlp|gpt2``:
+the model FSDP2-sharded over the ranks, issue 21's estimators against the unsharded model in the same process),
+``sharded_raise`` (rank 1 raises part way through a sharded Lanczos run).
 """
 
 from __future__ import annotations
@@ -44,6 +46,46 @@ class Sabotaged(nn.CrossEntropyLoss):
             if self.how == "hang":
                 time.sleep(120)
         return super().forward(outputs, targets)
+
+
+def _state(net: nn.Module) -> dict:
+    """What an analysis must leave as it found it: parameters (whole), their placements, ``.grad``, FSDP's hooks,
+    the modules' modes."""
+    return {
+        "params": {n: p.full_tensor().clone() for n, p in net.named_parameters()},
+        "placements": {n: tuple(p.placements) for n, p in net.named_parameters()},
+        "grads": {n: None if p.grad is None else p.grad.full_tensor().clone() for n, p in net.named_parameters()},
+        "hooks": [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in net.modules()],
+        "training": [m.training for m in net.modules()],
+    }
+
+
+def sharded(kind: str, rank: int, world: int) -> dict:
+    """``sharded`` scenario: issue 21's estimators on an FSDP2-sharded model, and on the unsharded model in this
+    process (the reference); the model's state before and after."""
+    reference = _case.sharded_analyses(_case.sharded_problem(kind, rank, world, sharded=False))
+    p = _case.sharded_problem(kind, rank, world)
+    net = p.model
+    net.train()  # a mode the analysis (eval) must restore
+    # A gradient in .grad (FSDP's own backward, reduce-scattered), which the analysis must not touch.
+    batch = next(iter(p._data))
+    loss = net(batch[0]).sum() if kind == "mlp" else net(**batch).logits.sum()
+    loss.backward()
+    before = _state(net)
+    result = _case.sharded_analyses(p)
+    fd = {"float64": _case.finite_difference_analyses(p)}
+    after = _state(net)
+    fd["float32"] = _case.finite_difference_analyses(_case.sharded_problem(kind, rank, world, dtype=torch.float32))
+    return {
+        "reference": reference,
+        "sharded": result,
+        "before": before,
+        "after": after,
+        "finite_difference": fd,
+        "describe": p.describe(),
+        "num_params": p.num_params,
+        "local_size": p.space.local_size,
+    }
 
 
 def main() -> None:
@@ -103,6 +145,17 @@ def main() -> None:
 
         loss_fn = Sabotaged(scenario, 12) if rank == 1 else nn.CrossEntropyLoss()
         p = _case.problem(data, loss_fn)
+        top_eigen(hessian(p, engine="double_backward", block="loop", graph_memory_limit=0), k=2, seed=0)
+    elif scenario == "sharded":
+        torch.save(sharded(sys.argv[3], rank, world), out / f"rank{rank}.pt")
+    elif scenario == "sharded_raise":
+        from landscape.linalg import top_eigen
+        from landscape.operators import hessian
+        from landscape.problem import Problem
+
+        net = _case.fully_sharded(_case.model(), "mlp")
+        loss_fn = Sabotaged("raise", 12) if rank == 1 else nn.CrossEntropyLoss()
+        p = Problem(net, loss_fn, data, batch_size=_case.BATCH_SIZE)
         top_eigen(hessian(p, engine="double_backward", block="loop", graph_memory_limit=0), k=2, seed=0)
     elif scenario == "cli":
         from landscape import cli

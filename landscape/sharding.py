@@ -1,0 +1,296 @@
+"""Flat vectors of FSDP2-sharded models: each rank holds its shard; inner products and norms are summed over ranks.
+
+A model wrapped with ``torch.distributed.fsdp.fully_shard`` holds every parameter as a ``DTensor`` placed
+``Shard(0)``: rank ``r`` keeps rows ``[r c, (r + 1) c)`` of it (``c = ceil(rows / R)``, torch.chunk's split; the
+last ranks may hold fewer rows or none). In the flat vector of all selected parameters (``model.named_parameters()``
+order) parameter ``p`` occupies ``[o_p, o_p + numel_p)``, and rank ``r``'s rows of it are the contiguous range
+``[o_p + a_r s_p, o_p + b_r s_p)`` (``s_p`` entries per row). A rank's *local* vector is the concatenation of its
+ranges over the parameters; the ranges of all ranks partition ``[0, n)``. A parameter that is not a DTensor (left
+outside every ``fully_shard``, so replicated) belongs to rank 0 alone, so no entry is counted twice.
+
+Then for local vectors ``x_r, y_r`` of global ``x, y``
+
+    x . y = sum_r x_r . y_r,        ||x||^2 = sum_r ||x_r||^2,        Q^T Y = sum_r Q_r^T Y_r,
+
+one all-reduce of a few numbers per reduction (:class:`ShardedSpace`), while the Krylov vectors cost ``n / R``
+numbers per rank: a Lanczos basis of ``m`` vectors takes ``m n / R``. Everything an estimator does to vectors other
+than reductions (axpy, scaling, Gram-Schmidt's updates ``W - Q C``) is local. :class:`VectorSpace` is the
+unsharded space (reductions are local); every operator has one (``op.space``).
+
+Random probes are the rows of the same global draw as in one process (same seed, same vector), of which each rank
+keeps its ranges: a sharded run reproduces an unsharded one to rounding. The draw is made whole and sliced, so a
+probe block costs ``k n`` numbers transiently on every rank (bounded per block; chunked draws are future work).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from landscape.distributed import DataParallel
+
+# The module hooks FSDP2 registers on every module it wraps (unshard before forward, reshard after, gradient hooks).
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
+
+def is_dtensor(t: object) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (a sharded parameter)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed support
+        return False
+    return isinstance(t, DTensor)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` is a DTensor (FSDP2's ``fully_shard``)."""
+    return any(is_dtensor(p) for p in model.parameters())
+
+
+def full_tensor(t: Tensor) -> Tensor:
+    """The whole tensor of a DTensor (an all-gather over its mesh), detached; any other tensor detached."""
+    return t.detach().full_tensor() if is_dtensor(t) else t.detach()
+
+
+@contextlib.contextmanager
+def plain_forward(model: nn.Module) -> Iterator[None]:
+    """Within it, calling ``model`` runs the wrapped modules' own ``forward`` without FSDP2's hooks.
+
+    FSDP2 all-gathers a module's parameters in a forward pre-hook and puts its own unsharded tensors in place of
+    the module's parameters, which would override the tensors ``torch.func.functional_call`` substitutes (so no
+    derivative reaches them). The analysis hands the modules whole parameters itself; FSDP's hooks are stashed for
+    the duration and put back, untouched, on exit (also on error). Other modules' hooks stay.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        yield
+        return
+    saved = []
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            saved.append((module, {name: getattr(module, name) for name in _HOOK_DICTS if hasattr(module, name)}))
+            for name, hooks in saved[-1][1].items():
+                setattr(module, name, type(hooks)())
+    try:
+        yield
+    finally:
+        for module, hooks in saved:
+            for name, value in hooks.items():
+                setattr(module, name, value)
+
+
+class VectorSpace:
+    """Flat vectors held whole by this process: reductions are local (the space of every unsharded operator)."""
+
+    sharded = False
+
+    def size(self, local: int) -> int:
+        """The global length of vectors whose local length is ``local`` (the same here)."""
+        return local
+
+    def reduce_(self, t: Tensor) -> Tensor:
+        """Sum partial reductions over ranks, in place (nothing to do here); returns ``t``."""
+        return t
+
+    def dot(self, a: Tensor, b: Tensor) -> float:
+        """``a . b`` accumulated in float64, a chunk of ``2**20`` entries at a time (no float64 copy of a long
+        vector)."""
+        total = sum(torch.dot(x.double(), y.double()) for x, y in zip(a.split(_CHUNK), b.split(_CHUNK), strict=True))
+        return float(self.reduce_(torch.as_tensor(total, dtype=torch.float64).reshape(1))[0])
+
+    def norm(self, v: Tensor) -> float:
+        """Euclidean norm of a flat vector."""
+        return float(v.norm())
+
+    def norms(self, V: Tensor, dim: int = 0) -> Tensor:
+        """Euclidean norms along ``dim`` (columns of an ``(n, k)`` block for ``dim=0``)."""
+        return V.norm(dim=dim)
+
+    def sums(self, X: Tensor) -> Tensor:
+        """Column sums ``sum_i X[i, j]`` of an ``(n, k)`` block in float64 (e.g. ``z_j^T H z_j`` from ``Z * HZ``)."""
+        return X.sum(dim=0).double()
+
+    def inner(self, A: Tensor, B: Tensor) -> Tensor:
+        """``A^T B`` for blocks ``(n, a)`` and ``(n, b)``."""
+        return A.T @ B
+
+    def bmm(self, Q: Tensor, W: Tensor) -> Tensor:
+        """``Q @ W`` batched over the leading dimension, contracting the vectors' (last) dimension of ``Q``
+        ``(p, m, n)`` with ``W`` ``(p, n, k)``."""
+        return torch.bmm(Q, W)
+
+    def orthonormal(self, Y: Tensor) -> Tensor:
+        """An orthonormal basis of the columns of ``Y`` (Householder QR, ``Q`` of the same width)."""
+        return torch.linalg.qr(Y)[0]
+
+    def local(self, full: Tensor) -> Tensor:
+        """This process's entries of a global vector or ``(n, k)`` block (all of them here)."""
+        return full
+
+    def gather(self, local: Tensor) -> Tensor:
+        """The global vector or block from this process's entries (itself here)."""
+        return local
+
+    def describe(self) -> dict:
+        return {"sharded": False}
+
+
+_CHUNK = 1 << 20
+LOCAL = VectorSpace()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Entries ``[start, start + length)`` of the global flat vector held by this rank (one parameter's rows)."""
+
+    start: int
+    length: int
+
+
+class ShardedSpace(VectorSpace):
+    """Flat vectors split over the ranks of a process group: this rank holds :attr:`segments` of the global vector.
+
+    Parameters
+    ----------
+    ranks : DataParallel
+        The process group (its collectives are counted: ``ranks.num_all_reduces``, ``ranks.bytes_all_reduced``).
+    segments : tuple of Segment
+        This rank's ranges of the global flat vector, in order.
+    global_size : int
+        ``n``, the length of the global vector.
+    """
+
+    sharded = True
+
+    def __init__(self, ranks: DataParallel, segments: tuple[Segment, ...], global_size: int):
+        self.ranks = ranks
+        self.segments = segments
+        self.global_size = int(global_size)
+        self.local_size = sum(s.length for s in segments)
+        sizes = ranks.all_gather_object(self.local_size, "gather of the shard sizes of the flat vector")
+        if sum(sizes) != self.global_size:
+            raise ValueError(
+                f"the ranks' shards hold {sum(sizes)} entries of a flat vector of {self.global_size}: every rank "
+                "must select the same parameters of the same sharded model"
+            )
+        self.local_sizes = tuple(int(s) for s in sizes)
+
+    def size(self, local: int) -> int:
+        if local != self.local_size:
+            raise ValueError(f"a local vector of this rank has {self.local_size} entries, got {local}")
+        return self.global_size
+
+    def reduce_(self, t: Tensor) -> Tensor:
+        return self.ranks.all_reduce_(t, "all_reduce of an inner product of sharded vectors")
+
+    def norm(self, v: Tensor) -> float:
+        return math.sqrt(max(self.dot(v, v), 0.0))
+
+    def norms(self, V: Tensor, dim: int = 0) -> Tensor:
+        squares = V.double().square().sum(dim=dim)
+        return self.reduce_(squares.contiguous()).sqrt().to(V.dtype)
+
+    def sums(self, X: Tensor) -> Tensor:
+        return self.reduce_(X.sum(dim=0).double().contiguous())
+
+    def inner(self, A: Tensor, B: Tensor) -> Tensor:
+        return self.reduce_((A.T @ B).contiguous())
+
+    def bmm(self, Q: Tensor, W: Tensor) -> Tensor:
+        return self.reduce_(torch.bmm(Q, W).contiguous())
+
+    def orthonormal(self, Y: Tensor) -> Tensor:
+        """CholeskyQR2 on the global block: ``G = Y^T Y`` (one all-reduce), ``Q = Y U diag(s)^{-1/2}`` over the
+        eigenpairs of ``G`` above rounding (a rank-deficient ``Y`` gives fewer columns), twice for orthogonality to
+        rounding (Yamamoto et al. 2015)."""
+        Q = Y
+        for _ in range(2):
+            G = self.inner(Q, Q).double()
+            s, U = torch.linalg.eigh(G)
+            keep = s > s.max().clamp_min(0) * Q.shape[1] * torch.finfo(Y.dtype).eps
+            Q = Q @ (U[:, keep] / s[keep].sqrt()).to(Y.dtype)
+        return Q
+
+    def local(self, full: Tensor) -> Tensor:
+        return torch.cat([full[s.start : s.start + s.length] for s in self.segments])
+
+    def gather(self, local: Tensor) -> Tensor:
+        """The global vector (or block): every rank writes its segments into zeros and one all-reduce sums them
+        (``n`` numbers per column on the wire)."""
+        full = local.new_zeros((self.global_size, *local.shape[1:]))
+        offset = 0
+        for s in self.segments:
+            full[s.start : s.start + s.length] = local[offset : offset + s.length]
+            offset += s.length
+        return self.reduce_(full)
+
+    def describe(self) -> dict:
+        return {
+            "sharded": True,
+            "world_size": self.ranks.world_size,
+            "global_size": self.global_size,
+            "local_sizes": list(self.local_sizes),
+        }
+
+
+def space_for(model: nn.Module, names: list[str], ranks: DataParallel | None) -> ShardedSpace | None:
+    """The :class:`ShardedSpace` of the parameters ``names`` of a sharded model (``None`` when none is a DTensor).
+
+    Raises
+    ------
+    ValueError
+        When the model is sharded but no process group is given, or a parameter is placed other than ``Shard(0)``
+        on a one-dimensional mesh (FSDP2's default).
+    """
+    named = dict(model.named_parameters())
+    if not any(is_dtensor(named[n]) for n in names):
+        return None
+    if ranks is None:
+        raise ValueError(
+            "the model's parameters are sharded (FSDP2 DTensors) but the Problem is not distributed: initialise the "
+            "process group (landscape.distributed.init() under torchrun) and leave distributed=None"
+        )
+    from torch.distributed.tensor import Shard
+
+    segments = []
+    offset = 0
+    for name in names:
+        p = named[name]
+        numel = p.numel()
+        if not is_dtensor(p):
+            if ranks.rank == 0:
+                segments.append(Segment(offset, numel))
+        else:
+            placements = tuple(p.placements)
+            if p.device_mesh.ndim != 1 or placements != (Shard(0),):
+                raise ValueError(
+                    f"parameter {name!r} is placed {placements} on a {p.device_mesh.ndim}-D mesh; landscape handles "
+                    "FSDP2's default Shard(0) on a 1-D mesh (fully_shard without shard_placement_fn or HSDP)"
+                )
+            rows = p.shape[0] if p.ndim else 1
+            per_row = numel // rows if rows else 0
+            mesh_rank = p.device_mesh.get_local_rank()
+            chunk = math.ceil(rows / p.device_mesh.size())
+            first, last = min(mesh_rank * chunk, rows), min((mesh_rank + 1) * chunk, rows)
+            local = p.to_local()
+            if local.shape[0] != last - first:
+                raise ValueError(
+                    f"parameter {name!r}: this rank holds {local.shape[0]} rows, torch.chunk's split gives "
+                    f"{last - first}: an uneven sharding landscape does not know"
+                )
+            if last > first:
+                segments.append(Segment(offset + first * per_row, (last - first) * per_row))
+        offset += numel
+    return ShardedSpace(ranks, tuple(segments), offset)
