@@ -170,12 +170,12 @@ def key_for(problem: Any, kind: str, config: Mapping[str, Any], *, order_free: b
     and the problem is in eval mode: such a result is shared by any batching and any number of data-parallel ranks.
     Otherwise it is :meth:`Problem.data_fingerprint` (the batches in order).
     """
-    state = {**problem._fixed_state(), **problem.params_dict(share=True)}
+    state = problem.key_state()
     full = {
         "kind": str(kind),
         # Without the ranks and shard sizes of a data-parallel run: the data fingerprint describes the whole data
         # set, so a result computed with one number of ranks is reused (a surface resumed) with another.
-        "problem": {k: v for k, v in problem.describe().items() if k not in ("distributed", "replicated")},
+        "problem": {k: v for k, v in problem.describe().items() if k not in ("distributed", "replicated", "sharded")},
         "model": repr(problem.model),
         "loss": _loss_description(problem.loss_fn),
         "config": dict(config),

@@ -174,9 +174,17 @@ class ShardedSpace(VectorSpace):
 
     sharded = True
 
-    def __init__(self, ranks: DataParallel, segments: tuple[Segment, ...], global_size: int):
+    def __init__(
+        self,
+        ranks: DataParallel,
+        segments: tuple[Segment, ...],
+        global_size: int,
+        local_numels: tuple[int, ...] | None = None,
+    ):
         self.ranks = ranks
         self.segments = segments
+        #: This rank's entries of each selected parameter, in order (the pieces of its local vector).
+        self.local_numels = local_numels if local_numels is not None else tuple(s.length for s in segments)
         self.global_size = int(global_size)
         self.local_size = sum(s.length for s in segments)
         sizes = ranks.all_gather_object(self.local_size, "gather of the shard sizes of the flat vector")
@@ -245,6 +253,31 @@ class ShardedSpace(VectorSpace):
         }
 
 
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules :func:`shard_model` wraps one by one: the items of every ``nn.ModuleList`` that hold parameters
+    (a transformer's blocks, a ResNet's layers when listed), else every module with parameters of its own."""
+    listed = [m for ml in model.modules() if isinstance(ml, nn.ModuleList) for m in ml if _has_params(m)]
+    if listed:
+        return listed
+    return [m for m in model.modules() if m is not model and any(True for _ in m.parameters(recurse=False))]
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def shard_model(model: nn.Module) -> nn.Module:
+    """``model`` wrapped with FSDP2's ``fully_shard`` as for training: each of :func:`shard_units` its own group,
+    then the root (whatever is left: embeddings, a tied head). In place; returns the model. Needs an initialised
+    process group."""
+    from torch.distributed.fsdp import fully_shard
+
+    for unit in shard_units(model):
+        fully_shard(unit)
+    fully_shard(model)
+    return model
+
+
 def space_for(model: nn.Module, names: list[str], ranks: DataParallel | None) -> ShardedSpace | None:
     """The :class:`ShardedSpace` of the parameters ``names`` of a sharded model (``None`` when none is a DTensor).
 
@@ -265,11 +298,13 @@ def space_for(model: nn.Module, names: list[str], ranks: DataParallel | None) ->
     from torch.distributed.tensor import Shard
 
     segments = []
+    local_numels = []
     offset = 0
     for name in names:
         p = named[name]
         numel = p.numel()
         if not is_dtensor(p):
+            local_numels.append(numel if ranks.rank == 0 else 0)
             if ranks.rank == 0:
                 segments.append(Segment(offset, numel))
         else:
@@ -290,7 +325,8 @@ def space_for(model: nn.Module, names: list[str], ranks: DataParallel | None) ->
                     f"parameter {name!r}: this rank holds {local.shape[0]} rows, torch.chunk's split gives "
                     f"{last - first}: an uneven sharding landscape does not know"
                 )
+            local_numels.append((last - first) * per_row)
             if last > first:
                 segments.append(Segment(offset + first * per_row, (last - first) * per_row))
         offset += numel
-    return ShardedSpace(ranks, tuple(segments), offset)
+    return ShardedSpace(ranks, tuple(segments), offset, tuple(local_numels))

@@ -427,6 +427,8 @@ def _compute(
     settings["probe_groups"] = dec.settings["probe_groups"]
     if hasattr(op, "chosen"):
         settings["engine"] = {str(w): name for w, name in op.chosen.items()}
+    elif isinstance(getattr(op, "settings", None), dict):  # finite differences: the step and the error bound
+        settings["products"] = dict(op.settings)
     return Spectrum(
         **summary,
         subsets=spread,

@@ -72,15 +72,19 @@ class BlockLanczos:
         columns: int | None = None,
         skip: tuple[int, ...] = (),
         restricted: bool = False,
+        sizes: tuple[int, ...] | None = None,
     ):
         """``Z`` (P, p): the probes; ``skip``: blocks not to run (their rows stay zero); ``restricted``: multiply
-        through ``op.block_products`` (each block's products restricted to its parameters) instead of full columns."""
+        through ``op.block_products`` (each block's products restricted to its parameters) instead of full columns;
+        ``sizes``: the blocks' global sizes when the operator is sharded (``partition`` then lays out this rank's
+        local vector, and every per-block sum is summed over the ranks through ``op.space``)."""
         if partition.num_params != op.shape[0]:
             raise ValueError(f"the partition covers {partition.num_params} parameters, the operator {op.shape[0]}")
         self.op = op
         self.part = partition
         self.segs = [partition.of_block(b) for b in range(partition.num_blocks)]
-        self.sizes = np.array(partition.sizes)
+        self.space = op.space
+        self.sizes = np.array(partition.sizes if sizes is None else sizes)
         p, B = Z.shape[1], partition.num_blocks
         self.p, self.B = p, B
         self.max_steps = max_steps
@@ -118,7 +122,7 @@ class BlockLanczos:
         for b, segs in enumerate(self.segs):
             for s, e in segs:
                 sq[:, b] += W[:, s:e].double().pow(2).sum(1)
-        return sq.sqrt().cpu().numpy()
+        return self.space.reduce_(sq).sqrt().cpu().numpy()
 
     def _scale(self, W: Tensor, factors: np.ndarray) -> None:
         """``W[l, b's segments] *= factors[l, b]`` in place."""
@@ -136,6 +140,7 @@ class BlockLanczos:
             for b, segs in enumerate(self.segs):
                 for s, e in segs:
                     c[:, :, b] += torch.bmm(basis[:, :, s:e], W[:, s:e].unsqueeze(2)).squeeze(2)
+            c = self.space.reduce_(c)
             for b, segs in enumerate(self.segs):
                 for s, e in segs:
                     W[:, s:e] -= torch.bmm(c[:, :, b].unsqueeze(1), basis[:, :, s:e]).squeeze(1)

@@ -342,6 +342,16 @@ def block_spectra(
     if k > num_steps:
         raise ValueError(f"k={k} eigenvalues need num_steps >= k, got num_steps={num_steps}")
     part = BlockPartition.of(problem.param_names, problem.param_numels, by)
+    space = problem.space
+    # Sharded (FSDP2): the recurrences run on this rank's shards, laid out by the local partition; every block goes
+    # through Lanczos with full-column products (its entries are spread over the ranks).
+    local = None if space is None else BlockPartition.of(problem.param_names, space.local_numels, by)
+    if local is not None:
+        if dense_max:
+            raise ValueError("dense_max > 0 builds blocks column by column, not done on a sharded model: drop it")
+        if traces == "exact":
+            raise ValueError("exact traces need BackPACK on a plain copy of the model, not a sharded one: traces='slq'")
+        dense_max, traces = 0, "slq"
     small = [(n, s) for n, s in zip(part.names, part.sizes, strict=True) if s < k]
     if small:
         listed = ", ".join(f"{n!r} ({s} parameter{'s' * (s != 1)})" for n, s in small[:5])
@@ -358,14 +368,24 @@ def block_spectra(
     # Products restricted to each block's parameters where the operator has them (the Hessian by double backward):
     # a column then costs a backward pass through the part of the graph that links the block to itself, and no
     # full-length input columns are held (one vector of transients is counted instead).
-    restricted = hasattr(op, "block_products") and op.engine != "forward_over_reverse"
+    restricted = local is None and hasattr(op, "block_products") and op.engine != "forward_over_reverse"
     widest = 1 if restricted else max(p * len(lanczos_blocks), sum(part.sizes[b] for b in dense))
     stored, width = _plan(op, p, steps, widest, memory_budget, columns)
     gen = make_generator(seed)
     Z = draw(op, p, "rademacher", gen)
     before = op.num_matvecs
     matrices, dense_passes = _dense_blocks(op, part, dense, width, restricted) if dense else ({}, 0)
-    state = BlockLanczos(op, part, Z, steps, store_basis=stored, columns=width, skip=dense, restricted=restricted)
+    state = BlockLanczos(
+        op,
+        part if local is None else local,
+        Z,
+        steps,
+        store_basis=stored,
+        columns=width,
+        skip=dense,
+        restricted=restricted,
+        sizes=part.sizes,
+    )
     with progress_bar(steps if lanczos_blocks else 0, "block Lanczos", progress, unit="step") as bar:
         while lanczos_blocks and not state.done:
             state.step()
@@ -389,7 +409,7 @@ def block_spectra(
         "exact (diagonal)" if exact is not None else "exact (dense block)" if b in matrices else "slq" for b in range(B)
     )
     comparison = (
-        _compare_full(op, Z, min(int(num_steps), op.shape[0]), spectra, memory_budget, seed, eps) if full else None
+        _compare_full(op, Z, min(int(num_steps), part.num_params), spectra, memory_budget, seed, eps) if full else None
     )
     settings: dict[str, Any] = {
         "by": part.by,

@@ -29,6 +29,9 @@ ADAPTERS = ("causal_lm", "masked_lm", "model_output")
 CACHE_FILE = "landscape.h5"
 # Commands with a memory estimate (--dry-run), and where the context keeps --max-memory / --dry-run.
 ESTIMATED = ("eigen", "spectrum", "trace", "density", "blocks")
+# The commands that run on an FSDP2-sharded model (--fsdp) and the context key of --products.
+SHARDED = ("eigen", "spectrum", "trace", "density")
+PRODUCTS = "landscape.products"
 MEMORY = "landscape.memory"
 
 
@@ -113,6 +116,21 @@ def common_options(fn: Callable) -> Callable:
             help="Under torchrun: every rank holds all the data; loss surfaces deal their grid points out to the "
             "ranks (default: the data are sharded and every product is all-reduced).",
         ),
+        click.option(
+            "--fsdp",
+            is_flag=True,
+            help="Under torchrun: shard the model over the ranks with FSDP2 (each transformer block, or each module "
+            "with parameters, then the root); the spectral commands (spectrum, eigen, trace, density) then hold "
+            "1/ranks of every Krylov vector per rank.",
+        ),
+        click.option(
+            "--products",
+            type=click.Choice(["exact", "finite-difference"]),
+            default="exact",
+            show_default=True,
+            help="With --fsdp: exact curvature products (every rank gathers the whole weights) or central differences "
+            "of FSDP's own gradients (the memory of training; an error bound is recorded).",
+        ),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option(
             "--out",
@@ -148,6 +166,12 @@ def common_options(fn: Callable) -> Callable:
         debug = kwargs.pop("debug")
         ctx = click.get_current_context()
         max_memory, dry_run = kwargs.pop("max_memory"), kwargs.pop("dry_run")
+        products = kwargs.pop("products")
+        if kwargs["fsdp"] and ctx.info_name not in SHARDED:
+            raise UserError(f"--fsdp: {ctx.info_name!r} does not run on sharded models; {', '.join(SHARDED)} do")
+        if products != "exact" and not kwargs["fsdp"]:
+            raise UserError("--products finite-difference needs --fsdp (FSDP's own gradients are differenced)")
+        ctx.meta[PRODUCTS] = products
         if dry_run and ctx.info_name not in ESTIMATED:
             raise UserError(f"--dry-run: no memory estimate for {ctx.info_name!r}; {', '.join(ESTIMATED)} have one")
         try:
@@ -203,6 +227,11 @@ def memory_budget(problem, analysis: str, **settings: Any) -> int | None:
         click.echo(estimate(problem, analysis, memory_budget=budget, **settings).table())
         raise click.exceptions.Exit(0)
     return budget
+
+
+def products_engine() -> str | None:
+    """The operator engine of ``--products``: ``"finite_difference"``, or ``None`` for the default (exact)."""
+    return "finite_difference" if click.get_current_context().meta.get(PRODUCTS) == "finite-difference" else None
 
 
 def plus_minus(value: float, stderr: float) -> str:

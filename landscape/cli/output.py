@@ -31,10 +31,17 @@ def state_sha(model: nn.Module) -> str:
 
 
 def _identity(problem) -> dict[str, str]:
-    """Short fingerprints saying whose result an entry is: architecture, weights (with buffers) and data."""
+    """Short fingerprints saying whose result an entry is: architecture, weights (with buffers) and data (of a
+    sharded model: of its per-tensor digests, :meth:`Problem.key_state`)."""
+    from landscape.cache import content_key
+
     return {
         "architecture": hashlib.sha256(repr(problem.model).encode()).hexdigest()[:16],
-        "parameters": state_sha(problem.model)[:16],
+        "parameters": (
+            state_sha(problem.model)
+            if problem.space is None
+            else content_key(params=problem.key_state(), data_fingerprint="", config={}, version="")
+        )[:16],
         "data": problem.data_fingerprint()[:16],
     }
 

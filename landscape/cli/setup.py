@@ -193,8 +193,10 @@ def build_problem(
     replicated_data=False,
     non_strict=False,
     hf_dir=None,
+    fsdp=False,
 ):
-    """The Problem of the shared options (model, checkpoint, data, loss, params, mode, dtype, replicated data)."""
+    """The Problem of the shared options (model, checkpoint, data, loss, params, mode, dtype, replicated data,
+    ``--fsdp``: the model sharded over the ranks with :func:`landscape.sharding.shard_model`)."""
     from landscape import distributed
     from landscape.problem import Problem
 
@@ -218,6 +220,15 @@ def build_problem(
             mode_of_ranks = "replicated"
         elif isinstance(data, tuple) and len(data) == 2:
             data = distributed.shard(data)
+    if fsdp:
+        from landscape.sharding import shard_model
+
+        if distributed.get_world_size() < 2 or replicated_data:
+            raise UserError(
+                "--fsdp shards the model over the ranks of torchrun: run under torchrun with 2 or more processes "
+                "(torchrun --nproc-per-node 2 -m landscape ...), without --replicated-data"
+            )
+        model = shard_model(model)
     return Problem(
         model,
         _loss_for(loss, data, model),

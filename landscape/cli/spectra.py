@@ -10,7 +10,15 @@ from pathlib import Path
 
 import click
 
-from landscape.cli.app import common_options, main, memory_budget, operator_option, plus_minus, show_progress
+from landscape.cli.app import (
+    common_options,
+    main,
+    memory_budget,
+    operator_option,
+    plus_minus,
+    products_engine,
+    show_progress,
+)
 from landscape.cli.output import answer, answer_and_emit, emit, marked, opened_store
 from landscape.cli.setup import setup_problem
 
@@ -19,7 +27,18 @@ def _operator(problem, operator: str):
     """The curvature operator of ``--operator``: the Hessian or the generalised Gauss-Newton matrix."""
     from landscape.operators import ggn, hessian
 
+    engine = products_engine()
+    if engine is not None:
+        if operator == "ggn":
+            raise click.UsageError("--products finite-difference differences gradients: the Hessian only")
+        return hessian(problem, engine=engine)
     return ggn(problem) if operator == "ggn" else hessian(problem)
+
+
+def _config(**config) -> dict:
+    """A command's cache key settings, with ``--products`` when it is not the default (older keys stay valid)."""
+    engine = products_engine()
+    return config if engine is None else {**config, "products": engine}
 
 
 def _begin(kw: dict, quiet: bool, out: str, analysis: str, **settings) -> tuple[float, object, Path, int | None]:
@@ -33,14 +52,11 @@ def _begin(kw: dict, quiet: bool, out: str, analysis: str, **settings) -> tuple[
 def _estimate(estimator, problem, operator: str, kw: dict, quiet: bool, budget: int | None, **settings):
     """``estimator`` (a :mod:`landscape.linalg` function) on the ``--operator`` of ``problem``, with the command's
     settings and, as every spectral command runs it, the ``--seed``, a progress bar unless ``--quiet`` and the
-    memory budget."""
-    return estimator(
-        _operator(problem, operator),
-        **settings,
-        seed=kw["seed"],
-        progress=show_progress(quiet),
-        memory_budget=budget,
-    )
+    memory budget. Returns the estimate and what the JSON result records of the products: ``{"products": ...}``
+    with ``--products finite-difference`` (the step and error bound), else ``{}``."""
+    op = _operator(problem, operator)
+    res = estimator(op, **settings, seed=kw["seed"], progress=show_progress(quiet), memory_budget=budget)
+    return res, ({"products": op.settings} if products_engine() is not None else {})
 
 
 @main.command()
@@ -65,6 +81,7 @@ def spectrum(top_k, probes, steps, subsets, operator, out, no_cache, as_json, qu
         "operator": operator,
         "seed": kw["seed"],
     }
+    config = _config(**config)
     with opened_store(out, no_cache) as store:
 
         def run():
@@ -75,6 +92,7 @@ def spectrum(top_k, probes, steps, subsets, operator, out, no_cache, as_json, qu
                 num_steps=steps,
                 subsets=subsets,
                 operator=operator,
+                engine=products_engine() or "auto",
                 seed=kw["seed"],
                 cache=store,
                 progress=show_progress(quiet),
@@ -109,7 +127,7 @@ def eigen(top_k, tol, max_matvecs, guarantee, operator, out, no_cache, as_json, 
     )
 
     def compute() -> tuple[dict, str]:
-        res = _estimate(
+        res, products = _estimate(
             top_eigen,
             problem,
             operator,
@@ -137,6 +155,7 @@ def eigen(top_k, tol, max_matvecs, guarantee, operator, out, no_cache, as_json, 
             "seed": res.seed,
             "wall_time": res.wall_time,
             "random_start": res.settings.get("random_start"),
+            **products,
         }
         lines = [
             f"top {top_k} {operator} eigenvalues of {num_params:,} parameters ({res.method}, "
@@ -156,7 +175,7 @@ def eigen(top_k, tol, max_matvecs, guarantee, operator, out, no_cache, as_json, 
             )
         return result, "\n".join(lines)
 
-    config = {"k": top_k, "tol": tol, "max_matvecs": max_matvecs, "operator": operator, "seed": kw["seed"]}
+    config = _config(k=top_k, tol=tol, max_matvecs=max_matvecs, operator=operator, seed=kw["seed"])
     if guarantee is not None:  # absent from older keys: their cached answers stay valid
         config["guarantee"] = guarantee
     answer_and_emit(problem, "eigen", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
@@ -179,7 +198,7 @@ def trace_cmd(method, num_matvecs, operator, out, no_cache, as_json, quiet, **kw
     t0, problem, out, budget = _begin(kw, quiet, out, "trace", method=method, num_matvecs=num_matvecs)
 
     def compute() -> tuple[dict, str]:
-        est = _estimate(trace, problem, operator, kw, quiet, budget, method=method, num_matvecs=num_matvecs)
+        est, products = _estimate(trace, problem, operator, kw, quiet, budget, method=method, num_matvecs=num_matvecs)
         result = {
             "operator": operator,
             "value": float(est.value),
@@ -190,6 +209,7 @@ def trace_cmd(method, num_matvecs, operator, out, no_cache, as_json, quiet, **kw
             "num_matvecs": est.num_matvecs,
             "seed": est.seed,
             "wall_time": est.wall_time,
+            **products,
         }
         summary = (
             f"trace of the {operator}: {plus_minus(float(est.value), float(est.stderr))}"
@@ -201,7 +221,7 @@ def trace_cmd(method, num_matvecs, operator, out, no_cache, as_json, quiet, **kw
             summary += f"\nnote: {result['note']}"
         return result, summary
 
-    config = {"method": method, "num_matvecs": num_matvecs, "operator": operator, "seed": kw["seed"]}
+    config = _config(method=method, num_matvecs=num_matvecs, operator=operator, seed=kw["seed"])
     answer_and_emit(problem, "trace", config, compute, out=out, no_cache=no_cache, as_json=as_json, t0=t0)
 
 
@@ -218,7 +238,9 @@ def density(probes, steps, operator, out, no_cache, as_json, quiet, **kw):
     t0, problem, out, budget = _begin(kw, quiet, out, "spectrum", num_probes=probes, num_steps=steps)
 
     def compute() -> tuple[dict, str]:
-        dens = _estimate(spectral_density, problem, operator, kw, quiet, budget, num_probes=probes, num_steps=steps)
+        dens, products = _estimate(
+            spectral_density, problem, operator, kw, quiet, budget, num_probes=probes, num_steps=steps
+        )
         tr = dens.trace()
         result = {
             "operator": operator,
@@ -235,6 +257,7 @@ def density(probes, steps, operator, out, no_cache, as_json, quiet, **kw):
             "num_matvecs": dens.num_matvecs,
             "seed": dens.seed,
             "wall_time": dens.wall_time,
+            **products,
         }
         summary = (
             f"{operator} spectral density of {dens.num_params:,} parameters: support "
@@ -244,7 +267,7 @@ def density(probes, steps, operator, out, no_cache, as_json, quiet, **kw):
         )
         return result, summary
 
-    config = {"probes": probes, "steps": steps, "operator": operator, "seed": kw["seed"]}
+    config = _config(probes=probes, steps=steps, operator=operator, seed=kw["seed"])
     out.mkdir(parents=True, exist_ok=True)
     with opened_store(out, no_cache) as store:
         result, summary, hit = answer(store, problem, "density", config, compute)

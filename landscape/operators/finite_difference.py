@@ -10,7 +10,13 @@ offer at scale. This is how Granziol and Juarev (2026) run stochastic Lanczos qu
 
 Step and error. Central differences ``D(eps)`` have truncation error ``eps^2 / 6 ||D^3 L[v, v, .]||`` and
 rounding error about ``u ||g|| / eps`` (``u`` the unit roundoff of the dtype the model computes in; Nocedal &
-Wright, *Numerical Optimization*, 2nd ed., sec. 8.1). The step is ``delta = eps ||v|| = u^(1/3) (1 + ||w||)``.
+Wright, *Numerical Optimization*, 2nd ed., sec. 8.1). The step starts at ``delta_0 = eps ||v|| = u^(1/3) (1 +
+||w||)``; on the first product ``D(2 eps)`` measures the truncation error (``||D(2 eps) - D(eps)|| / 3``) and the
+gradients' norms the rounding error, and while truncation dominates the step is cut tenfold, for up to
+``CALIBRATION_ROUNDS`` steps; the one with the smallest error bound serves every later product. (A ReLU network's
+gradient is piecewise linear: a step that crosses many kinks measures an average rather than the Hessian and does
+not follow the ``eps^2`` law: the command line's built-in ReLU MLP in float32 keeps a bound of 0.16 at every step
+tried, and its top eigenvalues come out 2-3% off. Smooth activations (tanh, GELU) reach 1e-3 in float32.)
 
 - ``extrapolate=True`` (default): every product also takes ``D(2 eps)`` and returns Richardson's extrapolation
   ``D(eps) + (D(eps) - D(2 eps)) / 3`` (the five-point stencil, error ``O(eps^4)``), four gradients a product. Its
@@ -50,6 +56,8 @@ from landscape.sharding import is_dtensor
 ROUNDING_SAFETY = 10.0
 #: Factor on the truncation error measured on the first product's direction, for the others' without extrapolation.
 TRUNCATION_SAFETY = 4.0
+#: Steps tried on the first product, ``delta_0 10^-j`` for ``j < CALIBRATION_ROUNDS``.
+CALIBRATION_ROUNDS = 4
 
 
 class FiniteDifferenceHessian(CurvatureOperator):
@@ -68,9 +76,9 @@ class FiniteDifferenceHessian(CurvatureOperator):
     Attributes
     ----------
     settings : dict
-        ``engine``, ``step``, ``extrapolate``, ``compute_dtype``, ``error_bound`` (largest relative error estimate
-        so far), ``truncation`` (the largest relative truncation error of ``D(eps)`` measured), ``gradients``
-        (full-data gradients computed).
+        ``engine``, ``step`` (calibrated) and ``first_step``, ``extrapolate``, ``compute_dtype``, ``error_bound``
+        (largest relative error estimate so far), ``truncation`` (the largest relative truncation error of
+        ``D(eps)`` measured), ``gradients`` (full-data gradients computed).
     """
 
     def __init__(self, problem: Problem, *, step: float | None = None, extrapolate: bool = True):
@@ -101,6 +109,7 @@ class FiniteDifferenceHessian(CurvatureOperator):
         self.weight_norm = space.norm(weights)
         del weights
         self.step = float(step) if step is not None else self.unit_roundoff ** (1 / 3) * (1.0 + self.weight_norm)
+        self.first_step = self.step
         self.extrapolate = bool(extrapolate)
         self.gradients = 0
         self.truncation: float | None = None
@@ -112,6 +121,7 @@ class FiniteDifferenceHessian(CurvatureOperator):
             "engine": "finite_difference",
             "product": "central differences of FSDP's own gradients",
             "step": self.step,
+            "first_step": self.first_step,
             "extrapolate": self.extrapolate,
             "compute_dtype": str(self.compute_dtype).replace("torch.", ""),
             "error_bound": self.error_bound,
@@ -129,21 +139,48 @@ class FiniteDifferenceHessian(CurvatureOperator):
         norm = self.space.norm(v)
         if norm == 0.0:
             return torch.zeros_like(v)
+        if self.truncation is None:
+            return self._calibrate(v, norm)
         eps = self.step / norm
         out, rounding = self._difference(v, eps)
         size = max(self.space.norm(out), 1e-300)
-        if self.extrapolate or self.truncation is None:
-            wide, _ = self._difference(v, 2 * eps)
-            wide.sub_(out)  # D(2 eps) - D(eps): 3 x the truncation error of D(eps), to leading order
-            truncation = self.space.norm(wide) / 3 / size
-            if self.extrapolate:
-                out.sub_(wide, alpha=1 / 3)  # Richardson: the O(eps^2) term removed
-                rounding *= 1.5  # (4 D(eps) - D(2 eps)) / 3 rounds to (4 r + r / 2) / 3
-            self.truncation = truncation if self.truncation is None else max(self.truncation, truncation)
-            del wide
-            bound = rounding / size + truncation
+        if self.extrapolate:
+            out, bound, truncation = self._extrapolate(v, eps, out, rounding, size)
+            self.truncation = max(self.truncation, truncation)
         else:
             bound = rounding / size + TRUNCATION_SAFETY * self.truncation
+        return self._done(out, bound)
+
+    def _calibrate(self, v: Tensor, norm: float) -> Tensor:
+        """The first product at steps ``delta_0 10^-j``, ``j < CALIBRATION_ROUNDS``, while truncation dominates;
+        the step of the smallest error bound is kept for the later products, and its product returned."""
+        best = None
+        for j in range(CALIBRATION_ROUNDS):
+            step = self.first_step * 10.0**-j
+            eps = step / norm
+            out, rounding = self._difference(v, eps)
+            size = max(self.space.norm(out), 1e-300)
+            extrapolated, bound, truncation = self._extrapolate(v, eps, out, rounding, size)
+            if not self.extrapolate:  # the plain difference is the product; its bound counts the truncation
+                extrapolated, bound = out, rounding / size + truncation
+            if best is None or bound < best[1]:
+                best = (extrapolated, bound, truncation, step)
+            if truncation <= 2 * rounding / size:  # rounding dominates from here on: smaller steps only lose
+                break
+        out, bound, self.truncation, self.step = best
+        return self._done(out, bound)
+
+    def _extrapolate(self, v: Tensor, eps: float, out: Tensor, rounding: float, size: float):
+        """Richardson from ``D(eps)`` (``out``, consumed) and ``D(2 eps)``: the extrapolated product, its relative
+        error bound and the relative truncation error of ``D(eps)``."""
+        wide, _ = self._difference(v, 2 * eps)
+        wide.sub_(out)  # D(2 eps) - D(eps): 3 x the truncation error of D(eps), to leading order
+        truncation = self.space.norm(wide) / 3 / size
+        out.sub_(wide, alpha=1 / 3)  # Richardson: the O(eps^2) term removed
+        # (4 D(eps) - D(2 eps)) / 3 rounds to (4 r + r / 2) / 3 = 1.5 r
+        return out, 1.5 * rounding / size + truncation, truncation
+
+    def _done(self, out: Tensor, bound: float) -> Tensor:
         self.error_bound = max(self.error_bound, bound)
         check_finite(out.sum(), "finite-difference curvature-vector product", -1)
         return out.to(self.dtype)

@@ -132,6 +132,8 @@ class Problem:
         self.space: ShardedSpace | None = space_for(model, self.param_names, self.dist)
         if self.dist is not None:
             self._shard = self._gather_shard()
+        # Sharded: what a cache key hashes, gathered here on every rank (a key is computed on rank 0 alone).
+        self._sharded_state = None if self.space is None else self._digests()
 
     # ------------------------------------------------------------------ parameters
     def _select_params(self, params: Sequence[str] | str | None) -> list[str]:
@@ -211,6 +213,29 @@ class Problem:
             b = b.detach().to(device=self.device)
             state[n] = b.to(self.dtype) if b.is_floating_point() else b
         return state
+
+    def key_state(self) -> ParamDict:
+        """The tensors a cache key hashes (:func:`landscape.cache.key_for`): the selected parameters and the rest of
+        the model's state (unselected parameters, buffers), on the problem's device and dtype. Sharded: per tensor
+        the sha256 of the whole tensor's bytes (gathered one at a time at construction, when every rank takes part),
+        so a key needs no collective and does not depend on the number of ranks."""
+        if self._sharded_state is not None:
+            return self._sharded_state
+        return {**self._fixed_state(), **self.params_dict(share=True)}
+
+    def _digests(self) -> ParamDict:
+        import hashlib
+
+        out: ParamDict = {}
+        for name, t in [*self.model.named_parameters(), *self.model.named_buffers()]:
+            whole = full_tensor(t).to(
+                device=self.device
+            )  # floating tensors in the problem's dtype, as hashed unsharded
+            whole = whole.to(self.dtype) if whole.is_floating_point() else whole
+            data = whole.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            digest = hashlib.sha256(f"{name}|{whole.dtype}|{tuple(whole.shape)}|".encode() + data).digest()
+            out[name] = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+        return out
 
     # ------------------------------------------------------------------ data
     def _prepare(self, batch: object, index: int) -> Any:

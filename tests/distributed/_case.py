@@ -207,6 +207,7 @@ def sharded_problem(
 
 def sharded_analyses(p: Problem) -> dict:
     """The spectral estimators of issue 21 on ``p`` (vectors gathered whole), with fixed seeds and engines."""
+    from landscape.blocks import block_spectra
     from landscape.linalg import diagonal, lanczos, spectral_density, top_eigen, trace
     from landscape.operators import hessian
     from landscape.spectrum import spectrum
@@ -218,7 +219,12 @@ def sharded_analyses(p: Problem) -> dict:
     density = spectral_density(op, num_probes=2, num_steps=10, seed=0)
     spec = spectrum(p, k=3, num_probes=2, num_steps=12, seed=0, engine="double_backward", block="loop")
     dec = lanczos(op, 8, num_probes=2, seed=0)
+    blocks = block_spectra(p, k=2, num_probes=2, num_steps=8, seed=0, dense_max=0, traces="slq")
     return {
+        "block_eigenvalues": np.stack([blocks.spectra[n].eigenvalues for n in blocks.names]),
+        "block_traces": blocks.traces,
+        "block_js": np.asarray(blocks.heterogeneity),
+        "block_full": np.array([blocks.full.lambda_max_full, blocks.full.lambda_max_blocks]),
         "hvp_block": space.gather(op @ space.local(V)),
         "top_eigen": eig.values,
         "top_vectors_abs": space.gather(eig.vectors).abs(),

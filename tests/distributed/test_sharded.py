@@ -47,6 +47,10 @@ COMPARED = [
     "spectrum_eigenvalues",
     "spectrum_trace",
     "spectrum_density",
+    "block_eigenvalues",
+    "block_traces",
+    "block_js",
+    "block_full",
 ]
 
 
