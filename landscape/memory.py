@@ -440,9 +440,12 @@ def estimate(
         )
         parts["product"] = (width + 1) * per_vector + largest
         notes["product"] = f"output of {width} column(s), autograd transients and the largest parameter"
-    vectors, how = krylov_need(analysis, problem.num_params, per_vector, budget, settings)
-    parts["Krylov vectors"] = vectors * per_vector
-    notes["Krylov vectors"] = f"{vectors} x {gib(per_vector)}: {how}"
+    # Sharded (FSDP2): a Krylov vector holds this rank's entries only; products still see whole vectors.
+    space = getattr(problem, "space", None)
+    krylov = per_vector if space is None else per_vector * space.local_size // problem.num_params
+    vectors, how = krylov_need(analysis, problem.num_params, krylov, budget, settings)
+    parts["Krylov vectors"] = vectors * krylov
+    notes["Krylov vectors"] = f"{vectors} x {gib(krylov)}: {how}" + ("" if space is None else " (this rank's shard)")
     return MemoryEstimate(analysis, parts, resident, budget, dict(settings), notes)
 
 

@@ -209,6 +209,7 @@ def sharded_analyses(p: Problem) -> dict:
     """The spectral estimators of issue 21 on ``p`` (vectors gathered whole), with fixed seeds and engines."""
     from landscape.blocks import block_spectra
     from landscape.linalg import diagonal, lanczos, spectral_density, top_eigen, trace
+    from landscape.memory import estimate
     from landscape.operators import hessian
     from landscape.spectrum import spectrum
 
@@ -237,6 +238,7 @@ def sharded_analyses(p: Problem) -> dict:
         "spectrum_trace": spec.trace.value,
         "spectrum_density": spec.density.density(np.linspace(-1, 3, 9)),
         "basis_bytes": dec.settings["basis_bytes"],
+        "krylov_estimate": estimate(p, "spectrum", num_probes=2, num_steps=12).parts["Krylov vectors"],
     }
 
 
@@ -260,4 +262,33 @@ def finite_difference_analyses(p: Problem) -> dict:
         "top_fd": top_fd.values,
         "top_bound": fd.error_bound,
         "settings": fd.settings,
+    }
+
+
+def mixed_precision_analyses(rank: int, world_size: int) -> dict:
+    """The tiny GPT-2 sharded with a bf16 ``param_dtype`` policy (float32 master shards): exact products analyse the
+    float32 weights (equal to the unsharded float32 model); finite differences of bf16 gradients are refused."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from landscape import losses
+    from landscape.linalg import top_eigen
+    from landscape.operators import hessian
+    from tests.test_transformers import gpt2
+
+    net = gpt2().float()
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in net.transformer.h:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(net, mp_policy=policy)
+    p = Problem(net, losses.causal_lm(), lm_batches(rank, world_size), dtype=torch.float32)
+    reference = sharded_problem("gpt2", rank, world_size, sharded=False, dtype=torch.float32)
+    try:
+        hessian(p, engine="finite_difference")
+        refused = ""
+    except ValueError as err:
+        refused = str(err)
+    return {
+        "top": top_eigen(hessian(p), k=2, seed=0).values,
+        "reference": top_eigen(hessian(reference), k=2, seed=0).values,
+        "refused": refused,
     }

@@ -95,6 +95,9 @@ def test_krylov_memory_per_rank_falls_as_one_over_ranks(ranks):
     single = results[0]["reference"]["basis_bytes"]
     shares = [r["sharded"]["basis_bytes"] for r in results]
     assert sum(shares) == single
+    # and the memory estimate counts this rank's share of every Krylov vector (up to the bytes' rounding)
+    estimates = [r["sharded"]["krylov_estimate"] for r in results]
+    assert abs(sum(estimates) - results[0]["reference"]["krylov_estimate"]) <= world * 8 * 30
     slack = 1.0 if kind == "gpt2" and world == 2 else 1.3
     assert max(shares) <= slack * single / world + 1e-9, (shares, single)
 
@@ -132,3 +135,12 @@ def test_finite_difference_top_eigenvalues_agree_within_the_bound(ranks, dtype):
         exact, approx = np.asarray(fd["top_exact"]), np.asarray(fd["top_fd"])
         scale = np.abs(exact).max()
         assert np.all(np.abs(approx - exact) <= (fd["top_bound"] + 1e-6) * scale * 2), (approx, exact)
+
+
+def test_a_bf16_mixed_precision_model_is_analysed_through_its_float32_master_weights(tmp_path):
+    run = launch(2, "sharded_bf16", tmp_path, timeout=240.0)
+    assert run.returncodes == (0, 0), "\n".join(run.outputs)
+    for r in range(2):
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+        np.testing.assert_allclose(got["top"], got["reference"], rtol=1e-5)  # float32 rounding, not bf16's
+        assert "computes in torch.bfloat16" in got["refused"] and "without param_dtype" in got["refused"]

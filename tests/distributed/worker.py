@@ -7,7 +7,8 @@ evaluation), ``raise`` (rank 1 raises in its loss part way through Lanczos), ``h
 ``surface``, with every rank holding all the data: grid points dealt out to the ranks), ``minibatch`` (the minibatch
 and per-example analyses), ``language_model`` (a tiny GPT-2 on token batches), ``sharded`` (``ARGS = mlp|gpt2``:
 the model FSDP2-sharded over the ranks, issue 21's estimators against the unsharded model in the same process),
-``sharded_raise`` (rank 1 raises part way through a sharded Lanczos run).
+``sharded_bf16`` (a bf16 mixed-precision policy), ``sharded_raise`` (rank 1 raises part way through a sharded
+Lanczos run).
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ def main() -> None:
         top_eigen(hessian(p, engine="double_backward", block="loop", graph_memory_limit=0), k=2, seed=0)
     elif scenario == "sharded":
         torch.save(sharded(sys.argv[3], rank, world), out / f"rank{rank}.pt")
+    elif scenario == "sharded_bf16":
+        torch.save(_case.mixed_precision_analyses(rank, world), out / f"rank{rank}.pt")
     elif scenario == "sharded_raise":
         from landscape.linalg import top_eigen
         from landscape.operators import hessian
