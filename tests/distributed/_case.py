@@ -246,6 +246,7 @@ def finite_difference_analyses(p: Problem) -> dict:
     """Finite-difference products and top eigenvalues of the sharded model against the exact ones on shards."""
     from landscape.linalg import top_eigen
     from landscape.operators import hessian
+    from landscape.spectrum import spectrum
 
     exact = hessian(p, engine="double_backward", block="loop")
     fd = hessian(p, engine="finite_difference")
@@ -255,7 +256,11 @@ def finite_difference_analyses(p: Problem) -> dict:
     errors = [space.norm(A[:, j] - B[:, j]) / space.norm(A[:, j]) for j in range(V.shape[1])]
     bound = fd.error_bound
     top_fd = top_eigen(fd, k=3, seed=0, tol=1e-6)
+    spec = spectrum(p, k=2, num_probes=1, num_steps=6, seed=0, engine="finite_difference")
+    spec_exact = spectrum(p, k=2, num_probes=1, num_steps=6, seed=0, engine="double_backward")
     return {
+        "spectrum": (spec.eigenvalues, spec_exact.eigenvalues),
+        "spectrum_products": spec.settings["products"],
         "errors": errors,
         "bound": bound,
         "top_exact": top_eigen(exact, k=3, seed=0, tol=1e-10).values,

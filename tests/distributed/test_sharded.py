@@ -135,6 +135,11 @@ def test_finite_difference_top_eigenvalues_agree_within_the_bound(ranks, dtype):
         exact, approx = np.asarray(fd["top_exact"]), np.asarray(fd["top_fd"])
         scale = np.abs(exact).max()
         assert np.all(np.abs(approx - exact) <= (fd["top_bound"] + 1e-6) * scale * 2), (approx, exact)
+        # spectrum(engine="finite_difference") records which products ran and their bound
+        products = fd["spectrum_products"]
+        assert products["engine"] == "finite_difference" and products["error_bound"] > 0
+        approx, exact = fd["spectrum"]
+        assert np.all(np.abs(approx - exact) <= 2 * (products["error_bound"] + 1e-6) * np.abs(exact).max())
 
 
 def test_a_bf16_mixed_precision_model_is_analysed_through_its_float32_master_weights(tmp_path):
