@@ -102,9 +102,11 @@ def test_krylov_memory_per_rank_falls_as_one_over_ranks(ranks):
     assert max(shares) <= slack * single / world + 1e-9, (shares, single)
 
 
-def test_a_failing_rank_ends_a_sharded_run_with_a_clear_error(tmp_path):
-    run = launch(2, "sharded_raise", tmp_path, dist_timeout=20.0)
-    assert "injected failure on this rank" in run.outputs[1]
+@pytest.mark.parametrize("how", ["raise", "kill"])
+def test_a_failing_rank_ends_a_sharded_run_with_a_clear_error(tmp_path, how):
+    run = launch(2, "sharded_raise", tmp_path, how, dist_timeout=20.0)
+    if how == "raise":
+        assert "injected failure on this rank" in run.outputs[1]
     assert run.returncodes[1] != 0 and run.returncodes[0] != 0
     assert "DistributedError" in run.outputs[0] and "rank 0 of 2" in run.outputs[0], run.outputs[0]
     assert run.wall_time < 30

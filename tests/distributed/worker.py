@@ -7,8 +7,8 @@ evaluation), ``raise`` (rank 1 raises in its loss part way through Lanczos), ``h
 ``surface``, with every rank holding all the data: grid points dealt out to the ranks), ``minibatch`` (the minibatch
 and per-example analyses), ``language_model`` (a tiny GPT-2 on token batches), ``sharded`` (``ARGS = mlp|gpt2``:
 the model FSDP2-sharded over the ranks, issue 21's estimators against the unsharded model in the same process),
-``sharded_bf16`` (a bf16 mixed-precision policy), ``sharded_raise`` (rank 1 raises part way through a sharded
-Lanczos run).
+``sharded_bf16`` (a bf16 mixed-precision policy), ``sharded_raise`` (``ARGS = raise|kill``: rank 1 raises or is
+killed part way through a sharded Lanczos run).
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ def main() -> None:
         from landscape.problem import Problem
 
         net = _case.fully_sharded(_case.model(), "mlp")
-        loss_fn = Sabotaged("raise", 12) if rank == 1 else nn.CrossEntropyLoss()
+        how = sys.argv[3] if len(sys.argv) > 3 else "raise"
+        loss_fn = Sabotaged(how, 12) if rank == 1 else nn.CrossEntropyLoss()
         p = Problem(net, loss_fn, data, batch_size=_case.BATCH_SIZE)
         top_eigen(hessian(p, engine="double_backward", block="loop", graph_memory_limit=0), k=2, seed=0)
     elif scenario == "cli":
