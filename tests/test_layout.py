@@ -43,6 +43,8 @@ LAYERS = {
     # What a batch is and the data-parallel plumbing: the storage writes per rank, the problem moves batches.
     "landscape.batch": SHARED,
     "landscape.distributed": SHARED,
+    # Where each rank's entries of a sharded flat vector lie and the reductions over ranks (problem and operators).
+    "landscape.sharding": SHARED,
     "landscape.cache": STORAGE,
     "landscape.store": STORAGE,
     "landscape.problem": PROBLEM,
