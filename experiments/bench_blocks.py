@@ -3,9 +3,12 @@
 Zhang et al. 2024 ("Why Transformers Need Adam: A Hessian Perspective") estimate each diagonal block's spectrum
 separately: for block ``b``, stochastic Lanczos quadrature on ``H_bb`` alone. Here that is ``landscape.spectrum`` of
 a ``Problem`` built with ``params=[block b's parameter names]`` (whose Hessian is exactly ``H_bb``), block after
-block (``loop``). :func:`landscape.block_spectra` advances every block's recurrences together, one batched data pass
-per Lanczos step for all blocks (``blocks``: ``dense_max=0``, every block through Lanczos as in the loop;
-``blocks_default``: the default ``dense_max = num_steps``, blocks that small built densely and diagonalised).
+block: ``loop_rebuilt`` as their code runs it, one forward and backward pass per block per batch for every product
+(no gradient graph kept between products), and ``loop`` with landscape's graph cache (each block's graph built once
+and reused by all its products, so the model runs once per block in all). :func:`landscape.block_spectra` advances
+every block's recurrences together, one batched data pass per Lanczos step for all blocks (``blocks``:
+``dense_max=0``, every block through Lanczos as in the loop; ``blocks_default``: the default
+``dense_max = num_steps``, blocks that small built densely and diagonalised).
 
 Both sides: blocks ``by="module"``, the same ``num_probes`` Rademacher probes and ``num_steps`` Lanczos steps per
 block, top ``k=3``, the same engine and block strategy (``--engine``, ``--block``; default ``double_backward`` and
@@ -59,7 +62,7 @@ from landscape.blocks import BlockPartition  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "bench_blocks.jsonl"
 WORKLOADS = ("W1", "W2", "LM")
-METHODS = ("loop", "blocks", "blocks_default")
+METHODS = ("loop", "loop_rebuilt", "blocks", "blocks_default")
 K = 3
 
 
@@ -104,9 +107,9 @@ class Counts:
     def _forward(self, *args) -> None:
         self.forwards += 1
 
-    def operator(self, problem: landscape.Problem, args: argparse.Namespace):
+    def operator(self, problem: landscape.Problem, args: argparse.Namespace, **options):
         """The Hessian of ``problem`` with its ``_matmat`` counted (one call = one pass over the data)."""
-        op = landscape.hessian(problem, engine=args.engine, block=args.block)
+        op = landscape.hessian(problem, engine=args.engine, block=args.block, **options)
         inner = op._matmat
 
         def counted(V: torch.Tensor) -> torch.Tensor:
@@ -133,11 +136,14 @@ def run_one(name: str, method: str, args: argparse.Namespace) -> dict:
     if method == "blocks_default" and min(part.sizes) > args.num_steps:
         return base | {"same_as": "blocks", "note": f"no block of <= num_steps={args.num_steps} parameters"}
     t0 = time.perf_counter()
-    if method == "loop":
+    if method in ("loop", "loop_rebuilt"):
         tops, chosen = [], set()
+        # loop_rebuilt: as Zhang et al.'s code runs, every product rebuilds the batch's forward and backward (no
+        # gradient graph kept between products: graph_memory_limit=0); loop: the graph kept, as landscape would.
+        options = {"graph_memory_limit": 0} if method == "loop_rebuilt" else {}
         for members in part.members:
             # Zhang et al.'s way: SLQ of H_bb alone, the Hessian of the loss in block b's parameters only.
-            op = counts.operator(landscape.Problem(model, loss, batches, params=list(members)), args)
+            op = counts.operator(landscape.Problem(model, loss, batches, params=list(members)), args, **options)
             tops.append(float(landscape.spectrum(op, **kw).lambda_max))
             chosen |= set(op.chosen.values())
         extra = {"strategies": sorted(chosen)}
@@ -207,12 +213,13 @@ def verdicts(rows: list[dict]) -> list[str]:
     out = []
     for name in dict.fromkeys(r["workload"] for r in rows):
         by = {r["method"]: r for r in rows if r["workload"] == name and "seconds" in r}
-        if "loop" in by and "blocks" in by:
-            ratio = by["blocks"]["seconds"] / by["loop"]["seconds"]
-            out.append(
-                f"- {name}: block_spectra (dense_max=0) / loop = {ratio:.2f} (goal <= 0.5) -> "
-                f"{'MET' if ratio <= 0.5 else 'NOT MET'}"
-            )
+        for loop in ("loop", "loop_rebuilt"):
+            if loop in by and "blocks" in by:
+                ratio = by["blocks"]["seconds"] / by[loop]["seconds"]
+                out.append(
+                    f"- {name}: block_spectra (dense_max=0) / {loop} = {ratio:.2f} (goal <= 0.5) -> "
+                    f"{'MET' if ratio <= 0.5 else 'NOT MET'}"
+                )
     return out
 
 
