@@ -1,4 +1,5 @@
-"""What the sharpness measures share: the diagonal scaling of adaptive sharpness and the flat-gradient test.
+"""What the sharpness measures share: the diagonal scaling of adaptive sharpness, the flat-gradient test and
+``float(result)``.
 
 Adaptive sharpness (ASAM; Kwon, Kim, Park, Choi 2021) and adaptive average-case sharpness (Andriushchenko, Croce,
 Mueller, Hein, Flammarion 2023) measure perturbations in the coordinates of ``T_w = diag(|w|) + eta I``. A gradient
@@ -25,4 +26,13 @@ def gradient_is_zero(gain: float, loss: float, dtype: torch.dtype) -> bool:
     return not gain > FLAT_ULPS * torch.finfo(dtype).eps * max(abs(loss), torch.finfo(torch.float64).tiny)
 
 
-__all__ = ["FLAT_ULPS", "gradient_is_zero", "perturbation_scale"]
+class ScalarResult:
+    """Base of the sharpness results (a mixin without fields): ``float(result)`` is ``result.value``."""
+
+    value: float
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+
+__all__ = ["FLAT_ULPS", "ScalarResult", "gradient_is_zero", "perturbation_scale"]

@@ -25,11 +25,11 @@ from landscape._checks import Seed, check_int, check_positive, check_seed, gener
 from landscape._json import field_dict
 from landscape.linalg.probes import sample_probes, seed_record
 from landscape.problem import Problem, check_problem
-from landscape.sharpness._common import perturbation_scale
+from landscape.sharpness._common import ScalarResult, perturbation_scale
 
 
 @dataclass(frozen=True)
-class AverageSharpness:
+class AverageSharpness(ScalarResult):
     """Average-case sharpness ``E_{delta ~ N(0, rho^2 diag(c^2))} L(w + delta) - L(w)``.
 
     Attributes
@@ -59,9 +59,6 @@ class AverageSharpness:
     seed: int | None
     wall_time: float
     settings: dict[str, Any] = field(default_factory=dict)
-
-    def __float__(self) -> float:
-        return float(self.value)
 
     @property
     def num_samples(self) -> int:

@@ -30,14 +30,14 @@ from landscape._checks import Seed, check_int, check_positive, check_seed, gener
 from landscape.linalg.probes import sample_probes, seed_record
 from landscape.memory import MemoryBudgetError, default_budget, gib
 from landscape.problem import Problem, check_problem
-from landscape.sharpness._common import gradient_is_zero
+from landscape.sharpness._common import ScalarResult, gradient_is_zero
 
 # Corrections scipy's L-BFGS-B keeps (its ``maxcor`` default): its float64 workspace holds 2 maxcor + 5 vectors.
 LBFGSB_MAXCOR = 10
 
 
 @dataclass(frozen=True)
-class KeskarSharpness:
+class KeskarSharpness(ScalarResult):
     """Keskar et al. 2017 epsilon-sharpness ``100 [max_{y in C_eps} f(x + A y) - f(x)] / (1 + f(x))``.
 
     Attributes
@@ -78,9 +78,6 @@ class KeskarSharpness:
     seed: int | None
     wall_time: float
     settings: dict[str, Any] = field(default_factory=dict)
-
-    def __float__(self) -> float:
-        return float(self.value)
 
     def summary(self) -> str:
         """A short human-readable report."""

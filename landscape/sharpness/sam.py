@@ -56,7 +56,7 @@ from landscape._json import field_dict
 from landscape.example_pool import Examples
 from landscape.linalg.probes import sample_probes, seed_record
 from landscape.problem import Problem, check_problem
-from landscape.sharpness._common import gradient_is_zero, perturbation_scale
+from landscape.sharpness._common import ScalarResult, gradient_is_zero, perturbation_scale
 
 # Auto-PGD's initial step (Croce & Hein 2020) and the largest step of the doubling rule, in units of rho.
 INITIAL_STEP = 2.0
@@ -64,7 +64,7 @@ MAX_STEP = 16.0
 
 
 @dataclass(frozen=True)
-class SAMSharpness:
+class SAMSharpness(ScalarResult):
     """Worst-case (SAM / ASAM, optionally m-) sharpness ``max_{||T^{-1} e||_p <= rho} L(w + e) - L(w)``.
 
     Attributes
@@ -125,9 +125,6 @@ class SAMSharpness:
     seed: int | None
     wall_time: float
     settings: dict[str, Any] = field(default_factory=dict)
-
-    def __float__(self) -> float:
-        return float(self.value)
 
     @property
     def name(self) -> str:

@@ -15,9 +15,10 @@ contraction; the learning rate at which it stops being one is the criterion's ``
 
 from landscape.operators.per_example import CHUNK_ELEMENTS
 from landscape.operators.per_example import PerExample as _PerExample  # noqa: F401  (its old name here, for callers)
+from landscape.stability import rules
 from landscape.stability.check import stability
 from landscape.stability.report import KINDS, Criterion, StabilityReport
-from landscape.stability.rules import (
+from landscape.stability.rules import (  # noqa: F401  (exported below as rules.__all__ lists them)
     OPTIMIZERS,
     REF_ADAM,
     REF_BATCH,
@@ -34,24 +35,16 @@ from landscape.stability.rules import (
 from landscape.stability.sgd import COHERENCE_MAX_ELEMENTS, EXACT_AUTO_MAX_PARAMS, EXACT_MAX_PARAMS
 from landscape.stability.tracker import TRACKED_RULES, EdgeOfStabilityTracker
 
+# The rules' constants (optimizer names, SAM variants, the references of the criteria): listed once, in rules.__all__.
+_RULE_CONSTANTS = [name for name in rules.__all__ if name.isupper()]
+
 __all__ = [
     "CHUNK_ELEMENTS",
     "COHERENCE_MAX_ELEMENTS",
     "EXACT_AUTO_MAX_PARAMS",
     "EXACT_MAX_PARAMS",
     "KINDS",
-    "OPTIMIZERS",
-    "REF_ADAM",
-    "REF_BATCH",
-    "REF_DEXTER",
-    "REF_GD",
-    "REF_HEAVY_BALL",
-    "REF_MM",
-    "REF_NESTEROV",
-    "REF_SAM",
-    "REF_WU_MA_E",
-    "REF_WU_SU",
-    "SAM_VARIANTS",
+    *_RULE_CONSTANTS,
     "TRACKED_RULES",
     "Criterion",
     "EdgeOfStabilityTracker",

@@ -99,8 +99,26 @@ def _gaussian(
     return out
 
 
-def _base_settings(problem: Problem) -> dict[str, Any]:
-    return {"params": list(problem.param_names), "num_params": problem.num_params}
+def _base_settings(problem: Problem, **options: Any) -> dict[str, Any]:
+    """The settings every :class:`Directions` records (the parameters' names and count), then ``options``."""
+    return {"params": list(problem.param_names), "num_params": problem.num_params, **options}
+
+
+def _checked(num: int, seed: Seed) -> tuple[int, int]:
+    """``num`` checked as a number of directions, and ``seed`` as the int of the local generator (:func:`seed_int`)."""
+    return check_int("num", num, 1, "number of directions"), seed_int(seed)
+
+
+def _drawn(
+    problem: Problem,
+    num: int,
+    seed: int,
+    kind: str,
+    rescale: Callable[[Tensor, Tensor], Tensor] | None = None,
+    **options: Any,
+) -> Directions:
+    """:func:`_gaussian` directions of ``kind``, with the base settings and ``options``."""
+    return Directions(_gaussian(problem, num, seed, rescale), kind, seed, _base_settings(problem, **options))
 
 
 def random(problem: Problem, num: int = 2, *, seed: Seed = 0) -> Directions:
@@ -115,9 +133,8 @@ def random(problem: Problem, num: int = 2, *, seed: Seed = 0) -> Directions:
     seed : int or torch.Generator
         Seed of a local generator (a Generator gives one int drawn from it); the global RNG is untouched.
     """
-    num = check_int("num", num, 1, "number of directions")
-    seed = seed_int(seed)
-    return Directions(_gaussian(problem, num, seed), "random", seed, {**_base_settings(problem), "normalization": None})
+    num, seed = _checked(num, seed)
+    return _drawn(problem, num, seed, "random", normalization=None)
 
 
 def filter_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0, ignore: str = "biasbn") -> Directions:
@@ -137,8 +154,7 @@ def filter_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0, ignore:
     ignore : {"biasbn", "copy"}
         What to do with tensors of dim <= 1.
     """
-    num = check_int("num", num, 1, "number of directions")
-    seed = seed_int(seed)
+    num, seed = _checked(num, seed)
     if ignore not in IGNORE:
         raise ValueError(f"ignore must be one of {IGNORE}, got {ignore!r}")
 
@@ -149,8 +165,7 @@ def filter_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0, ignore:
         d_norms = d.reshape(w.shape[0], -1).norm(dim=1)
         return d * (w_norms / (d_norms + EPS)).reshape(-1, *([1] * (w.dim() - 1)))
 
-    settings = {**_base_settings(problem), "normalization": "filter", "ignore": ignore}
-    return Directions(_gaussian(problem, num, seed, per_filter), "filter_normalized", seed, settings)
+    return _drawn(problem, num, seed, "filter_normalized", per_filter, normalization="filter", ignore=ignore)
 
 
 def layer_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0) -> Directions:
@@ -161,15 +176,16 @@ def layer_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0) -> Direc
     Parameters
     ----------
     problem : Problem
+        Its selected parameters define the space; the norm of each tensor scales that tensor's piece.
     num : int
         Number of directions.
     seed : int or torch.Generator
-        Seed of a local generator.
+        Seed of a local generator; the same seed gives the same raw Gaussian draws as :func:`random`.
     """
-    num = check_int("num", num, 1, "number of directions")
-    seed = seed_int(seed)
-    vectors = _gaussian(problem, num, seed, lambda w, d: d * (w.norm() / (d.norm() + EPS)))
-    return Directions(vectors, "layer_normalized", seed, {**_base_settings(problem), "normalization": "layer"})
+    num, seed = _checked(num, seed)
+    return _drawn(
+        problem, num, seed, "layer_normalized", lambda w, d: d * (w.norm() / (d.norm() + EPS)), normalization="layer"
+    )
 
 
 def model_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0) -> Directions:
@@ -183,23 +199,22 @@ def model_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0) -> Direc
     Parameters
     ----------
     problem : Problem
+        Its selected parameters define the space; their norm ``||w||`` (nonzero) is the length of every direction.
     num : int
         Number of directions.
     seed : int or torch.Generator
         Seed of a local generator.
     """
-    num = check_int("num", num, 1, "number of directions")
-    seed = seed_int(seed)
+    num, seed = _checked(num, seed)
     w_norm = problem.params_vector().norm()
     if not float(w_norm) > 0:
         raise ValueError(
             "the selected weights are all zero, so model-normalised directions would be zero: use random() "
             "or from_vectors() instead"
         )
-    vectors = _gaussian(problem, num, seed)
-    vectors.mul_(w_norm / vectors.norm(dim=1, keepdim=True))
-    settings = {**_base_settings(problem), "normalization": "model", "weights_norm": float(w_norm)}
-    return Directions(vectors, "model_normalized", seed, settings)
+    directions = _drawn(problem, num, seed, "model_normalized", normalization="model", weights_norm=float(w_norm))
+    directions.vectors.mul_(w_norm / directions.vectors.norm(dim=1, keepdim=True))
+    return directions
 
 
 def from_vectors(problem: Problem, vectors: Tensor | Sequence[Tensor] | Sequence[dict[str, Tensor]]) -> Directions:
@@ -247,7 +262,7 @@ def from_vectors(problem: Problem, vectors: Tensor | Sequence[Tensor] | Sequence
     block = block.detach().to(device=problem.device, dtype=problem.dtype).clone()
     if not bool(torch.isfinite(block).all()):
         raise ValueError("vectors contain NaN or inf")
-    return Directions(block, "user", None, {**_base_settings(problem), "normalization": None})
+    return Directions(block, "user", None, _base_settings(problem, normalization=None))
 
 
 def _orient(vectors: Tensor) -> Tensor:
