@@ -18,7 +18,7 @@ from ``H Q`` and the second estimated as above, which pays off when a few direct
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -37,11 +37,41 @@ from landscape.linalg.probes import Distribution, SeedLike, check_distribution, 
 from landscape.linalg.results import Estimate
 from landscape.memory import default_block_size
 from landscape.operators.base import CurvatureOperator
+from landscape.operators.exact import ExactDiagonal
 from landscape.problem import Problem
 
 DiagonalMethod = Literal["auto", "exact", "hutchinson", "diag++"]
 DIAGONAL_METHODS: tuple[str, ...] = ("auto", "exact", "hutchinson", "diag++")
 DIAGONAL_ESTIMATORS: tuple[str, ...] = ("hutchinson", "diag++")
+
+
+def choose_estimator(method: str, fallback: str, methods: tuple[str, ...], estimators: tuple[str, ...]) -> str:
+    """The estimator that runs for ``method``: ``method`` itself, or ``fallback`` for ``"auto"`` and ``"exact"``.
+
+    ``ValueError`` when ``method`` is not one of ``methods`` or the estimator not one of ``estimators`` (the checks
+    :func:`diagonal` and :func:`landscape.linalg.trace.trace` share).
+    """
+    if method not in methods:
+        raise ValueError(f"method must be one of {methods}, got {method!r}")
+    estimator = method if method in estimators else fallback
+    if estimator not in estimators:
+        raise ValueError(f"fallback must be one of {estimators}, got {fallback!r}")
+    return estimator
+
+
+def exact_estimate(exact: ExactDiagonal, value: Any, stderr: Any, requested: str, what: str, start: float) -> Estimate:
+    """The :class:`Estimate` of an exact result (``value``, ``stderr``) computed from ``exact``: no products, no seed,
+    no samples, the wall time since ``start``, ``settings`` by :func:`~landscape.linalg._common.exact_settings`."""
+    return Estimate(
+        value=value,
+        stderr=stderr,
+        num_matvecs=0,
+        seed=None,
+        method="exact",
+        wall_time=time.perf_counter() - start,
+        samples=None,
+        settings=exact_settings(exact, requested, what),
+    )
 
 
 class _RatioAccumulator:
@@ -127,11 +157,7 @@ def diagonal(
     """
     start = time.perf_counter()
     op = as_operator(op)
-    if method not in DIAGONAL_METHODS:
-        raise ValueError(f"method must be one of {DIAGONAL_METHODS}, got {method!r}")
-    estimator = method if method in DIAGONAL_ESTIMATORS else fallback
-    if estimator not in DIAGONAL_ESTIMATORS:
-        raise ValueError(f"fallback must be one of {DIAGONAL_ESTIMATORS}, got {fallback!r}")
+    estimator = choose_estimator(method, fallback, DIAGONAL_METHODS, DIAGONAL_ESTIMATORS)
     check_distribution(distribution)
     check_budget(num_matvecs, 3 if estimator == "diag++" else 1, f"diagonal(method={estimator!r})")
     reason = ""
@@ -139,15 +165,7 @@ def diagonal(
         exact, reason = exact_or_reason(op, method)
         if exact is not None:
             value = exact.value.to(op.device)
-            return Estimate(
-                value=value,
-                stderr=torch.zeros_like(value),
-                num_matvecs=0,
-                seed=None,
-                method="exact",
-                wall_time=time.perf_counter() - start,
-                settings=exact_settings(exact, method, "diagonal"),
-            )
+            return exact_estimate(exact, value, torch.zeros_like(value), method, "diagonal", start)
     est = _estimate(op, estimator, num_matvecs, seed, distribution, block_size)
     return with_note(est, method, reason, start)
 

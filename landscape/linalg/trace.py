@@ -45,7 +45,6 @@ from landscape.linalg._common import (
     deflate,
     deflation_pays,
     exact_or_reason,
-    exact_settings,
     hutchpp_split,
     mean_and_stderr,
     probe_blocks,
@@ -53,6 +52,7 @@ from landscape.linalg._common import (
     to_numpy,
     with_note,
 )
+from landscape.linalg.diagonal import choose_estimator, exact_estimate
 from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator
 from landscape.linalg.results import Estimate
 from landscape.memory import (
@@ -389,11 +389,7 @@ def trace(
     """
     start = time.perf_counter()
     op = as_operator(op)
-    if method not in TRACE_METHODS:
-        raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
-    estimator = method if method in TRACE_ESTIMATORS else fallback
-    if estimator not in TRACE_ESTIMATORS:
-        raise ValueError(f"fallback must be one of {TRACE_ESTIMATORS}, got {fallback!r}")
+    estimator = choose_estimator(method, fallback, TRACE_METHODS, TRACE_ESTIMATORS)
     if (rtol is not None or atol is not None) and estimator != "hutchinson":
         raise ValueError(f"rtol/atol stopping is only available for method='hutchinson', not {estimator!r}")
     check_distribution(distribution)
@@ -402,16 +398,7 @@ def trace(
     if method in ("auto", "exact"):
         exact, reason = exact_or_reason(op, method)
         if exact is not None:
-            return Estimate(
-                value=float(exact.value.sum()),
-                stderr=0.0,
-                num_matvecs=0,
-                seed=None,
-                method="exact",
-                wall_time=time.perf_counter() - start,
-                samples=None,
-                settings=exact_settings(exact, method, "trace"),
-            )
+            return exact_estimate(exact, float(exact.value.sum()), 0.0, method, "trace", start)
     estimator, block_size, memory_note = fit_memory(op, estimator, num_matvecs, block_size, memory_budget)
     settings = {"method": estimator, "num_matvecs": num_matvecs, "block_size": block_size}
     require(op, "trace", memory_budget, "Lower num_matvecs/block_size or use smaller batches", **settings)

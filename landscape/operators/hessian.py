@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from landscape import memory
-from landscape.memory import DEFAULT_GRAPH_MEMORY, DEFAULT_MAX_BLOCK, TRIALS_MAX_VECTOR_BYTES
+from landscape.memory import DEFAULT_GRAPH_MEMORY, TRIALS_MAX_VECTOR_BYTES
 from landscape.operators.problem_operator import (
     MEASURE_COLUMNS,
     SCRATCH,
@@ -84,26 +85,16 @@ class HessianOperator(ProblemOperator):
     Parameters
     ----------
     problem : Problem
-    at : Tensor, optional
-        Flat point; default the model's current parameters (copied at construction).
-    engine : {"auto", "double_backward", "forward_over_reverse"}
-    block : {"auto", "loop", "batched"}
-        How blocks of vectors are multiplied (see :class:`ProblemOperator`).
     graph_memory_limit : int
         Bytes of gradient graphs kept between products (double-backward engine). ``0`` rebuilds every time.
+    **options
+        The keywords of :class:`ProblemOperator`: ``at`` (flat point; default the model's current parameters),
+        ``engine`` (``"auto"``, ``"double_backward"`` or ``"forward_over_reverse"``), ``block`` (``"auto"``,
+        ``"loop"`` or ``"batched"``: how blocks of vectors are multiplied) and ``max_block``.
     """
 
-    def __init__(
-        self,
-        problem: Problem,
-        *,
-        at: Tensor | None = None,
-        engine: str = "auto",
-        block: str = "auto",
-        max_block: int = DEFAULT_MAX_BLOCK,
-        graph_memory_limit: int = DEFAULT_GRAPH_MEMORY,
-    ):
-        super().__init__(problem, at=at, engine=engine, block=block, max_block=max_block)
+    def __init__(self, problem: Problem, *, graph_memory_limit: int = DEFAULT_GRAPH_MEMORY, **options: Any):
+        super().__init__(problem, **options)
         self.graph_memory_limit = int(graph_memory_limit)
         self._graphs: dict[int, _GradientGraph] = {}
         self._graph_bytes = 0

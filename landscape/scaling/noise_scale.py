@@ -33,6 +33,7 @@ from torch import Tensor
 
 from landscape._checks import Seed, check_batch_size, check_int, seed_int
 from landscape.example_pool import Examples
+from landscape.linalg._common import mean_and_stderr
 from landscape.operators import hessian
 from landscape.operators.base import CurvatureOperator
 from landscape.problem import Problem, check_problem
@@ -158,10 +159,6 @@ def _ratio_stderr(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
     return r, float(math.sqrt(max(var, 0.0)))
 
 
-def _stderr(samples: np.ndarray) -> float:
-    return float(samples.std(ddof=1) / math.sqrt(samples.size)) if samples.size > 1 else math.nan
-
-
 def _curvature_along(op: CurvatureOperator, v: Tensor) -> float:
     """``v^T H v`` by one product."""
     return float((v * (op @ v)).sum())
@@ -261,9 +258,11 @@ def gradient_noise_scale(
     trace_samples = (sq_small - sq_large) / (x_s - x_b)
     norm_samples = (x_s * sq_large - x_b * sq_small) / (x_s - x_b)
     b_simple, b_simple_stderr = _ratio_stderr(trace_samples, norm_samples)
-    if norm_samples.mean() <= 0:
+    grad_norm_sq_estimate, grad_norm_sq_estimate_stderr = mean_and_stderr(norm_samples)
+    trace_sigma, trace_sigma_stderr = mean_and_stderr(trace_samples)
+    if grad_norm_sq_estimate <= 0:
         warnings.warn(
-            f"the two-batch estimate of |G|^2 is not positive ({norm_samples.mean():.3g}): the gradient is not "
+            f"the two-batch estimate of |G|^2 is not positive ({grad_norm_sq_estimate:.3g}): the gradient is not "
             "resolved above the noise, so B_simple is meaningless; use more pairs or a larger large_batch",
             RuntimeWarning,
             stacklevel=2,
@@ -273,10 +272,11 @@ def gradient_noise_scale(
     ghg = float(quad[0])
     h_sigma_samples = quad[1:] / x_s
     grad_norm_sq = float(G @ G)
+    trace_h_sigma, trace_h_sigma_stderr = mean_and_stderr(h_sigma_samples)
     if ghg > 0:
         eps_max = grad_norm_sq / ghg
-        b_noise = float(h_sigma_samples.mean() / ghg)
-        b_noise_stderr = _stderr(h_sigma_samples) / ghg
+        b_noise = trace_h_sigma / ghg
+        b_noise_stderr = trace_h_sigma_stderr / ghg
     else:
         warnings.warn(
             f"G^T H G = {ghg:.3g} <= 0: the loss is not convex along the gradient, so eps_max and B_noise (which "
@@ -292,12 +292,12 @@ def gradient_noise_scale(
         b_noise_stderr=b_noise_stderr,
         eps_max=eps_max,
         grad_norm_sq=grad_norm_sq,
-        grad_norm_sq_estimate=float(norm_samples.mean()),
-        grad_norm_sq_estimate_stderr=_stderr(norm_samples),
-        trace_sigma=float(trace_samples.mean()),
-        trace_sigma_stderr=_stderr(trace_samples),
-        trace_h_sigma=float(h_sigma_samples.mean()),
-        trace_h_sigma_stderr=_stderr(h_sigma_samples),
+        grad_norm_sq_estimate=grad_norm_sq_estimate,
+        grad_norm_sq_estimate_stderr=grad_norm_sq_estimate_stderr,
+        trace_sigma=trace_sigma,
+        trace_sigma_stderr=trace_sigma_stderr,
+        trace_h_sigma=trace_h_sigma,
+        trace_h_sigma_stderr=trace_h_sigma_stderr,
         gradient_curvature=ghg,
         small_batch=small,
         large_batch=large,

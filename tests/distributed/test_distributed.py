@@ -41,15 +41,24 @@ def rank_results(world: int, scenario: str, out: Path, **launch_options) -> list
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
+#: A module-scoped fixture run once for 2 and once for 3 ranks (``request.param`` is the world size).
+over_worlds = pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
+
+
+def world_results(request, tmp_path_factory, scenario: str, **launch_options) -> tuple[int, list[dict]]:
+    """The world size of an :data:`over_worlds` fixture and what each of its ranks of ``scenario`` saved."""
+    world = request.param
+    return world, rank_results(world, scenario, tmp_path_factory.mktemp(f"{scenario}{world}"), **launch_options)
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict:
     return _case.analyses(_case.problem(_case.data()))
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
+@over_worlds
 def ranks(request, tmp_path_factory) -> tuple[int, list[dict]]:
-    world = request.param
-    return world, rank_results(world, "analyses", tmp_path_factory.mktemp(f"analyses{world}"))
+    return world_results(request, tmp_path_factory, "analyses")
 
 
 COMPARED = [
@@ -269,10 +278,9 @@ def minibatch_reference() -> dict:
     return _case.minibatch_analyses(_case.problem(_case.data()))
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
+@over_worlds
 def minibatch_ranks(request, tmp_path_factory) -> tuple[int, list[dict]]:
-    world = request.param
-    return world, rank_results(world, "minibatch", tmp_path_factory.mktemp(f"minibatch{world}"), timeout=180.0)
+    return world_results(request, tmp_path_factory, "minibatch", timeout=180.0)
 
 
 def test_minibatch_analyses_draw_the_examples_one_process_draws(minibatch_ranks, minibatch_reference):
