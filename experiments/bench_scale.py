@@ -83,6 +83,7 @@ METHODS = (
     "batch_sharpness",
     "layerwise",
     "blocks",
+    "blocks_fine",
     "gradient_long",
     "hvp_long",
     "hvp_long_chunked",
@@ -346,6 +347,37 @@ def run_blocks(workload: str) -> dict:
         "block_lambda_max": dict(zip(r.names, (float(x) for x in r.lambda_max), strict=True)),
         "note": f"{len(r.names)} blocks in {r.passes} passes ({r.settings['columns']} columns each), traces "
         f"{r.trace_method}, JS mean {h.mean:.3f} max {h.max:.3f}, {r.settings['reorthogonalisation']}",
+    }
+
+
+# Fine blocks: every module with parameters of ResNet-18 (62: each conv, each BatchNorm, the head), every transformer
+# block of GPT-2 small with the embeddings and the final LayerNorm as blocks of their own (14).
+FINE_BLOCKS = {
+    "gpt2": "gpt2_layers",
+    "resnet18": "module",
+}
+FINE_STEPS = {"gpt2": 6, "resnet18": 6}
+
+
+def run_blocks_fine(workload: str) -> dict:
+    """``block_spectra`` at a fine granularity (``FINE_BLOCKS``): one probe, ``FINE_STEPS`` steps, restricted
+    products of every block in one data pass a step."""
+    p = problem(workload)
+    by = FINE_BLOCKS[workload]
+    if by == "gpt2_layers":
+        by = {"embeddings": ["*wte*", "*wpe*"], **{f"block {i}": f"*.h.{i}.*" for i in range(12)}, "ln_f": "*ln_f*"}
+    settings = {"num_probes": 1, "num_steps": FINE_STEPS[workload]}
+    t0 = time.perf_counter()
+    r = landscape.block_spectra(p, by=by, k=1, full=False, traces="slq", seed=SEED, **settings)
+    h = r.heterogeneity
+    return {
+        "seconds": time.perf_counter() - t0,
+        "products": int(r.num_matvecs),
+        "passes": int(r.passes),
+        "blocks": len(r.names),
+        "block_lambda_max": dict(zip(r.names, (float(x) for x in r.lambda_max), strict=True)),
+        "note": f"{len(r.names)} blocks in {r.passes} passes, {r.settings['products']}, JS mean {h.mean:.3f} max "
+        f"{h.max:.3f} ({h.most_different}), {r.settings['reorthogonalisation']}",
     }
 
 
