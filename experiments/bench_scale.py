@@ -350,8 +350,8 @@ def run_blocks(workload: str) -> dict:
     }
 
 
-# Fine blocks: every module with parameters of ResNet-18 (62: each conv, each BatchNorm, the head), every transformer
-# block of GPT-2 small with the embeddings and the final LayerNorm as blocks of their own (14).
+# Fine blocks: every module with parameters of ResNet-18 (41: each convolution, each BatchNorm, the head), every
+# transformer block of GPT-2 small with the embeddings and the final LayerNorm as blocks of their own (14).
 FINE_BLOCKS = {
     "gpt2": "gpt2_layers",
     "resnet18": "module",

@@ -262,6 +262,11 @@ def _prepare(op: CurvatureOperator) -> _Prepared:
     curvature = _curvature(op)
     _backpack()
     problem: Problem = op.problem
+    if problem.space is not None:
+        raise ExactDiagonalUnavailable(
+            "the model is FSDP2-sharded: BackPACK needs a plain copy of it on one device (the stochastic estimators "
+            "run on the shards)"
+        )
     loss = _loss_module(problem.loss_fn)
     try:
         model = copy.deepcopy(problem.model)

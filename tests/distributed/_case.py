@@ -239,6 +239,7 @@ def sharded_analyses(p: Problem) -> dict:
         "spectrum_density": spec.density.density(np.linspace(-1, 3, 9)),
         "basis_bytes": dec.settings["basis_bytes"],
         "krylov_estimate": estimate(p, "spectrum", num_probes=2, num_steps=12).parts["Krylov vectors"],
+        "trace_auto_note": trace(op, num_matvecs=6, seed=0).settings["note"],
     }
 
 

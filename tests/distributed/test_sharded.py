@@ -83,6 +83,9 @@ def test_the_result_records_the_sharding(ranks):
     _, world, results = ranks
     sizes = [r["local_size"] for r in results]
     assert sum(sizes) == results[0]["num_params"]
+    # auto traces say why the exact (BackPACK) diagonal is not used
+    assert "FSDP2-sharded" in results[0]["sharded"]["trace_auto_note"]
+    assert "exact trace" in results[0]["reference"]["trace_auto_note"]
     info = results[0]["describe"]["sharded"]
     assert info == {"sharded": True, "world_size": world, "global_size": results[0]["num_params"], "local_sizes": sizes}
 
