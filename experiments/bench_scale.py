@@ -84,6 +84,7 @@ METHODS = (
     "layerwise",
     "blocks",
     "blocks_fine",
+    "blocks_modules",
     "gradient_long",
     "hvp_long",
     "hvp_long_chunked",
@@ -359,11 +360,16 @@ FINE_BLOCKS = {
 FINE_STEPS = {"gpt2": 6, "resnet18": 6}
 
 
-def run_blocks_fine(workload: str) -> dict:
-    """``block_spectra`` at a fine granularity (``FINE_BLOCKS``): one probe, ``FINE_STEPS`` steps, restricted
-    products of every block in one data pass a step."""
+def run_blocks_modules(workload: str) -> dict:
+    """:func:`run_blocks_fine` with every module owning parameters a block (GPT-2 small: 75)."""
+    return run_blocks_fine(workload, "module")
+
+
+def run_blocks_fine(workload: str, by: str | None = None) -> dict:
+    """``block_spectra`` at a fine granularity (``FINE_BLOCKS``, or ``by``): one probe, ``FINE_STEPS`` steps,
+    restricted products of every block in one data pass a step."""
     p = problem(workload)
-    by = FINE_BLOCKS[workload]
+    by = by or FINE_BLOCKS[workload]
     if by == "gpt2_layers":
         by = {"embeddings": ["*wte*", "*wpe*"], **{f"block {i}": f"*.h.{i}.*" for i in range(12)}, "ln_f": "*ln_f*"}
     settings = {"num_probes": 1, "num_steps": FINE_STEPS[workload]}
