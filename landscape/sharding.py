@@ -148,6 +148,8 @@ class VectorSpace:
 
 
 _CHUNK = 1 << 20
+#: Entries of a random vector a sharded draw generates at a time.
+DRAW_CHUNK = 1 << 20
 LOCAL = VectorSpace()
 
 
@@ -233,6 +235,56 @@ class ShardedSpace(VectorSpace):
 
     def local(self, full: Tensor) -> Tensor:
         return torch.cat([full[s.start : s.start + s.length] for s in self.segments])
+
+    def draw(
+        self,
+        k: int,
+        distribution: str,
+        generator: torch.Generator,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        normalize: bool = False,
+    ) -> Tensor:
+        """This rank's rows ``(local_size, k)`` of ``k`` random vectors of the global length, drawn ``DRAW_CHUNK``
+        entries at a time (every rank consumes the same stream, keeping its own entries): no vector of the global
+        length is ever held.
+
+        Rademacher vectors are the very ones :func:`landscape.linalg.probes.sample_probes` draws in one process (the
+        CPU generator fills ``randint`` sequentially, so chunks continue the same stream). Gaussian ones are drawn
+        per chunk, which torch's vectorised Box-Muller maps to other numbers than one draw of the whole vector:
+        valid probes, the same on every number of ranks, not the unsharded process's. ``"sphere"`` and
+        ``normalize`` scale by the global norm, which every rank sees whole as the chunks pass.
+        """
+        out = torch.empty(self.local_size, k, dtype=torch.float64)
+        norms = torch.zeros(k, dtype=torch.float64)
+        gdev = generator.device
+        for j in range(k):
+            kept = 0
+            index = 0  # the segment the next kept entries belong to
+            for start in range(0, self.global_size, DRAW_CHUNK):
+                m = min(DRAW_CHUNK, self.global_size - start)
+                if distribution == "rademacher":
+                    chunk = torch.randint(0, 2, (m,), generator=generator, device=gdev).to(torch.float64)
+                    chunk.mul_(2.0).sub_(1.0)
+                else:
+                    chunk = torch.randn(m, generator=generator, device=gdev, dtype=torch.float64)
+                norms[j] += float(chunk.square().sum())
+                while index < len(self.segments):
+                    seg = self.segments[index]
+                    lo, hi = max(seg.start, start), min(seg.start + seg.length, start + m)
+                    if lo < hi:
+                        out[kept : kept + hi - lo, j] = chunk[lo - start : hi - start].cpu()
+                        kept += hi - lo
+                    if seg.start + seg.length > start + m:
+                        break  # the segment goes on into the next chunk
+                    index += 1
+        norms = norms.sqrt()
+        if distribution == "sphere":
+            out.mul_(math.sqrt(self.global_size) / norms)
+        if normalize:
+            out.div_(norms if distribution != "sphere" else math.sqrt(self.global_size))
+        return out.to(device=device, dtype=dtype)
 
     def gather(self, local: Tensor) -> Tensor:
         """The global vector (or block): every rank writes its segments into zeros and one all-reduce sums them

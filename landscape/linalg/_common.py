@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.linalg.probes import Distribution, sample_probes, seed_record
+from landscape.linalg.probes import Distribution, check_distribution, sample_probes, seed_record
 from landscape.linalg.results import Estimate
 from landscape.operators import hessian
 from landscape.operators.base import CurvatureOperator
@@ -28,18 +28,14 @@ def draw(
 ) -> Tensor:
     """``k`` probes from ``gen`` as the columns of an ``(n, k)`` tensor in the operator's dtype and device.
 
-    For a sharded operator (``op.space``), this rank's rows of the draw one process would make: the same vectors."""
-    space = op.space
-    probes = sample_probes(
-        space.size(op.shape[0]),
-        k,
-        distribution=distribution,
-        seed=gen,
-        dtype=op.dtype,
-        device=op.device,
-        normalize=normalize,
+    For a sharded operator (``op.space``), this rank's rows drawn a chunk at a time
+    (:meth:`landscape.sharding.ShardedSpace.draw`: Rademacher probes are the very ones one process draws)."""
+    if op.space.sharded:
+        check_distribution(distribution)
+        return op.space.draw(k, distribution, gen, dtype=op.dtype, device=op.device, normalize=normalize)
+    return sample_probes(
+        op.shape[0], k, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device, normalize=normalize
     )
-    return space.local(probes) if space.sharded else probes
 
 
 def as_start_block(v0: Tensor, n: int, columns: str = "p") -> Tensor:

@@ -80,12 +80,14 @@ def test_the_model_its_sharding_and_grad_are_unchanged(ranks):
 
 
 def test_the_result_records_the_sharding(ranks):
-    _, world, results = ranks
+    kind, world, results = ranks
     sizes = [r["local_size"] for r in results]
     assert sum(sizes) == results[0]["num_params"]
-    # auto traces say why the exact (BackPACK) diagonal is not used
+    # auto traces say why the exact (BackPACK) diagonal is not used (the MLP's unsharded reference uses it; a causal
+    # LM loss has no exact path either way)
     assert "FSDP2-sharded" in results[0]["sharded"]["trace_auto_note"]
-    assert "exact trace" in results[0]["reference"]["trace_auto_note"]
+    if kind == "mlp":
+        assert "exact trace" in results[0]["reference"]["trace_auto_note"]
     info = results[0]["describe"]["sharded"]
     assert info == {"sharded": True, "world_size": world, "global_size": results[0]["num_params"], "local_sizes": sizes}
 
