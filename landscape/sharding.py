@@ -17,9 +17,11 @@ numbers per rank: a Lanczos basis of ``m`` vectors takes ``m n / R``. Everything
 than reductions (axpy, scaling, Gram-Schmidt's updates ``W - Q C``) is local. :class:`VectorSpace` is the
 unsharded space (reductions are local); every operator has one (``op.space``).
 
-Random probes are the rows of the same global draw as in one process (same seed, same vector), of which each rank
-keeps its ranges: a sharded run reproduces an unsharded one to rounding. The draw is made whole and sliced, so a
-probe block costs ``k n`` numbers transiently on every rank (bounded per block; chunked draws are future work).
+Random probes are drawn ``DRAW_CHUNK`` entries at a time, every rank consuming the same stream and keeping its
+ranges (:meth:`ShardedSpace.draw`), so no rank ever holds a vector of the global length. Rademacher probes (SLQ,
+Hutchinson, Hutch++, block spectra) are then the very vectors one process draws with the same seed: a sharded run
+reproduces an unsharded one to rounding. Gaussian starts (top eigenvalues) are valid but other vectors than one
+process's; converged eigenpairs do not depend on them.
 """
 
 from __future__ import annotations
