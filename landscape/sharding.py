@@ -174,6 +174,9 @@ class ShardedSpace(VectorSpace):
         This rank's ranges of the global flat vector, in order.
     global_size : int
         ``n``, the length of the global vector.
+    local_numels : tuple of int, optional
+        This rank's entries of each selected parameter, in parameter order, empty pieces included (what a block
+        partition of the local vector is built from); default: one piece per segment.
     """
 
     sharded = True

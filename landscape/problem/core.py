@@ -26,6 +26,7 @@ from torch.func import functional_call
 from landscape import attention, losses
 from landscape.batch import BatchFormatError, num_examples
 from landscape.batch import to as to_device
+from landscape.cache import content_key
 from landscape.data import batch_digest, data_fingerprint, fingerprint_of_batches
 from landscape.distributed import DataParallel, ShardInfo, combine_digests, resolve, resolve_replicas, shard_digest
 from landscape.losses import Loss
@@ -224,17 +225,12 @@ class Problem:
         return {**self._fixed_state(), **self.params_dict(share=True)}
 
     def _digests(self) -> ParamDict:
-        import hashlib
-
         out: ParamDict = {}
         for name, t in [*self.model.named_parameters(), *self.model.named_buffers()]:
-            whole = full_tensor(t).to(
-                device=self.device
-            )  # floating tensors in the problem's dtype, as hashed unsharded
+            whole = full_tensor(t).to(device=self.device)  # floating tensors in the problem's dtype, as unsharded
             whole = whole.to(self.dtype) if whole.is_floating_point() else whole
-            data = whole.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-            digest = hashlib.sha256(f"{name}|{whole.dtype}|{tuple(whole.shape)}|".encode() + data).digest()
-            out[name] = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+            digest = content_key(params={name: whole}, data_fingerprint="", config={}, version="")
+            out[name] = torch.frombuffer(bytearray(bytes.fromhex(digest)), dtype=torch.uint8)
         return out
 
     # ------------------------------------------------------------------ data
