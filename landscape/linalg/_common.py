@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.linalg.probes import Distribution, check_distribution, sample_probes, seed_record
+from landscape.linalg.probes import Distribution, check_distribution, make_generator, sample_probes, seed_record
 from landscape.linalg.results import Estimate
 from landscape.operators import hessian
 from landscape.operators.base import CurvatureOperator
@@ -225,6 +225,18 @@ class Meter:
         return cls(value=value, stderr=stderr, method=method, samples=samples, settings=settings, **fields, **extra)
 
 
+def start_probes(
+    op: CurvatureOperator, seed: Any, num_matvecs: int, minimum: int, name: str, distribution: str
+) -> tuple[Meter, torch.Generator]:
+    """The start of every probing estimator: check the distribution, then the budget (``num_matvecs >= minimum``,
+    ``name`` in the message); start counting matvecs and the wall time; return the :class:`Meter` and the probe
+    generator of ``seed``."""
+    prov = Meter(op, seed)
+    check_distribution(distribution)
+    check_budget(num_matvecs, minimum, name)
+    return prov, make_generator(seed)
+
+
 def as_operator(op: CurvatureOperator | Problem) -> CurvatureOperator:
     """The operator itself, or the Hessian of a :class:`~landscape.problem.Problem`."""
     return hessian(op) if isinstance(op, Problem) else op
@@ -234,8 +246,11 @@ def exact_or_reason(op: CurvatureOperator, method: str) -> tuple[ExactDiagonal |
     """Try the exact diagonal (:func:`landscape.operators.exact.exact_diagonal`) for ``method="auto"|"exact"``.
 
     Returns it, or ``None`` and the reason it is not available; with ``method="exact"`` that reason is raised as
-    :class:`~landscape.operators.exact.ExactDiagonalUnavailable` (a ``ValueError``) instead.
+    :class:`~landscape.operators.exact.ExactDiagonalUnavailable` (a ``ValueError``) instead. Any other method names
+    an estimator: ``(None, "")`` without trying.
     """
+    if method not in ("auto", "exact"):
+        return None, ""
     try:
         return exact_diagonal(op), ""
     except ExactDiagonalUnavailable as err:

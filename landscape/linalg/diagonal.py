@@ -160,12 +160,10 @@ def diagonal(
     estimator = choose_estimator(method, fallback, DIAGONAL_METHODS, DIAGONAL_ESTIMATORS)
     check_distribution(distribution)
     check_budget(num_matvecs, 3 if estimator == "diag++" else 1, f"diagonal(method={estimator!r})")
-    reason = ""
-    if method in ("auto", "exact"):
-        exact, reason = exact_or_reason(op, method)
-        if exact is not None:
-            value = exact.value.to(op.device)
-            return exact_estimate(exact, value, torch.zeros_like(value), method, "diagonal", start)
+    exact, reason = exact_or_reason(op, method)
+    if exact is not None:
+        value = exact.value.to(op.device)
+        return exact_estimate(exact, value, torch.zeros_like(value), method, "diagonal", start)
     est = _estimate(op, estimator, num_matvecs, seed, distribution, block_size)
     return with_note(est, method, reason, start)
 

@@ -9,14 +9,8 @@ from __future__ import annotations
 
 import math
 
-from landscape.linalg._common import (
-    Meter,
-    check_budget,
-    mean_and_stderr,
-    probe_blocks,
-    to_numpy,
-)
-from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator
+from landscape.linalg._common import mean_and_stderr, probe_blocks, start_probes, to_numpy
+from landscape.linalg.probes import Distribution, SeedLike
 from landscape.linalg.results import FrobeniusEstimate
 from landscape.memory import default_block_size
 from landscape.operators.base import CurvatureOperator
@@ -51,10 +45,7 @@ def frobenius_norm(
         ``value``/``stderr`` for the norm, ``squared``/``squared_stderr`` for its square, ``samples`` the
         ``||H z_j||^2``.
     """
-    prov = Meter(op, seed)
-    check_distribution(distribution)
-    check_budget(num_matvecs, 1, "frobenius_norm")
-    gen = make_generator(seed)
+    prov, gen = start_probes(op, seed, num_matvecs, 1, "frobenius_norm", distribution)
     bs = default_block_size(block_size, num_matvecs)
     chunks = []
     for Z in probe_blocks(op, num_matvecs, bs, distribution, gen):

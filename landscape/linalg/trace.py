@@ -49,11 +49,12 @@ from landscape.linalg._common import (
     mean_and_stderr,
     probe_blocks,
     range_sketch,
+    start_probes,
     to_numpy,
     with_note,
 )
 from landscape.linalg.diagonal import choose_estimator, exact_estimate
-from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator
+from landscape.linalg.probes import Distribution, SeedLike, check_distribution
 from landscape.linalg.results import Estimate
 from landscape.memory import (
     KRYLOV_SHARE,
@@ -89,16 +90,6 @@ class _Counted(CurvatureOperator):
         return out
 
 
-def _start(
-    op: CurvatureOperator, seed: SeedLike, num_matvecs: int, minimum: int, name: str, distribution: str
-) -> tuple[Meter, torch.Generator]:
-    """Check the budget, then the distribution; start counting matvecs and return the probe generator."""
-    prov = Meter(op, seed)
-    check_budget(num_matvecs, minimum, name)
-    check_distribution(distribution)
-    return prov, make_generator(seed)
-
-
 def hutchinson(
     op: CurvatureOperator,
     *,
@@ -116,7 +107,7 @@ def hutchinson(
     ``stderr <= max(atol, rtol * |estimate|)`` (a standard-error rule; never "the running mean stopped moving").
     ``num_matvecs`` is then the maximum. Blocks default to 50 probes (``block_size``).
     """
-    prov, gen = _start(op, seed, num_matvecs, 1, "hutchinson", distribution)
+    prov, gen = start_probes(op, seed, num_matvecs, 1, "hutchinson", distribution)
     stopping = rtol is not None or atol is not None
     bs = default_block_size(block_size, num_matvecs)
     chunks = []
@@ -149,23 +140,29 @@ def hutchinson(
 
 
 def _hutchinson_from_sketch(
-    op: CurvatureOperator,
+    prov: Meter,
     S: Tensor,
     Y: Tensor,
     num_matvecs: int,
     distribution: Distribution,
     gen: torch.Generator,
     block_size: int | None,
-) -> np.ndarray:
-    """Hutchinson samples for a budget ``m`` that already paid for ``Y = H S``: the sketch probes' own quadratic
-    forms ``s_j^T y_j`` (isotropic probes, so unbiased), then fresh probes up to ``m``. Probes are drawn from the same
-    stream in the same order as :func:`hutchinson` draws them."""
+    method: str,
+    settings: dict,
+) -> Estimate:
+    """The estimate of a sketching ``method`` whose deflation does not pay: Hutchinson for a budget ``m`` that
+    already paid for ``Y = H S``, from the sketch probes' own quadratic forms ``s_j^T y_j`` (isotropic probes, so
+    unbiased), then fresh probes up to ``m``. Probes are drawn from the same stream in the same order as
+    :func:`hutchinson` draws them."""
+    op = prov.op
     chunks = [op.space.sums(Y * S)]
     rest = num_matvecs - S.shape[1]
     if rest > 0:
         bs = default_block_size(block_size, rest)
         chunks += [op.space.sums((op @ Z) * Z) for Z in probe_blocks(op, rest, bs, distribution, gen)]
-    return to_numpy(chunks)
+    samples = to_numpy(chunks)
+    value, stderr = mean_and_stderr(samples)
+    return prov.estimate(value, stderr, method=method, samples=samples, settings=settings)
 
 
 def _decide(
@@ -203,21 +200,18 @@ def hutchpp(
     up to 3x its variance (the adaptive idea of Persson, Cortinovis, Kressner 2022, SIMAX 43(3), with a one-sketch
     decision). ``settings`` records ``deflated`` and ``residual_fraction``.
     """
-    prov, gen = _start(op, seed, num_matvecs, 3, "hutch++", distribution)
+    prov, gen = start_probes(op, seed, num_matvecs, 3, "hutch++", distribution)
     k, g = hutchpp_split(num_matvecs, op.space.size(op.shape[0]))
     S, Y = range_sketch(op, k, distribution, gen, block_size)
     settings: dict = {"distribution": distribution, "block_size": block_size}
-    if _decide(op, Y, num_matvecs, g, adaptive, settings):
-        sk = deflate(op, Y, g, distribution, gen, block_size)
-        exact = float(op.space.sums(sk.Q * sk.HQ).sum())
-        samples = op.space.sums(sk.deflated * sk.HG).cpu().numpy()
-        residual, stderr = mean_and_stderr(samples)
-        value = exact + residual
-        settings.update(sk.sizes())
-    else:
-        samples = _hutchinson_from_sketch(op, S, Y, num_matvecs, distribution, gen, block_size)
-        value, stderr = mean_and_stderr(samples)
-    return prov.estimate(value, stderr, method="hutch++", samples=samples, settings=settings)
+    if not _decide(op, Y, num_matvecs, g, adaptive, settings):
+        return _hutchinson_from_sketch(prov, S, Y, num_matvecs, distribution, gen, block_size, "hutch++", settings)
+    sk = deflate(op, Y, g, distribution, gen, block_size)
+    exact = float(op.space.sums(sk.Q * sk.HQ).sum())
+    samples = op.space.sums(sk.deflated * sk.HG).cpu().numpy()
+    residual, stderr = mean_and_stderr(samples)
+    settings.update(sk.sizes())
+    return prov.estimate(exact + residual, stderr, method="hutch++", samples=samples, settings=settings)
 
 
 def xtrace(
@@ -250,7 +244,7 @@ def xtrace(
     ``adaptive=True`` (default) decides from ``Y = H Omega`` as :func:`hutchpp` does (here ``g = s``): on a flat
     spectrum the ``s`` products become Hutchinson samples and the other half of the budget fresh Hutchinson probes.
     """
-    prov, gen = _start(op, seed, num_matvecs, 4, "xtrace", distribution)
+    prov, gen = start_probes(op, seed, num_matvecs, 4, "xtrace", distribution)
     if op.space.sharded:
         raise NotImplementedError(
             "xtrace on a sharded operator is not implemented (its leave-one-out updates need a distributed QR with "
@@ -261,9 +255,7 @@ def xtrace(
     Om, Y = range_sketch(op, s, distribution, gen, block_size)
     settings: dict = {"distribution": distribution, "block_size": block_size, "num_test_vectors": s}
     if not _decide(op, Y, num_matvecs, s, adaptive, settings):
-        samples = _hutchinson_from_sketch(op, Om, Y, num_matvecs, distribution, gen, block_size)
-        value, stderr = mean_and_stderr(samples)
-        return prov.estimate(value, stderr, method="xtrace", samples=samples, settings=settings)
+        return _hutchinson_from_sketch(prov, Om, Y, num_matvecs, distribution, gen, block_size, "xtrace", settings)
     Q, R = torch.linalg.qr(Y)
     Z = apply_in_blocks(op, Q, block_size)
     C = Q.T @ Z
@@ -394,11 +386,9 @@ def trace(
         raise ValueError(f"rtol/atol stopping is only available for method='hutchinson', not {estimator!r}")
     check_distribution(distribution)
     check_budget(num_matvecs, MIN_MATVECS[estimator], estimator)
-    reason = ""
-    if method in ("auto", "exact"):
-        exact, reason = exact_or_reason(op, method)
-        if exact is not None:
-            return exact_estimate(exact, float(exact.value.sum()), 0.0, method, "trace", start)
+    exact, reason = exact_or_reason(op, method)
+    if exact is not None:
+        return exact_estimate(exact, float(exact.value.sum()), 0.0, method, "trace", start)
     estimator, block_size, memory_note = fit_memory(op, estimator, num_matvecs, block_size, memory_budget)
     settings = {"method": estimator, "num_matvecs": num_matvecs, "block_size": block_size}
     require(op, "trace", memory_budget, "Lower num_matvecs/block_size or use smaller batches", **settings)
