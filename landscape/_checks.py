@@ -15,6 +15,7 @@ import torch
 __all__ = [
     "Seed",
     "check_batch_size",
+    "check_counts",
     "check_int",
     "check_positive",
     "check_seed",
@@ -33,6 +34,12 @@ def check_int(name: str, value: object, minimum: int, meaning: str) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum} ({meaning}), got {value!r}")
     return int(value)
+
+
+def check_counts(**counts: object) -> None:
+    """Each keyword argument an ``int`` count ``>= 1`` (:func:`check_int`, the keyword naming it)."""
+    for name, value in counts.items():
+        check_int(name, value, 1, "a positive count")
 
 
 def check_positive(name: str, value: object, meaning: str, *, allow_zero: bool = False) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape._checks import check_int
+from landscape._checks import check_counts
 
 __all__ = [
     "batches",
@@ -101,6 +101,13 @@ def digits(
     return X, y
 
 
+def _balanced_labels(n: int, num_classes: int, g: torch.Generator) -> Tensor:
+    """``n`` shuffled ``int64`` labels, ``n // num_classes`` of each class and one more of the first ``n % num_classes``
+    (the permutation drawn from ``g``)."""
+    y = torch.arange(n) % num_classes
+    return y[torch.randperm(n, generator=g)]
+
+
 def gaussian_mixture(
     n: int = 1024,
     dim: int = 32,
@@ -120,13 +127,11 @@ def gaussian_mixture(
     (X, y):
         ``(n, dim)`` inputs and ``int64`` labels in ``0..num_classes-1``.
     """
-    for name, value in (("n", n), ("dim", dim), ("num_classes", num_classes)):
-        check_int(name, value, 1, "a positive count")
+    check_counts(n=n, dim=dim, num_classes=num_classes)
     g = _generator(seed)
     means = torch.randn(num_classes, dim, generator=g, dtype=torch.float64)
     means = separation * means / means.norm(dim=1, keepdim=True)
-    y = torch.arange(n) % num_classes
-    y = y[torch.randperm(n, generator=g)]
+    y = _balanced_labels(n, num_classes, g)
     X = means[y] + torch.randn(n, dim, generator=g, dtype=torch.float64)
     return X.to(dtype), y
 
@@ -151,14 +156,12 @@ def synthetic_images(
     (X, y):
         ``(n, channels, size, size)`` images and balanced, shuffled ``int64`` labels.
     """
-    for name, value in (("n", n), ("channels", channels), ("size", size), ("num_classes", num_classes)):
-        check_int(name, value, 1, "a positive count")
+    check_counts(n=n, channels=channels, size=size, num_classes=num_classes)
     g = _generator(seed)
     raw = torch.randn(num_classes, channels, size, size, generator=g)
     templates = torch.nn.functional.avg_pool2d(raw, 5, stride=1, padding=2, count_include_pad=False)
     templates = templates / templates.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
-    y = torch.arange(n) % num_classes
-    y = y[torch.randperm(n, generator=g)]
+    y = _balanced_labels(n, num_classes, g)
     X = templates[y] + noise * torch.randn(n, channels, size, size, generator=g)
     return X.to(dtype), y
 
@@ -179,8 +182,7 @@ def synthetic_regression(
         ``(n, dim)`` inputs and ``(n, 1)`` targets (the shape of a ``Linear(dim, 1)`` output, so ``MSELoss``
         does not broadcast).
     """
-    check_int("n", n, 1, "a positive count")
-    check_int("dim", dim, 1, "a positive count")
+    check_counts(n=n, dim=dim)
     g = _generator(seed)
     w = torch.randn(dim, 1, generator=g, dtype=torch.float64) / dim**0.5
     X = torch.randn(n, dim, generator=g, dtype=torch.float64)
@@ -193,7 +195,7 @@ def batches(X: Tensor, y: Tensor, batch_size: int) -> list[tuple[Tensor, Tensor]
 
     The batches are views of ``X`` and ``y`` (no copy), in order.
     """
-    check_int("batch_size", batch_size, 1, "a positive count")
+    check_counts(batch_size=batch_size)
     if len(X) != len(y):
         raise ValueError(f"X and y hold different numbers of samples: {len(X)} and {len(y)}")
     return [(X[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(X), batch_size)]
@@ -310,5 +312,5 @@ def load_tokens(path: str | os.PathLike[str]) -> Tensor:
 
 def token_batches(ids: Tensor, batch_size: int) -> list[dict[str, Tensor]]:
     """``{"input_ids": ...}`` batches of ``batch_size`` sequences (the last may be shorter), views of ``ids``."""
-    check_int("batch_size", batch_size, 1, "a positive count")
+    check_counts(batch_size=batch_size)
     return [{"input_ids": ids[i : i + batch_size]} for i in range(0, len(ids), batch_size)]
