@@ -27,6 +27,7 @@ from scipy.optimize import Bounds, minimize
 from torch import Tensor
 
 from landscape._checks import Seed, check_int, check_positive, check_seed, generator
+from landscape._json import field_dict
 from landscape.linalg.probes import sample_probes, seed_record
 from landscape.memory import MemoryBudgetError, default_budget, gib
 from landscape.problem import Problem, check_problem
@@ -89,22 +90,10 @@ class KeskarSharpness(ScalarResult):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready numbers."""
+        """JSON-ready numbers: the fields, with ``perturbation_norm`` for the perturbation and without the box."""
         return {
-            "value": self.value,
-            "loss": self.loss,
-            "max_loss": self.max_loss,
+            **field_dict(self, exclude=("perturbation", "bounds")),
             "perturbation_norm": float(self.perturbation.norm()),
-            "eps": self.eps,
-            "subspace_dim": self.subspace_dim,
-            "random_start": self.random_start,
-            "iterations": self.iterations,
-            "converged": self.converged,
-            "message": self.message,
-            "num_gradient_evaluations": self.num_gradient_evaluations,
-            "seed": self.seed,
-            "wall_time": self.wall_time,
-            "settings": self.settings,
         }
 
 
