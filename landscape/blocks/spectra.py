@@ -30,6 +30,7 @@ from landscape._checks import check_int
 from landscape.blocks.heterogeneity import Heterogeneity, heterogeneity
 from landscape.blocks.lanczos import BlockLanczos, BlockTridiagonals, column_chunks
 from landscape.blocks.partition import BlockPartition, BlockSpec
+from landscape.blocks.restart import refine as refine_top
 from landscape.layerwise import layerwise_curvature
 from landscape.linalg._common import draw
 from landscape.linalg.lanczos import LanczosDecomposition, lanczos
@@ -166,6 +167,18 @@ class BlockSpectra:
             f"heterogeneity (Jensen-Shannon distance): mean {h.mean:.3g}, max {h.max:.3g}"
             + (f" ({pair[0]} vs {pair[1]})" if pair else ""),
         ]
+        unconverged = [n for n in self.names if not self.spectra[n].eigen_converged.all()]
+        refined = self.settings.get("refine")
+        if refined:
+            lines.append(
+                f"top eigenvalues of {len(refined['blocks'])} block(s) refined by thick restart ({refined['steps']} "
+                f"steps, basis of {refined['max_basis']} vectors); {len(refined['converged'])} converged"
+            )
+        if unconverged:
+            lines.append(
+                f"top eigenvalues NOT converged in {len(unconverged)} block(s) ({', '.join(unconverged[:5])}"
+                f"{' ...' if len(unconverged) > 5 else ''}): more num_steps, or refine="
+            )
         if self.full is not None:
             f = self.full
             lines.append(
@@ -282,6 +295,8 @@ def block_spectra(
     memory_budget: int | None = None,
     columns: int | None = None,
     dense_max: int | None = None,
+    refine: int = 0,
+    max_basis: int | None = None,
 ) -> BlockSpectra:
     """Top-``k`` eigenvalues, trace, Frobenius norm and SLQ density of every diagonal block, in batched passes.
 
@@ -328,6 +343,14 @@ def block_spectra(
         instead of ``num_probes |b|`` over ``|b|`` passes), and diagonalised exactly: eigenvalues with their
         multiplicities (which single-vector Lanczos cannot see), exact trace, Frobenius norm and density
         (``method="exact"``). ``0`` sends every block through Lanczos.
+    refine
+        Steps (one data pass each) of thick-restart Lanczos for the blocks whose top-``k`` Ritz pairs did not reach
+        ``tol`` in ``num_steps`` steps (:mod:`landscape.blocks.restart`): all of them advanced together, each on a
+        basis of ``max_basis`` vectors (default ``2 k + 4``, fewer where the budget is short), until converged or
+        ``refine`` steps are spent. Their spectra then carry the restarted eigenvalues, residuals and bounds
+        (``settings["refined"]``); ``0`` (default) keeps the density recurrences' Ritz values.
+    max_basis
+        Vectors of the restarted basis (at least ``k + 3``).
     """
     t0 = time.perf_counter()
     op, curvature = _operator(problem_or_op, operator, engine, block)
@@ -341,6 +364,7 @@ def block_spectra(
         check_int("columns", columns, 1, "columns per pass")
     if k > num_steps:
         raise ValueError(f"k={k} eigenvalues need num_steps >= k, got num_steps={num_steps}")
+    check_int("refine", refine, 0, "restarted steps for unconverged blocks")
     part = BlockPartition.of(problem.param_names, problem.param_numels, by)
     space = problem.space
     # Sharded (FSDP2): the recurrences run on this rank's shards, laid out by the local partition; every block goes
@@ -403,6 +427,21 @@ def block_spectra(
         else _block_spectrum(tri, b, part.sizes[b], reorth=reorth, **shared)
         for b, name in enumerate(part.names)
     }
+    refined = None
+    if refine:
+        spectra, refined = refine_top(
+            op,
+            part if local is None else local,
+            spectra,
+            k=k,
+            tol=tol,
+            max_steps=refine,
+            max_basis=max_basis,
+            memory_budget=memory_budget,
+            restricted=restricted,
+            generator=gen,
+            sizes=part.sizes,
+        )
     block_matvecs = op.num_matvecs - before
     exact, note = _exact_traces(op, by, part.names, traces)
     methods = tuple(
@@ -428,6 +467,7 @@ def block_spectra(
         "dense_max": dense_max,
         "dense_blocks": [part.names[b] for b in dense],
         "basis_bytes": basis_bytes,
+        "refine": refined,
         **problem.describe(),
     }
     if hasattr(op, "chosen"):
@@ -445,7 +485,7 @@ def block_spectra(
         curvature=curvature,
         num_params=part.num_params,
         num_matvecs=op.num_matvecs - before,
-        passes=tri.passes + dense_passes,
+        passes=tri.passes + dense_passes + (refined or {}).get("passes", 0),
         seed=seed_record(seed),
         wall_time=time.perf_counter() - t0,
         settings={**settings, "block_matvecs": block_matvecs},

@@ -86,7 +86,15 @@ def block_figures(result: Any, out: Path) -> dict[str, str]:
     ("auto", "exact", "slq"),
     "Block traces: exact from BackPACK's diagonal where it applies (auto), exact or an error (exact), or SLQ.",
 )
-def blocks_cmd(by, k, num_probes, num_steps, operator, no_full, traces, out, no_cache, as_json, quiet, **kw):
+@click.option(
+    "--refine",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Thick-restart steps (one data pass each) for the blocks whose top eigenvalues did not converge in "
+    "--num-steps steps, on a basis of 2k+4 vectors.",
+)
+def blocks_cmd(by, k, num_probes, num_steps, operator, no_full, traces, refine, out, no_cache, as_json, quiet, **kw):
     """Spectra of the diagonal blocks (modules, tensors or --params NAME=GLOB groups) in batched passes: top
     eigenvalues, traces, densities and their Jensen-Shannon heterogeneity; writes blocks.json and three figures."""
     from landscape.blocks import block_spectra
@@ -116,6 +124,8 @@ def blocks_cmd(by, k, num_probes, num_steps, operator, no_full, traces, out, no_
     out.mkdir(parents=True, exist_ok=True)
     # block_spectra's settings by the command's names, and with the seed the cache key of this run.
     settings = dict(by=spec, k=k, num_probes=num_probes, num_steps=num_steps, operator=operator, traces=traces)
+    if refine:  # only then: the cache keys of runs without it stay what they were
+        settings["refine"] = refine
     settings["full"] = not no_full
     config = {**settings, "seed": kw["seed"]}
     with opened_store(out, no_cache) as store:

@@ -40,6 +40,9 @@ def runs(tmp_path_factory):
             "dry_run": job("dry_run", "--dry-run"),
             "both": job("both", "--by", "module", "--params", "w=*weight"),
             "bad_glob": job("bad_glob", "--params", "w="),
+            "refine": job(
+                "refine", "--by", "parameter", "--k", "2", "--seed", "1", "--no-full", "--refine", "40", "--json"
+            ),
         }
     return root, results
 
@@ -67,6 +70,23 @@ def test_by_parameter_and_k_match_the_python_api(runs, monkeypatch):
         assert (root / "by" / f"blocks_{kind}.png").stat().st_size > 1000
         assert (root / "by" / f"blocks_{kind}.pdf").exists()
         assert out["figures"][kind].endswith(f"blocks_{kind}.png")
+
+
+def test_refine_matches_the_python_api(runs, monkeypatch):
+    """``--refine`` reaches block_spectra: the restarted eigenvalues equal the API's, not the density steps'."""
+    from landscape import block_spectra
+
+    root, results = runs
+    out = stdout_json(results["refine"])
+    problem = tiny_problem(root, monkeypatch, 1)
+    options = {"by": "parameter", "k": 2, "num_probes": 2, "num_steps": 8, "full": False, "seed": 1}
+    ref = block_spectra(problem, refine=40, **options)
+    plain = block_spectra(problem, **options)
+    assert out["settings"]["refine"] == ref.settings["refine"] and ref.settings["refine"]["blocks"]
+    for name in ref.names:
+        assert out["blocks"][name]["eigenvalues"] == pytest.approx(ref.spectra[name].eigenvalues.tolist(), rel=1e-6)
+    changed = ref.settings["refine"]["blocks"][0]
+    assert not np.allclose(ref.spectra[changed].eigenvalues, plain.spectra[changed].eigenvalues, rtol=1e-8, atol=0)
 
 
 def test_a_repeated_run_is_answered_from_the_cache(runs):
