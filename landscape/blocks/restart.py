@@ -186,25 +186,25 @@ def refine(
     op: ProblemOperator,
     partition: BlockPartition,
     spectra: dict[str, Spectrum],
-    *,
-    k: int,
-    tol: float,
     max_steps: int,
     max_basis: int | None,
     memory_budget: int | None,
     restricted: bool,
     generator: torch.Generator,
-    sizes: tuple[int, ...],
 ) -> tuple[dict[str, Spectrum], dict[str, Any]]:
-    """The blocks of ``spectra`` whose top-``k`` Ritz pairs did not reach ``tol`` go through
-    :class:`BlockThickRestart` (at most ``max_steps`` steps, one data pass each); their spectra get the restarted
-    recurrence's eigenvalues, residuals, bounds and convergence flags (the density, trace and norm stay the
-    density recurrences'), and ``settings["refined"]`` records the products, restarts and basis size. Returns the
-    updated spectra and a summary for the analysis's settings."""
+    """The blocks of ``spectra`` (in ``partition``'s order) whose top-``k`` Ritz pairs did not reach their ``tol``
+    go through :class:`BlockThickRestart` (at most ``max_steps`` steps, one data pass each; ``k``, ``tol`` and the
+    blocks' sizes are the spectra's); their spectra get the restarted recurrence's eigenvalues, residuals, bounds
+    and convergence flags (the density, trace and norm stay the density recurrences'), and
+    ``settings["refined"]`` records the products, restarts and basis size. Returns the updated spectra and a
+    summary for the analysis's settings."""
     names = list(spectra)
     todo = tuple(b for b, n in enumerate(names) if not bool(np.all(spectra[n].eigen_converged)))
     if not todo:
         return spectra, {"blocks": [], "steps": 0}
+    first = spectra[names[todo[0]]]  # a Lanczos block's (a dense one is exact)
+    k, tol = first.eigenvalues.size, first.settings["tol"]
+    sizes = tuple(spectra[n].num_params for n in names)
     columns = 1 if restricted else len(todo)
     m = _basis(op, k, max_basis, memory_budget, columns)
     v0 = draw(op, 1, "rademacher", generator)

@@ -399,9 +399,10 @@ def block_spectra(
     Z = draw(op, p, "rademacher", gen)
     before = op.num_matvecs
     matrices, dense_passes = _dense_blocks(op, part, dense, width, restricted) if dense else ({}, 0)
+    layout = part if local is None else local  # this rank's entries of each block
     state = BlockLanczos(
         op,
-        part if local is None else local,
+        layout,
         Z,
         steps,
         store_basis=stored,
@@ -429,19 +430,7 @@ def block_spectra(
     }
     refined = None
     if refine:
-        spectra, refined = refine_top(
-            op,
-            part if local is None else local,
-            spectra,
-            k=k,
-            tol=tol,
-            max_steps=refine,
-            max_basis=max_basis,
-            memory_budget=memory_budget,
-            restricted=restricted,
-            generator=gen,
-            sizes=part.sizes,
-        )
+        spectra, refined = refine_top(op, layout, spectra, refine, max_basis, memory_budget, restricted, gen)
     block_matvecs = op.num_matvecs - before
     exact, note = _exact_traces(op, by, part.names, traces)
     methods = tuple(

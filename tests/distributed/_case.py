@@ -221,9 +221,15 @@ def sharded_analyses(p: Problem) -> dict:
     spec = spectrum(p, k=3, num_probes=2, num_steps=12, seed=0, engine="double_backward", block="loop")
     dec = lanczos(op, 8, num_probes=2, seed=0)
     blocks = block_spectra(p, k=2, num_probes=2, num_steps=8, seed=0, dense_max=0, traces="slq")
+    # Thick-restarted block top-k on shards: per-block CGS2 and restarts on each rank's entries.
+    refined = block_spectra(
+        p, k=2, num_probes=1, num_steps=3, seed=0, dense_max=0, traces="slq", full=False, refine=12, max_basis=5
+    )
     return {
         "block_eigenvalues": np.stack([blocks.spectra[n].eigenvalues for n in blocks.names]),
         "block_traces": blocks.traces,
+        "block_refined": np.stack([refined.spectra[n].eigenvalues for n in refined.names]),
+        "block_refined_steps": refined.settings["refine"]["steps"],
         "block_js": np.asarray(blocks.heterogeneity),
         "block_full": np.array([blocks.full.lambda_max_full, blocks.full.lambda_max_blocks]),
         "hvp_block": space.gather(op @ space.local(V)),

@@ -51,6 +51,8 @@ COMPARED = [
     "block_traces",
     "block_js",
     "block_full",
+    "block_refined",
+    "block_refined_steps",
 ]
 
 
