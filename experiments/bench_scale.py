@@ -417,20 +417,20 @@ def run_trace(workload: str) -> dict:
 
 def run_spectrum(workload: str) -> dict:
     p = problem(workload)
-    # The estimate of the probe group spectrum() will choose (the most probes at once that fit the budget).
-    from landscape.spectrum import _probe_group
-
-    group = _probe_group(landscape.hessian(p), 8, 40, None)
-    info = estimate(p, "spectrum", num_probes=8, num_steps=40, group=group)
     t0 = time.perf_counter()
     s = landscape.spectrum(p, seed=SEED)
+    # The estimate of the plan spectrum() chose when it started (the most probes at once that fit the budget it
+    # derived from the memory free then), as it records it.
+    plan = s.settings["memory"]
     return {
-        **info,
+        "estimate_gib": plan["expected_peak_bytes"] / 2**30,
+        "estimate_parts": {k: v / 2**30 for k, v in plan["parts"].items()},
         "seconds": time.perf_counter() - t0,
         "eigenvalues": [float(x) for x in s.eigenvalues],
         "trace": float(s.trace.value),
         "products": int(s.num_matvecs),
-        "note": f"probes at once: {s.settings['probe_groups']}; {s.settings['reorthogonalisation']}",
+        "note": f"{plan['probes_at_once']} probes at once in {s.settings['probe_groups']} group(s); "
+        f"{s.settings['reorthogonalisation']}",
     }
 
 

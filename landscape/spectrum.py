@@ -37,7 +37,7 @@ from landscape.linalg.probes import SeedLike, make_generator, seed_record
 from landscape.linalg.results import Estimate
 from landscape.linalg.short_recurrence import genuine
 from landscape.linalg.slq import LLACriteria, SpectralDensity
-from landscape.memory import estimate
+from landscape.memory import MemoryEstimate, estimate
 from landscape.operators import CurvatureOperator, ggn, hessian
 from landscape.problem import Problem
 from landscape.store import Codec, remember
@@ -247,20 +247,23 @@ def _krylov(
     )
 
 
-def _probe_group(op: CurvatureOperator, num_probes: int, num_steps: int, memory_budget: int | None) -> int | None:
+def _probe_group(
+    op: CurvatureOperator, num_probes: int, num_steps: int, memory_budget: int | None
+) -> tuple[int | None, MemoryEstimate | None]:
     """The most probes that may run at once within the memory budget (:func:`landscape.memory.estimate`; all of
-    them when the operator has no problem to estimate); :class:`MemoryBudgetError` when not even one fits."""
+    them when the operator has no problem to estimate), and the estimate of that plan; :class:`MemoryBudgetError`
+    when not even one fits."""
     problem = getattr(op, "problem", None)
     if not isinstance(problem, Problem):
-        return None
+        return None, None
     for group in range(num_probes, 0, -1):
         est = estimate(
             problem, "spectrum", memory_budget=memory_budget, num_probes=num_probes, num_steps=num_steps, group=group
         )
         if est.fits:
-            return group
+            return group, est
     est.check("Use fewer steps (num_steps=) or smaller batches")
-    return None
+    return None, None
 
 
 def spectrum(
@@ -396,7 +399,7 @@ def _compute(
         raise TypeError(f"spectrum expects a Problem or CurvatureOperator, got {type(problem_or_op).__name__}")
     if k < 1 or k > num_steps:
         raise ValueError(f"k must be between 1 and num_steps={num_steps}, got {k}")
-    group = _probe_group(op, num_probes, num_steps, memory_budget)
+    group, planned = _probe_group(op, num_probes, num_steps, memory_budget)
     gen = make_generator(seed)
     before = op.num_matvecs
     dec = _krylov(op, num_probes, num_steps, gen, eigenvectors, progress, memory_budget, group)
@@ -425,6 +428,14 @@ def _compute(
     settings.update(num_probes=num_probes, num_steps=num_steps, k=k, tol=tol, subsets=subsets)
     settings["reorthogonalisation"] = dec.settings["reorthogonalisation"]
     settings["probe_groups"] = dec.settings["probe_groups"]
+    if planned is not None:  # what the plan expected (the machine's free memory decides it): compare with the peak
+        settings["memory"] = {
+            "probes_at_once": group,
+            "expected_peak_bytes": planned.total,
+            "need_bytes": planned.need,
+            "budget_bytes": planned.budget,
+            "parts": dict(planned.parts),
+        }
     if hasattr(op, "chosen"):
         settings["engine"] = {str(w): name for w, name in op.chosen.items()}
     elif isinstance(getattr(op, "settings", None), dict):  # finite differences: the step and the error bound
