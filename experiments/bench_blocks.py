@@ -62,7 +62,7 @@ from landscape.blocks import BlockPartition  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "bench_blocks.jsonl"
 WORKLOADS = ("W1", "W2", "LM")
-METHODS = ("loop", "loop_rebuilt", "blocks", "blocks_default")
+METHODS = ("loop", "loop_rebuilt", "blocks", "blocks_default", "blocks_refined")
 K = 3
 
 
@@ -148,9 +148,16 @@ def run_one(name: str, method: str, args: argparse.Namespace) -> dict:
             chosen |= set(op.chosen.values())
         extra = {"strategies": sorted(chosen)}
     else:
-        dense_max = 0 if method == "blocks" else None
+        dense_max = None if method == "blocks_default" else 0
+        refine = args.refine if method == "blocks_refined" else 0
         r = landscape.block_spectra(
-            counts.operator(problem, args), by="module", full=False, traces="slq", dense_max=dense_max, **kw
+            counts.operator(problem, args),
+            by="module",
+            full=False,
+            traces="slq",
+            dense_max=dense_max,
+            refine=refine,
+            **kw,
         )
         tops = [float(x) for x in r.lambda_max]
         # Restricted block products (HessianOperator.block_products) bypass _matmat: take the result's own counts.
@@ -162,7 +169,14 @@ def run_one(name: str, method: str, args: argparse.Namespace) -> dict:
             "columns": r.settings["columns"],
             "strategies": sorted(set(r.settings.get("engine", {}).values())),
             "heterogeneity_mean": r.heterogeneity.mean,
+            "basis_bytes": r.settings["basis_bytes"],
+            "unconverged": [n for n in r.names if not r.spectra[n].eigen_converged.all()],
+            "max_relative_residual": max(
+                float(r.spectra[n].eigen_residuals.max() / abs(r.spectra[n].eigenvalues).max()) for n in r.names
+            ),
         }
+        if refine:
+            extra["refine"] = r.settings["refine"]
     seconds = time.perf_counter() - t0
     return base | {
         "params": problem.num_params,
@@ -232,6 +246,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--engine", default="double_backward", help="product engine of both sides")
     ap.add_argument("--block", default="auto", help="block strategy of both sides (loop, batched, auto)")
     ap.add_argument("--lm-seqs", type=int, default=4, help="LM: sequences of 64 bytes in the one batch (default 4)")
+    ap.add_argument("--refine", type=int, default=200, help="blocks_refined: restarted steps at most (default 200)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     ap.add_argument("--smoke", action="store_true", help="seconds: W2 of 64 images 3x8x8, 1 probe, 3 steps")
     add_w2_options(ap)
@@ -252,6 +267,7 @@ def forwarded(args: argparse.Namespace) -> list[str]:
     """The options a child process needs to rebuild the same workload and settings."""
     out = ["--num-probes", str(args.num_probes), "--num-steps", str(args.num_steps), "--engine", args.engine]
     out += ["--block", args.block, "--lm-seqs", str(args.lm_seqs), "--threads", str(args.threads)]
+    out += ["--refine", str(args.refine)]
     out += ["--w2-samples", str(args.w2_samples), "--w2-size", str(args.w2_size)]
     return out + (["--smoke"] if args.smoke else [])
 

@@ -30,7 +30,7 @@ def test_smoke_run_counts_one_pass_per_step_for_all_blocks(tmp_path):
     )
     assert proc.returncode == 0, f"bench_blocks.py failed:\n{proc.stdout}\n{proc.stderr}"
     rows = {r["method"]: r for r in map(json.loads, out.read_text().splitlines())}
-    assert set(rows) == {"loop", "loop_rebuilt", "blocks", "blocks_default"}
+    assert set(rows) == {"loop", "loop_rebuilt", "blocks", "blocks_default", "blocks_refined"}
     loop, blocks = rows["loop"], rows["blocks"]
     B = blocks["blocks"]
     assert B == loop["blocks"] >= 10 and blocks["params"] == loop["params"]
@@ -43,5 +43,10 @@ def test_smoke_run_counts_one_pass_per_step_for_all_blocks(tmp_path):
     assert rebuilt["products"] == loop["products"] and rebuilt["operator_calls"] == loop["operator_calls"]
     assert rebuilt["forward_calls"] > loop["forward_calls"] > blocks["forward_calls"]
     assert rows["blocks_default"]["same_as"] == "blocks"
+    # The restarted top-k of the blocks 3 density steps left unconverged: more passes, smaller residuals.
+    refined = rows["blocks_refined"]
+    assert refined["refine"]["blocks"] == blocks["unconverged"] != []
+    assert refined["operator_calls"] == 3 + refined["refine"]["passes"]
+    assert refined["max_relative_residual"] < blocks["max_relative_residual"]
     (table,) = tables(proc.stdout)
-    assert [row[3] for row in table[1:]] == ["loop", "loop_rebuilt", "blocks", "blocks_default"]
+    assert [row[3] for row in table[1:]] == ["loop", "loop_rebuilt", "blocks", "blocks_default", "blocks_refined"]
