@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from landscape._checks import check_int
+from landscape.blocks.dense import dense_blocks, dense_spectrum
 from landscape.blocks.heterogeneity import Heterogeneity, heterogeneity
 from landscape.blocks.lanczos import BlockLanczos, BlockTridiagonals, column_chunks
 from landscape.blocks.partition import BlockPartition, BlockSpec
@@ -36,7 +37,6 @@ from landscape.linalg._common import draw
 from landscape.linalg.lanczos import LanczosDecomposition, lanczos
 from landscape.linalg.probes import SeedLike, make_generator, seed_record
 from landscape.linalg.results import Estimate
-from landscape.linalg.slq import SpectralDensity
 from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, block_lanczos_vectors, estimate, gib, krylov_vectors
 from landscape.operators import empirical_fisher, ggn, hessian
 from landscape.operators.base import CurvatureOperator
@@ -398,7 +398,7 @@ def block_spectra(
     gen = make_generator(seed)
     Z = draw(op, p, "rademacher", gen)
     before = op.num_matvecs
-    matrices, dense_passes = _dense_blocks(op, part, dense, width, restricted) if dense else ({}, 0)
+    matrices, dense_passes = dense_blocks(op, part, dense, width, restricted) if dense else ({}, 0)
     layout = part if local is None else local  # this rank's entries of each block
     state = BlockLanczos(
         op,
@@ -423,7 +423,7 @@ def block_spectra(
     reorth = "full (CGS2)" if stored else "local: three-term recurrence (memory budget)"
     shared = {"k": k, "tol": tol, "eps": eps, "seed": seed, "wall": block_wall, "num_steps": int(num_steps)}
     spectra = {
-        name: _dense_spectrum(matrices[b], k=k, num_steps=int(num_steps), wall=block_wall)
+        name: dense_spectrum(matrices[b], k=k, num_steps=int(num_steps), wall=block_wall)
         if b in matrices
         else _block_spectrum(tri, b, part.sizes[b], reorth=reorth, **shared)
         for b, name in enumerate(part.names)
@@ -527,83 +527,6 @@ def _block_spectrum(
             "k": k,
             "tol": tol,
             "reorthogonalisation": reorth,
-        },
-    )
-
-
-def _dense_blocks(
-    op: ProblemOperator, part: BlockPartition, which: tuple[int, ...], width: int, restricted: bool
-) -> tuple[dict[int, np.ndarray], int]:
-    """``H_bb`` of the blocks ``which`` as float64 matrices, and the number of passes: ``H_bb e_i`` for every entry
-    ``i`` of them, by restricted block products in one pass, else full columns ``H e_i`` (``width`` per pass) of
-    which block ``b``'s rows are kept."""
-    if restricted:
-        eye = [(list(part.members[b]), torch.eye(part.sizes[b], dtype=op.dtype, device=op.device)) for b in which]
-        outs = op.block_products(eye)
-        return {b: out.double().cpu().numpy() for b, out in zip(which, outs, strict=True)}, 1
-    entries = [(b, s + i) for b in which for s, e in part.of_block(b) for i in range(e - s)]
-    out = {b: np.zeros((part.sizes[b], part.sizes[b])) for b in which}
-    filled = dict.fromkeys(which, 0)
-    passes = 0
-    for first in range(0, len(entries), width):
-        chunk = entries[first : first + width]
-        X = torch.zeros(op.shape[0], len(chunk), dtype=op.dtype, device=op.device)
-        for c, (_, i) in enumerate(chunk):
-            X[i, c] = 1.0
-        Y = op @ X
-        del X
-        passes += 1
-        op.adopt_choice(len(chunk))
-        for c, (b, _) in enumerate(chunk):
-            out[b][:, filled[b]] = torch.cat([Y[s:e, c] for s, e in part.of_block(b)]).double().cpu().numpy()
-            filled[b] += 1
-    return out, passes
-
-
-def _dense_spectrum(H: np.ndarray, *, k: int, num_steps: int, wall: float) -> Spectrum:
-    """A small block's exact :class:`Spectrum` from its matrix (symmetrised; the asymmetry, rounding of the
-    products, is recorded in ``settings``)."""
-    n = H.shape[0]
-    sym = 0.5 * (H + H.T)
-    ev = np.linalg.eigvalsh(sym)
-    norm = float(np.linalg.norm(sym))
-    lo, hi = float(ev[0]), float(ev[-1])
-    density = SpectralDensity(
-        nodes=ev[None, :].copy(),
-        weights=np.full((1, n), 1.0 / n),
-        num_params=n,
-        sigma=(hi - lo) / num_steps if hi > lo else 1e-3 * max(abs(hi), 1.0),
-        steps=np.array([n]),
-        num_matvecs=n,
-        seed=None,
-        wall_time=wall,
-        method="exact",
-        settings={"num_steps": num_steps, "num_probes": 1, "sigma_derived": True},
-    )
-
-    def exact(value: float) -> Estimate:
-        return Estimate(value=value, stderr=0.0, num_matvecs=n, seed=None, method="exact", wall_time=wall)
-
-    top = ev[::-1][:k].copy()
-    return Spectrum(
-        eigenvalues=top,
-        eigen_residuals=np.zeros(k),
-        eigen_error_bounds=np.zeros(k),
-        eigen_converged=np.ones(k, dtype=bool),
-        eigenvectors=None,
-        trace=exact(float(ev.sum())),
-        frobenius=exact(norm),
-        density=density,
-        lla=density.lla_criteria(),
-        subsets=None,
-        num_params=n,
-        num_matvecs=n,
-        seed=None,
-        wall_time=wall,
-        settings={
-            "method": "exact: the dense block from its column products",
-            "asymmetry": float(np.linalg.norm(H - H.T)) / norm if norm > 0 else 0.0,
-            "k": k,
         },
     )
 
