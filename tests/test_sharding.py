@@ -85,3 +85,21 @@ def test_the_shares_must_add_up_to_the_vector():
 
     with pytest.raises(ValueError, match="every rank must select the same parameters"):
         ShardedSpace(Short(), RANK_SEGMENTS[0], N)
+
+
+def test_an_unsharded_problem_does_not_import_the_dtensor_module():
+    """Asking whether a parameter is a DTensor must not import ``torch.distributed.tensor`` (~40 MB of RSS in every
+    process that builds a Problem); a model that has DTensors has imported it already."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, landscape\n"
+        "p = landscape.Problem(torch.nn.Linear(3, 2), torch.nn.MSELoss(), [(torch.randn(4, 3), torch.randn(4, 2))])\n"
+        "p.loss(); landscape.hessian(p) @ torch.randn(8)\n"
+        "assert 'torch.distributed.tensor' not in sys.modules\n"
+        "import torch.distributed.tensor as dt\n"
+        "assert not landscape.sharding.is_dtensor(torch.zeros(1))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
