@@ -39,9 +39,11 @@ def jsonable(x: Any) -> Any:
 
 
 def field_dict(result: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Every field of the dataclass ``result`` but those in ``exclude`` by name, in the order declared, with its value
-    as it is (a shallow view, the start of a ``to_dict()`` that lists its fields)."""
-    return {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in exclude}
+    """Every field of the dataclass ``result`` but those in ``exclude`` by name, in the order ``__init__`` takes them
+    (as declared, the keyword-only ones last: a result's own fields before the seed, wall time and settings it
+    inherits), with its value as it is (a shallow view, the start of a ``to_dict()`` that lists its fields)."""
+    ordered = sorted(dataclasses.fields(result), key=lambda f: bool(f.kw_only))
+    return {f.name: getattr(result, f.name) for f in ordered if f.name not in exclude}
 
 
 def strict_json(x: Any) -> Any:

@@ -289,7 +289,9 @@ def layerwise_curvature(
         settings["note"] = (
             f"{method}: exact diagonal by second-order backpropagation ({exact.backend}, {exact.extension})"
         )
-        diag = Estimate(value, torch.zeros_like(value), 0, None, "exact", exact.wall_time, None, dict(settings))
+        diag = Estimate(
+            value, torch.zeros_like(value), 0, "exact", seed=None, wall_time=exact.wall_time, settings=dict(settings)
+        )
         total_stderr, used, ran, seed_out = 0.0, 0, "exact", None
     else:
         value, diag_stderr, samples, used = _hutchinson_groups(pop, segments, num_groups, num_matvecs, seed)
@@ -301,7 +303,9 @@ def layerwise_curvature(
         settings["note"] = f"{method}: estimated with Rademacher Hutchinson, {used} matvecs ({why})"
         settings["distribution"] = "rademacher"
         elapsed = time.perf_counter() - start
-        diag = Estimate(value, diag_stderr, used, seed_record(seed), "hutchinson", elapsed, None, dict(settings))
+        diag = Estimate(
+            value, diag_stderr, used, "hutchinson", seed=seed_record(seed), wall_time=elapsed, settings=dict(settings)
+        )
         ran, seed_out = "hutchinson", seed_record(seed)
     settings["problem"] = problem.describe()
     return LayerwiseCurvature(

@@ -24,7 +24,7 @@ import functools
 import math
 import os
 import time
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ from torch import Tensor
 from landscape.cache import Cache
 from landscape.linalg.lanczos import LanczosDecomposition, lanczos
 from landscape.linalg.probes import SeedLike, make_generator, seed_record
-from landscape.linalg.results import Estimate
+from landscape.linalg.results import Diagnostics, Estimate
 from landscape.linalg.short_recurrence import genuine
 from landscape.linalg.slq import LLACriteria, SpectralDensity
 from landscape.memory import MemoryEstimate, estimate
@@ -67,8 +67,9 @@ class SubsetSpread:
 
 
 @dataclass(frozen=True)
-class Spectrum:
-    """Top eigenvalues, trace, Frobenius norm and spectral density from one Krylov pass (see module docstring)."""
+class Spectrum(Diagnostics):
+    """Top eigenvalues, trace, Frobenius norm and spectral density from one Krylov pass (see module docstring); the
+    seed, wall time and settings come from :class:`~landscape.linalg.results.Diagnostics`."""
 
     eigenvalues: np.ndarray
     eigen_residuals: np.ndarray
@@ -82,9 +83,6 @@ class Spectrum:
     subsets: SubsetSpread | None
     num_params: int
     num_matvecs: int
-    seed: int | None
-    wall_time: float
-    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def lambda_max(self) -> float:

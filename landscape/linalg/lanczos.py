@@ -19,8 +19,7 @@ goes to float64 scipy.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,13 +28,14 @@ from torch import Tensor
 from landscape.linalg._common import Meter, as_start_block, draw
 from landscape.linalg._ritz import tridiagonal_eigh
 from landscape.linalg.probes import Distribution, SeedLike, make_generator
+from landscape.linalg.results import Diagnostics
 from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, gib, krylov_vectors
 from landscape.operators.base import CurvatureOperator
 from landscape.progress import progress as progress_bar
 
 
 @dataclass(frozen=True)
-class LanczosDecomposition:
+class LanczosDecomposition(Diagnostics):
     """``p`` independent Lanczos recurrences ``H Q_m = Q_m T_m + beta_m q_{m+1} e_m^T``, one per start vector.
 
     Attributes
@@ -51,8 +51,10 @@ class LanczosDecomposition:
         ``(p,)`` norms of the start vectors (the basis starts from their normalisations).
     basis
         ``(p, n, max(steps))`` orthonormal Lanczos vectors (columns; zero past ``steps[l]``), or ``None``.
-    num_matvecs, seed, wall_time, settings
-        Provenance.
+    num_matvecs
+        Operator applications.
+    seed, wall_time, settings
+        From :class:`~landscape.linalg.results.Diagnostics`.
     """
 
     alphas: np.ndarray
@@ -61,9 +63,6 @@ class LanczosDecomposition:
     start_norms: np.ndarray
     basis: Tensor | None
     num_matvecs: int
-    seed: int | None
-    wall_time: float
-    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_probes(self) -> int:

@@ -17,8 +17,32 @@ class ConvergenceWarning(UserWarning):
     """An iterative estimator stopped at its matvec budget before meeting its tolerance."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Diagnostics:
+    """What every result carries besides its numbers: the seed, the wall time and the settings that produced it.
+
+    The base of the result types of the estimators and the analyses. Its fields are keyword-only, so a result's own
+    fields keep their places in its ``__init__`` and these three follow them (as in
+    :func:`landscape._json.field_dict`); ``dataclasses.fields`` and the ``repr`` list them first.
+
+    Attributes
+    ----------
+    seed
+        The int seed the random numbers were drawn from, or ``None`` when a caller-owned ``torch.Generator`` was passed
+        or nothing was random.
+    wall_time
+        Seconds spent.
+    settings
+        The remaining options that produced the result (what they are: each result's own docstring).
+    """
+
+    seed: int | None
+    wall_time: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
-class Estimate:
+class Estimate(Diagnostics):
     """A stochastic estimate with its standard error.
 
     Attributes
@@ -30,16 +54,13 @@ class Estimate:
         Estimated standard error of ``value``, same type and shape; ``nan`` when it cannot be estimated (one sample).
     num_matvecs
         Operator applications used (columns multiplied).
-    seed
-        The int seed, or ``None`` when a caller-owned ``torch.Generator`` was passed or nothing was random
-        (``method="exact"``).
     method
-        Name of the estimator that ran (``"exact"`` for an exact value, with ``stderr`` 0).
-    wall_time
-        Seconds spent.
+        Name of the estimator that ran (``"exact"`` for an exact value, with ``stderr`` 0, and ``seed`` ``None``).
     samples
         The per-sample values whose spread gives ``stderr`` (Hutchinson quadratic forms, XTrace leave-one-out
         estimates, ...), or ``None``.
+    seed, wall_time
+        From :class:`Diagnostics`.
     settings
         The remaining options that produced the estimate (distribution, block size, stopping rule, ...); for
         :func:`~landscape.linalg.trace` and :func:`~landscape.linalg.diagonal` also ``"requested"`` (the method asked
@@ -49,11 +70,8 @@ class Estimate:
     value: Any
     stderr: Any
     num_matvecs: int
-    seed: int | None
     method: str
-    wall_time: float
     samples: np.ndarray | Tensor | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
 
     def __float__(self) -> float:
         return float(self.value)
@@ -68,7 +86,7 @@ class FrobeniusEstimate(Estimate):
 
 
 @dataclass(frozen=True)
-class EigenResult:
+class EigenResult(Diagnostics):
     """Extreme eigenpairs of a symmetric operator.
 
     Attributes
@@ -88,8 +106,11 @@ class EigenResult:
         the nearest other Ritz value (Kato-Temple / Saad 2011, Thm 3.8 style).
     num_matvecs, num_steps
         Operator applications and iterations (Lanczos steps or power iterations).
-    seed, method, which, tol, wall_time, settings
-        Provenance.
+    method, which, tol
+        The method that ran, the eigenvalues asked for (``"LA"``, ``"SA"`` or ``"LM"``) and the relative residual
+        tolerance.
+    seed, wall_time, settings
+        From :class:`Diagnostics`.
     """
 
     values: np.ndarray
@@ -99,12 +120,9 @@ class EigenResult:
     error_bounds: np.ndarray
     num_matvecs: int
     num_steps: int
-    seed: int | None
     method: str
     which: str
     tol: float
-    wall_time: float
-    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def all_converged(self) -> bool:

@@ -16,7 +16,7 @@ from weights (an outlier's weight per probe is ``~1/P`` with O(1) relative noise
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from landscape.linalg._common import draw
 from landscape.linalg.lanczos import LanczosDecomposition, lanczos
 from landscape.linalg.probes import Distribution, SeedLike, check_distribution, make_generator, seed_record
-from landscape.linalg.results import Estimate
+from landscape.linalg.results import Diagnostics, Estimate
 from landscape.operators.base import CurvatureOperator
 
 
@@ -46,7 +46,7 @@ class LLACriteria:
 
 
 @dataclass(frozen=True)
-class SpectralDensity:
+class SpectralDensity(Diagnostics):
     """SLQ quadrature of the spectral density of a symmetric operator.
 
     Attributes
@@ -62,9 +62,11 @@ class SpectralDensity:
         given explicitly.
     steps
         ``(num_probes,)`` Lanczos steps taken per probe.
-    num_matvecs, seed, wall_time, settings
-        Provenance; ``settings`` holds ``num_steps``, ``num_probes``, ``distribution`` and whether ``sigma`` was
-        derived.
+    num_matvecs, method
+        Operator applications; ``"slq"``.
+    seed, wall_time, settings
+        From :class:`~landscape.linalg.results.Diagnostics`; ``settings`` holds ``num_steps``, ``num_probes``,
+        ``distribution`` and whether ``sigma`` was derived.
     """
 
     nodes: np.ndarray
@@ -73,10 +75,7 @@ class SpectralDensity:
     sigma: float
     steps: np.ndarray
     num_matvecs: int
-    seed: int | None
-    wall_time: float
     method: str = "slq"
-    settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_lanczos(

@@ -20,12 +20,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from landscape._checks import Seed, check_batch_size, check_int, check_positive, seed_int
+from landscape.linalg.results import Diagnostics
 from landscape.problem import Problem, check_problem
 from landscape.progress import progress as progress_bar
 from landscape.scaling.minibatch import (
@@ -153,7 +154,7 @@ def _per_batch_size(statistic: str, doc: str) -> property:
 
 
 @dataclass(frozen=True)
-class ScalingReport:
+class ScalingReport(Diagnostics):
     """Batch-Hessian sharpness, predicted maximal stable learning rates and the noise scale across batch sizes.
 
     Attributes
@@ -174,13 +175,14 @@ class ScalingReport:
         ``anchor_lr``: the rules are multipliers of the learning rate used at the anchor batch size).
     noise
         :class:`NoiseScale` or ``None`` when not computed.
-    seed, num_batches
-        ``int`` seed (the same for every batch size; drawn from the ``torch.Generator`` when one was given) and
-        batches per size.
+    num_batches
+        Batches per size.
     num_matvecs
         Hessian-vector products in total (minibatch and full-data).
-    wall_time, settings
-        Seconds spent; ``problem`` (``Problem.describe()``), ``tol``, ``engine``.
+    seed, wall_time, settings
+        From :class:`~landscape.linalg.results.Diagnostics`: the ``int`` seed (the same for every batch size; drawn
+        from the ``torch.Generator`` when one was given); ``settings`` holds ``problem`` (``Problem.describe()``),
+        ``tol``, ``engine``.
     """
 
     batch_sizes: np.ndarray
@@ -192,11 +194,8 @@ class ScalingReport:
     anchor_lr: float
     anchor_kind: str
     noise: NoiseScale | None
-    seed: int
     num_batches: int
     num_matvecs: int
-    wall_time: float
-    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from torch import Tensor
 from landscape._checks import Seed, check_batch_size, check_int, check_positive, seed_int
 from landscape.example_pool import Examples
 from landscape.linalg import ConvergenceWarning, top_eigen
+from landscape.linalg.results import Diagnostics
 from landscape.operators import hessian
 from landscape.problem import Problem, check_problem
 
@@ -94,7 +95,7 @@ def _mean_std_stderr(values: np.ndarray, exact: bool) -> tuple[float, float, flo
 
 
 @dataclass(frozen=True)
-class BatchSharpness:
+class BatchSharpness(Diagnostics):
     """Top Hessian eigenvalue of randomly drawn minibatches of one size.
 
     Attributes
@@ -110,18 +111,16 @@ class BatchSharpness:
         ``(k,)`` bool: Lanczos met ``tol`` for that batch.
     residuals
         ``(k,)`` Ritz residual norms ``||H_B v - lambda v||`` (in the units of the rescaled minibatch loss).
-    seed
-        ``int`` seed of the local generator that drew the batches and the Lanczos start vectors (drawn from the
-        ``torch.Generator`` when one was given as ``seed``).
     tol
         Relative residual tolerance of :func:`landscape.linalg.top_eigen`.
     num_matvecs
         Minibatch Hessian-vector products in total (each costs a pass over ``B`` examples, not ``n``).
-    wall_time
-        Seconds spent.
-    settings
-        ``problem`` (``Problem.describe()``: BatchNorm/dropout policy, dtype, parameters), ``engine``, ``sampling``,
-        ``loss_scale`` (``n/B`` for sum-reduced losses, else 1), ``num_batches`` asked for.
+    seed, wall_time, settings
+        From :class:`~landscape.linalg.results.Diagnostics`. ``seed`` is the ``int`` seed of the local generator
+        that drew the batches and the Lanczos start vectors (drawn from the ``torch.Generator`` when one was given
+        as ``seed``); ``settings`` holds ``problem`` (``Problem.describe()``: BatchNorm/dropout policy, dtype,
+        parameters), ``engine``, ``sampling``, ``loss_scale`` (``n/B`` for sum-reduced losses, else 1),
+        ``num_batches`` asked for.
     """
 
     values: np.ndarray
@@ -129,11 +128,8 @@ class BatchSharpness:
     num_samples: int
     converged: np.ndarray
     residuals: np.ndarray
-    seed: int
     tol: float
     num_matvecs: int
-    wall_time: float
-    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exact(self) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,8 +32,10 @@ import torch
 from torch import Tensor
 
 from landscape._checks import Seed, check_batch_size, check_int, seed_int
+from landscape._json import field_dict
 from landscape.example_pool import Examples
 from landscape.linalg._common import mean_and_stderr
+from landscape.linalg.results import Diagnostics
 from landscape.operators import hessian
 from landscape.operators.base import CurvatureOperator
 from landscape.problem import Problem, check_problem
@@ -47,7 +49,7 @@ from landscape.scaling.minibatch import (
 
 
 @dataclass(frozen=True)
-class NoiseScale:
+class NoiseScale(Diagnostics):
     """The gradient noise scale of McCandlish et al. (2018) and the step sizes it implies.
 
     All quantities refer to per-example gradients ``g_i`` normalised so that ``G = (1/n) sum g_i`` is the gradient of
@@ -74,15 +76,14 @@ class NoiseScale:
         ``G^T H G`` (exact).
     small_batch, large_batch, num_samples, num_pairs
         ``B_s``, ``B_b``, ``n`` and the number of (small, large) batch pairs.
-    seed
-        ``int`` seed of the local generator that drew the batches (drawn from the ``torch.Generator`` when one was
-        given as ``seed``).
     num_matvecs
         Full-data Hessian-vector products (``num_pairs + 1``, one block).
     num_gradient_evaluations
         Minibatch gradients evaluated (full-data ones included).
-    wall_time, settings
-        Seconds spent; ``problem`` (``Problem.describe()``), ``engine``, ``sampling``, ``loss_scale``.
+    seed, wall_time, settings
+        From :class:`~landscape.linalg.results.Diagnostics`: the ``int`` seed of the local generator that drew the
+        batches (drawn from the ``torch.Generator`` when one was given as ``seed``); ``settings`` holds ``problem``
+        (``Problem.describe()``), ``engine``, ``sampling``, ``loss_scale``.
     """
 
     b_simple: float
@@ -102,11 +103,8 @@ class NoiseScale:
     large_batch: int
     num_samples: int
     num_pairs: int
-    seed: int
     num_matvecs: int
     num_gradient_evaluations: int
-    wall_time: float
-    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def critical_batch_size(self) -> float:
@@ -144,8 +142,7 @@ class NoiseScale:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready numbers (``nan`` where undefined)."""
-        names = [f for f in self.__dataclass_fields__ if f != "settings"]
-        return {**{f: getattr(self, f) for f in names}, "settings": self.settings}
+        return field_dict(self)
 
 
 def _ratio_stderr(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:

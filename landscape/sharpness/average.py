@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,12 +24,13 @@ import numpy as np
 from landscape._checks import Seed, check_int, check_positive, check_seed, generator
 from landscape._json import field_dict
 from landscape.linalg.probes import sample_probes, seed_record
+from landscape.linalg.results import Diagnostics
 from landscape.problem import Problem, check_problem
 from landscape.sharpness._common import ScalarResult, perturbation_scale
 
 
 @dataclass(frozen=True)
-class AverageSharpness(ScalarResult):
+class AverageSharpness(ScalarResult, Diagnostics):
     """Average-case sharpness ``E_{delta ~ N(0, rho^2 diag(c^2))} L(w + delta) - L(w)``.
 
     Attributes
@@ -43,8 +44,10 @@ class AverageSharpness(ScalarResult):
         ``L(w + delta) - L(w)``.
     rho, adaptive, eta, antithetic
         The settings (``c = |w| + eta`` when adaptive, else 1).
-    num_loss_evaluations, seed, wall_time, settings
-        Provenance (``settings["problem"]``: the Problem's description).
+    num_loss_evaluations
+        Loss evaluations spent.
+    seed, wall_time, settings
+        From :class:`~landscape.linalg.results.Diagnostics` (``settings["problem"]``: the Problem's description).
     """
 
     value: float
@@ -56,9 +59,6 @@ class AverageSharpness(ScalarResult):
     eta: float
     antithetic: bool
     num_loss_evaluations: int
-    seed: int | None
-    wall_time: float
-    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:

@@ -18,7 +18,7 @@ Every evaluation is functional (``problem.loss_and_grad(at=...)``): the model ke
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from torch import Tensor
 from landscape._checks import Seed, check_int, check_positive, check_seed, generator
 from landscape._json import field_dict
 from landscape.linalg.probes import sample_probes, seed_record
+from landscape.linalg.results import Diagnostics
 from landscape.memory import MemoryBudgetError, default_budget, gib
 from landscape.problem import Problem, check_problem
 from landscape.sharpness._common import ScalarResult, gradient_is_zero
@@ -38,7 +39,7 @@ LBFGSB_MAXCOR = 10
 
 
 @dataclass(frozen=True)
-class KeskarSharpness(ScalarResult):
+class KeskarSharpness(ScalarResult, Diagnostics):
     """Keskar et al. 2017 epsilon-sharpness ``100 [max_{y in C_eps} f(x + A y) - f(x)] / (1 + f(x))``.
 
     Attributes
@@ -61,7 +62,8 @@ class KeskarSharpness(ScalarResult):
     num_gradient_evaluations
         Loss-and-gradient evaluations (``f(x)`` and every point L-BFGS-B asked for).
     seed, wall_time, settings
-        Provenance (``settings["problem"]``: the Problem's description; ``maxiter``, ``maxfun``).
+        From :class:`~landscape.linalg.results.Diagnostics` (``settings["problem"]``: the Problem's description;
+        ``maxiter``, ``maxfun``).
     """
 
     value: float
@@ -76,9 +78,6 @@ class KeskarSharpness(ScalarResult):
     converged: bool
     message: str
     num_gradient_evaluations: int
-    seed: int | None
-    wall_time: float
-    settings: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         """A short human-readable report."""

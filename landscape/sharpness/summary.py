@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from landscape._checks import Seed, check_int, check_positive, check_seed
 from landscape.linalg import frobenius_norm, top_eigen
 from landscape.linalg import trace as estimate_trace
 from landscape.linalg.probes import seed_record
-from landscape.linalg.results import EigenResult, Estimate, FrobeniusEstimate
+from landscape.linalg.results import Diagnostics, EigenResult, Estimate, FrobeniusEstimate
 from landscape.operators import hessian
 from landscape.problem import Problem, check_problem
 from landscape.progress import progress as progress_bar
@@ -31,14 +31,15 @@ KESKAR_SUBSPACE_DIM = 100
 
 
 @dataclass(frozen=True)
-class Sharpness:
+class Sharpness(Diagnostics):
     """Curvature summaries and sharpness measures of one point, gathered by :func:`sharpness`.
 
     A part that was skipped is ``None``. ``lambda_max`` is the top-eigenpair result (Ritz residual in
     ``.residuals``), ``trace`` and ``frobenius`` carry standard errors; the sharpness parts are the results of
     :func:`sam_sharpness` (``sam_first_order``: p = 2, no ascent; ``sam``: p = 2 with ascent; ``sam_inf``: p = inf
     with ascent; ``asam``: adaptive, p = 2, with ascent), :func:`average_sharpness` and :func:`keskar_sharpness`
-    (``keskar``: full space; ``keskar_subspace``: random subspace).
+    (``keskar``: full space; ``keskar_subspace``: random subspace). ``seed``, ``wall_time`` and ``settings`` come
+    from :class:`~landscape.linalg.results.Diagnostics`.
     """
 
     loss: float
@@ -54,9 +55,6 @@ class Sharpness:
     keskar: KeskarSharpness | None
     keskar_subspace: KeskarSharpness | None
     num_params: int
-    seed: int | None
-    wall_time: float
-    settings: dict[str, Any] = field(default_factory=dict)
 
     def _parts(self) -> list[Any]:
         return [
