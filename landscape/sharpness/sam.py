@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ from landscape._checks import Seed, check_int, check_positive, check_seed, gener
 from landscape._json import field_dict
 from landscape.example_pool import Examples
 from landscape.linalg.probes import sample_probes, seed_record
+from landscape.linalg.results import Diagnostics
 from landscape.problem import Problem, check_problem
 from landscape.sharpness._common import ScalarResult, gradient_is_zero, perturbation_scale
 
@@ -64,7 +65,7 @@ MAX_STEP = 16.0
 
 
 @dataclass(frozen=True)
-class SAMSharpness(ScalarResult):
+class SAMSharpness(ScalarResult, Diagnostics):
     """Worst-case (SAM / ASAM, optionally m-) sharpness ``max_{||T^{-1} e||_p <= rho} L(w + e) - L(w)``.
 
     Attributes
@@ -95,11 +96,10 @@ class SAMSharpness(ScalarResult):
         The settings (``p`` is ``2.0`` or ``inf``).
     num_loss_evaluations, num_gradient_evaluations
         Loss-only and loss-and-gradient evaluations, each on the full data or (m-sharpness) on one subset.
-    seed, wall_time
-        Provenance.
-    settings
-        ``problem`` (the Problem's description, BatchNorm/dropout policy included), ``method``
-        (``"first_order"`` or ``"projected_ascent"``), the step rule and, for m-sharpness, the subset batching.
+    seed, wall_time, settings
+        From :class:`~landscape.linalg.results.Diagnostics`; ``settings`` holds ``problem`` (the Problem's
+        description, BatchNorm/dropout policy included), ``method`` (``"first_order"`` or ``"projected_ascent"``),
+        the step rule and, for m-sharpness, the subset batching.
     """
 
     value: float
@@ -122,9 +122,6 @@ class SAMSharpness(ScalarResult):
     steps: int
     num_loss_evaluations: int
     num_gradient_evaluations: int
-    seed: int | None
-    wall_time: float
-    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
