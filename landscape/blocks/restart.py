@@ -28,7 +28,7 @@ from landscape.blocks.partition import BlockPartition
 from landscape.linalg._common import draw
 from landscape.linalg._ritz import error_bounds
 from landscape.linalg.thick_restart import RESTART_COLUMNS
-from landscape.memory import block_lanczos_vectors, estimate, kept_after_restart, min_basis
+from landscape.memory import MemoryBudgetError, block_lanczos_vectors, estimate, gib, kept_after_restart, min_basis
 from landscape.operators.problem_operator import ProblemOperator
 from landscape.spectrum import Spectrum
 
@@ -160,8 +160,8 @@ class BlockThickRestart(BlockLanczos):
 
 
 def _basis(op: ProblemOperator, k: int, max_basis: int | None, memory_budget: int | None, columns: int) -> int:
-    """Vectors of the restarted basis: ``max_basis``, else ``2 k + 4`` (at least :func:`min_basis` ``+ 1``) or
-    fewer where the budget is short; :class:`MemoryBudgetError` when not even :func:`min_basis` fits."""
+    """Vectors of the restarted basis: ``max_basis`` (checked against the budget), else ``2 k + 4`` (at least
+    :func:`min_basis` ``+ 1``) or fewer where the budget is short; :class:`MemoryBudgetError` when it does not fit."""
     smallest = min_basis(k)
     if max_basis is not None:
         if isinstance(max_basis, bool) or not isinstance(max_basis, int) or max_basis < smallest:
@@ -172,13 +172,18 @@ def _basis(op: ProblemOperator, k: int, max_basis: int | None, memory_budget: in
     est = estimate(op.problem, "block_spectra", memory_budget=memory_budget, num_probes=1, num_steps=m, columns=columns)
     per_vector = op.shape[0] * torch.empty((), dtype=op.dtype).element_size()
     rest = est.need - est.parts["Krylov vectors"]
-    while m > smallest and rest + block_lanczos_vectors(1, m, columns, True) * per_vector > est.budget:
+
+    def need(vectors: int) -> int:
+        return rest + block_lanczos_vectors(1, vectors, columns, True) * per_vector
+
+    while max_basis is None and m > smallest and need(m) > est.budget:
         m -= 1
-    estimate(
-        op.problem, "block_spectra", memory_budget=memory_budget, num_probes=1, num_steps=m, columns=columns
-    ).check(
-        f"Refining the blocks' top-{k} eigenvalues needs a basis of at least {smallest} vectors: lower k or refine=0"
-    )
+    if need(m) > est.budget:
+        raise MemoryBudgetError(
+            f"refining the blocks' top-{k} eigenvalues on a basis of {m} vectors needs {gib(need(m))} on top of the "
+            f"{gib(est.resident)} this process holds; the memory budget is {gib(est.budget)}. Lower k or max_basis "
+            f"(at least {smallest}), pass refine=0, or raise memory_budget="
+        )
     return m
 
 
@@ -201,7 +206,7 @@ def refine(
     names = list(spectra)
     todo = tuple(b for b, n in enumerate(names) if not bool(np.all(spectra[n].eigen_converged)))
     if not todo:
-        return spectra, {"blocks": [], "steps": 0}
+        return spectra, {"blocks": [], "steps": 0, "passes": 0, "max_basis": 0, "converged": []}
     first = spectra[names[todo[0]]]  # a Lanczos block's (a dense one is exact)
     k, tol = first.eigenvalues.size, first.settings["tol"]
     sizes = tuple(spectra[n].num_params for n in names)

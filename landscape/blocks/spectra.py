@@ -169,7 +169,7 @@ class BlockSpectra:
         ]
         unconverged = [n for n in self.names if not self.spectra[n].eigen_converged.all()]
         refined = self.settings.get("refine")
-        if refined:
+        if refined and refined["blocks"]:
             lines.append(
                 f"top eigenvalues of {len(refined['blocks'])} block(s) refined by thick restart ({refined['steps']} "
                 f"steps, basis of {refined['max_basis']} vectors); {len(refined['converged'])} converged"

@@ -12,6 +12,7 @@ from landscape.blocks import block_spectra
 from landscape.blocks.partition import BlockPartition
 from landscape.blocks.restart import BlockThickRestart
 from landscape.linalg._common import draw
+from landscape.memory import MemoryBudgetError, estimate
 from tests.blocks.test_block_spectra import check_top_k, dense_blocks
 from tests.conftest import make_case, reference_hessian
 from tests.helpers import global_rng_untouched, model_untouched
@@ -96,3 +97,28 @@ def test_refine_bad_input():
         block_spectra(problem, refine=10, max_basis=4, **options)
     with pytest.raises(ValueError, match="refine"):
         block_spectra(problem, refine=-1, **options)
+
+
+def test_the_budget_lowers_the_basis_or_refuses_with_the_numbers():
+    """Budgets counted in vectors of the model above what the rest of a pass needs (the estimate's parts are byte
+    counts): room for 9.5 vectors lowers the default basis of 2k+4 = 8 to 6 (m + 3 vectors held); room for 7.5 fits
+    the density recurrences (7) but not the smallest restarted basis (5 + 3): MemoryBudgetError naming need and
+    budget; an explicit max_basis that does not fit is refused, not lowered."""
+    problem = problem_of(make_case("mlp"))
+    est = estimate(problem, "block_spectra", num_probes=1, num_steps=4, columns=1, stored=True)
+    rest, vector = est.need - est.parts["Krylov vectors"], problem.num_params * 8
+    options = {"by": "parameter", "k": 2, "num_probes": 1, "num_steps": 4, "full": False, "dense_max": 0}
+    r = block_spectra(problem, refine=30, memory_budget=int(rest + 9.5 * vector), traces="slq", **options)
+    assert r.settings["refine"]["max_basis"] == 6 and r.settings["reorthogonalisation"] == "full (CGS2)"
+    with pytest.raises(MemoryBudgetError, match=r"basis of 5 vectors needs .* the memory budget is .*refine=0"):
+        block_spectra(problem, refine=30, memory_budget=int(rest + 7.5 * vector), traces="slq", **options)
+    with pytest.raises(MemoryBudgetError, match="basis of 8 vectors"):
+        block_spectra(problem, refine=30, max_basis=8, memory_budget=int(rest + 9.5 * vector), traces="slq", **options)
+
+
+def test_nothing_to_refine_is_said_and_changes_nothing():
+    problem = problem_of(make_case("mlp"))
+    options = {"by": "parameter", "k": 2, "num_probes": 1, "num_steps": 40, "full": False, "seed": 1}
+    r = block_spectra(problem, refine=30, **options)
+    assert r.settings["refine"]["blocks"] == [] and r.passes == block_spectra(problem, **options).passes
+    assert "refined" not in r.summary() and "NOT converged" not in r.summary()
