@@ -22,7 +22,8 @@ Methods (``--methods``), each in a fresh ``python`` process so that its peak RSS
 - ``sam``: ``sam_sharpness(rho=0.05, steps=5)``; ``stability``: ``stability(problem, "gd", lr=0.01)``.
 - ``noise_scale``: ``gradient_noise_scale(num_pairs=4)``; ``batch_sharpness``: ``batch_sharpness`` of half-batches
   (2 of the 4 sequences, 64 of the 128 images), 2 batches, ``tol=1e-3``; ``layerwise``: ``layerwise_curvature``
-  per module with defaults (block traces and top eigenvalues).
+  per module with defaults (block traces and top eigenvalues); ``report``: the HTML report (``analyse`` and
+  ``write_report``) with light settings, every section but the batch-size scaling.
 - ``reference``: the top eigenvalue to a tight tolerance (``top_eigen(tol=1e-7 or 1e-6, vectors=False)``), in
   ``experiments/results/scale_reference.json``: every top-1 figure's error is measured against it.
 - ``pyhessian``: ``PyHessian(data=(X, y)).eigenvalues(top_n=1)`` (power iteration, ``tol=1e-3``: its default).
@@ -85,6 +86,7 @@ METHODS = (
     "blocks",
     "blocks_fine",
     "blocks_modules",
+    "report",
     "gradient_long",
     "hvp_long",
     "hvp_long_chunked",
@@ -431,6 +433,42 @@ def run_spectrum(workload: str) -> dict:
         "products": int(s.num_matvecs),
         "note": f"{plan['probes_at_once']} probes at once in {s.settings['probe_groups']} group(s); "
         f"{s.settings['reorthogonalisation']}",
+    }
+
+
+def run_report(workload: str) -> dict:
+    """The HTML report (``landscape.report.analyse`` + ``write_report``) with light settings, every section but the
+    batch-size scaling: spectrum (2 probes x 10 steps, top-3), a 5 x 5 surface, sharpness (SAM 2 steps, 4 average
+    draws, 10 products for trace and norm), stability of SGD at lr 0.01 (full batch), roughness along 2 directions,
+    block spectra of the coarse blocks (1 probe x 4 steps, k=1). Whether it runs within the budget, and its peak."""
+    import tempfile
+
+    from landscape.report import OptimizerSetting, analyse, collect_provenance, write_report
+
+    p = problem(workload)
+    t0 = time.perf_counter()
+    result = analyse(
+        p,
+        optimizers=[OptimizerSetting("sgd", 0.01)],
+        top_k=3,
+        num_probes=2,
+        num_steps=10,
+        resolution=5,
+        sam_steps=2,
+        num_samples=4,
+        num_matvecs=10,
+        roughness_directions=2,
+        blocks={"by": COARSE_BLOCKS[workload], "k": 1, "num_probes": 1, "num_steps": 4, "full": False, "traces": "slq"},
+        seed=SEED,
+    )
+    with tempfile.TemporaryDirectory() as out:
+        path = write_report(out, result, collect_provenance(p))
+        size = path.stat().st_size
+    return {
+        "seconds": time.perf_counter() - t0,
+        "eigenvalues": [float(x) for x in result.spectrum.eigenvalues],
+        "note": f"report.html {size / 2**20:.1f} MiB; sections timed: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in result.wall_times.items()),
     }
 
 
