@@ -13,7 +13,8 @@ Methods (``--methods``), each in a fresh ``python`` process so that its peak RSS
 
 - ``gradient``: a plain torch ``loss.backward()``: the baseline every time and memory is divided by.
 - ``forward``: a plain forward pass without gradients; ``surface``: a 4 x 4 filter-normalised loss surface
-  (``landscape.surface.surface``), time per grid point (to divide by the forward's).
+  (``landscape.surface.surface``), time per grid point (to divide by the forward's); ``surface_bf16``: the same
+  with the directions stored in bfloat16 (``filter_normalized(..., dtype=torch.bfloat16)``).
 - ``hvp``: ``landscape.hessian(problem) @ v`` with defaults: the first product and the median of later ones.
 - ``top1``, ``top5``: ``landscape.top_eigen(op, k)`` with defaults; ``top1_lean``: the eigenvalue alone
   (``vectors=False``: the three-term recurrence, two vectors of memory) to ``tol=1e-3``;
@@ -37,6 +38,7 @@ Usage::
     python experiments/bench_scale.py                               # every workload and method (~1.5 h)
     python experiments/bench_scale.py --workloads resnet18 --methods gradient hvp top1
     python experiments/bench_scale.py --one resnet18 top1           # one method in this process (JSON line)
+    python experiments/bench_scale.py --workloads resnet18 --methods forward surface --repeat 5  # 5 rounds
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ METHODS = (
     "gradient",
     "forward",
     "surface",
+    "surface_bf16",
     "hvp",
     "top1",
     "top1_lean",
@@ -175,17 +178,23 @@ def run_forward(workload: str) -> dict:
     return {"seconds": statistics.median(times[1:])}
 
 
-def run_surface(workload: str) -> dict:
-    """A 2D filter-normalised surface, 4 x 4 points (loss and accuracy): per point, against a forward."""
+def run_surface(workload: str, dtype: torch.dtype | None = None) -> dict:
+    """A 2D filter-normalised surface, 4 x 4 points (loss and accuracy): per point, against a forward. Like the
+    forward's median, which leaves its first (cold) call out, the timed surface follows a 2 x 2 one (warm-up)."""
     p = problem(workload)
-    dirs = landscape.surface.filter_normalized(p, 2, seed=SEED)
+    dirs = landscape.surface.filter_normalized(p, 2, seed=SEED, dtype=dtype)
+    landscape.surface.surface(p, dirs, resolution=2)
     t0 = time.perf_counter()
     s = landscape.surface.surface(p, dirs, resolution=4)
     return {
         "seconds": (time.perf_counter() - t0) / 16,
-        "note": "per grid point (16 points)",
+        "note": f"per grid point (16 points), point_memory {s.settings['point_memory']}",
         "min_loss": float(s.loss.min()),
     }
+
+
+def run_surface_bf16(workload: str) -> dict:
+    return run_surface(workload, torch.bfloat16)
 
 
 def estimate(p: landscape.Problem, analysis: str, **settings) -> dict:
@@ -440,11 +449,18 @@ def run_report(workload: str) -> dict:
     """The HTML report (``landscape.report.analyse`` + ``write_report``) with light settings, every section but the
     batch-size scaling: spectrum (2 probes x 10 steps, top-3), a 5 x 5 surface, sharpness (SAM 2 steps, 4 average
     draws, 10 products for trace and norm), stability of SGD at lr 0.01 (full batch), roughness along 2 directions,
-    block spectra of the coarse blocks (1 probe x 4 steps, k=1). Whether it runs within the budget, and its peak."""
+    block spectra of the coarse blocks (1 probe x 4 steps, k=1). Whether it runs within the budget, and its peak;
+    each section's own peak RSS (``section_peaks_gib``: the kernel's high-water mark reset as the section starts,
+    Linux only) and what the process holds after it (``section_rss_gib``)."""
     import tempfile
 
     from landscape.report import OptimizerSetting, analyse, collect_provenance, write_report
+    from landscape.report import analyses as sections
 
+    peaks: dict[str, float] = {}
+    after: dict[str, float] = {}
+    for name in ("spectrum", "surface", "sharpness", "block_spectra", "roughness_index", "_stability"):
+        setattr(sections, name, _section_peak(getattr(sections, name), name, peaks, after))
     p = problem(workload)
     t0 = time.perf_counter()
     result = analyse(
@@ -469,7 +485,37 @@ def run_report(workload: str) -> dict:
         "eigenvalues": [float(x) for x in result.spectrum.eigenvalues],
         "note": f"report.html {size / 2**20:.1f} MiB; sections timed: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in result.wall_times.items()),
+        "section_peaks_gib": peaks,
+        "section_rss_gib": after,
+        "peak_before_reset_gib": max(peaks.values(), default=0.0),
     }
+
+
+def _status_gib(field: str) -> float:
+    """``VmHWM`` (peak) or ``VmRSS`` (now) of this process from ``/proc/self/status``, GiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / 2**30
+    return math.nan
+
+
+def _section_peak(fn, name: str, peaks: dict[str, float], after: dict[str, float]):
+    """``fn`` recording its own peak RSS into ``peaks[name]``: the high-water mark is reset to the current RSS
+    (``/proc/self/clear_refs``: 5, which resets ``ru_maxrss`` too) as it starts and read as it ends; the peak before
+    the reset is kept in ``peaks["before " + name]``."""
+
+    def wrapped(*args, **kwargs):
+        peaks["before " + name] = max(peaks.get("before " + name, 0.0), _status_gib("VmHWM"))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            peaks[name] = max(peaks.get(name, 0.0), _status_gib("VmHWM"))
+            after[name] = _status_gib("VmRSS")
+
+    return wrapped
 
 
 def run_pyhessian(workload: str) -> dict:
@@ -530,7 +576,8 @@ def run_one(workload: str, method: str) -> dict:
         out.update(globals()[f"run_{method}"](workload))
     except Exception as err:  # noqa: BLE001 - a failing method is a result (e.g. a peer's MemoryError)
         out["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-    out["peak_gib"] = peak_rss()
+    # A method that reset the high-water mark (the report's sections) gives the peaks it saw before each reset.
+    out["peak_gib"] = max(peak_rss(), out.pop("peak_before_reset_gib", 0.0))
     return out
 
 
@@ -580,6 +627,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", choices=ALL, default=list(ALL))
     ap.add_argument("--one", nargs=2, metavar=("WORKLOAD", "METHOD"), help="run one method here, print JSON")
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_scale.jsonl", help="rows are appended here")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of every method, interleaved (fresh processes)")
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(*args.one)), flush=True)
@@ -591,25 +639,25 @@ def main() -> None:
     )
     rows = []
     args.out.parent.mkdir(exist_ok=True)
-    for w in args.workloads:
-        for m in args.methods:
-            t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, "--one", w, m], capture_output=True, text=True)
-            line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = {
-                    "workload": w,
-                    "method": m,
-                    "peak_gib": math.nan,
-                    "error": f"process exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}",
-                }
-            row["process_s"] = time.perf_counter() - t0
-            rows.append(row)
-            with args.out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+    rounds = [(w, m) for _ in range(args.repeat) for w in args.workloads for m in args.methods]
+    for w, m in rounds:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--one", w, m], capture_output=True, text=True)
+        line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = {
+                "workload": w,
+                "method": m,
+                "peak_gib": math.nan,
+                "error": f"process exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}",
+            }
+        row["process_s"] = time.perf_counter() - t0
+        rows.append(row)
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
     print(table(rows))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 from landscape.cli.app import UserError, common_options, main, show_progress
 from landscape.cli.output import answer, emit, marked, opened_store, state_sha
@@ -21,7 +22,15 @@ from landscape.cli.setup import fresh_model, second_model, setup_problem
 @click.option("--directions-seed", type=int, default=None, help="Seed of the directions (default --seed).")
 @click.option("--span", type=float, default=1.0, show_default=True, help="Coordinates cover [-span, span].")
 @click.option("--resolution", type=click.IntRange(2, None), default=11, show_default=True)
-def surface_cmd(num_directions, directions_seed, span, resolution, out, no_cache, as_json, quiet, **kw):
+@click.option(
+    "--directions-dtype",
+    type=click.Choice(["bfloat16", "float16"]),
+    default=None,
+    help="Store the directions in this dtype (half their memory on a float32 model; default the model's dtype).",
+)
+def surface_cmd(
+    num_directions, directions_seed, span, resolution, directions_dtype, out, no_cache, as_json, quiet, **kw
+):
     """Loss along 1 or 2 filter-normalised random directions; cached in --out/landscape.h5, plotted to surface.png."""
     from landscape.plot.cli_figures import surface_figure
     from landscape.surface import filter_normalized, surface
@@ -29,10 +38,13 @@ def surface_cmd(num_directions, directions_seed, span, resolution, out, no_cache
     t0 = time.perf_counter()
     problem = setup_problem(kw, quiet)
     seed = kw["seed"] if directions_seed is None else directions_seed
-    dirs = filter_normalized(problem, num=num_directions, seed=seed)
+    dtype = None if directions_dtype is None else getattr(torch, directions_dtype)
+    dirs = filter_normalized(problem, num=num_directions, seed=seed, dtype=dtype)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"directions": num_directions, "directions_seed": seed, "span": span, "resolution": resolution}
+    if directions_dtype is not None:  # the default's key stays what it was
+        config["directions_dtype"] = directions_dtype
     with opened_store(out, no_cache) as store:
         grid = {"span": (-span, span), "resolution": resolution, "cache": store, "progress": show_progress(quiet)}
         surf, _ = marked(store, problem, "surface", config, lambda: surface(problem, dirs, **grid))
@@ -42,6 +54,7 @@ def surface_cmd(num_directions, directions_seed, span, resolution, out, no_cache
         result = {
             "directions": num_directions,
             "directions_seed": seed,
+            "directions_dtype": directions_dtype,
             "span": [-span, span],
             "resolution": resolution,
             "coords": [c.tolist() for c in surf.coords],

@@ -13,6 +13,7 @@ data the points are dealt out to the ranks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from landscape.losses import Criterion
 from landscape.problem import ParamDict, Problem
 from landscape.progress import progress as progress_bar
+from landscape.surface.per_module import OutsideModuleError, placeholders, written_per_module
 
 
 def _are_labels(targets: Tensor) -> bool:
@@ -86,6 +88,10 @@ AUTO_CANDIDATES = (1, 4, 16)
 AUTO_MARGIN = 1.1
 # Default cap on what a group of points evaluated together through vmap may hold (stacked parameters + activations).
 DEFAULT_MEMORY_BUDGET = 1 << 30
+# How one point's tensors are written (``point_memory``); "auto" writes per module from this many bytes on, where a
+# whole point is worth keeping out of the peak and the hooks' ~20 us per module are lost in the forward pass.
+POINT_MEMORY = ("auto", "whole", "per_module")
+PER_MODULE_BYTES = 16 << 20
 
 
 class VmapUnsupportedError(RuntimeError):
@@ -108,6 +114,10 @@ class GridOptions:
         Points per chunk handed over (committed by a cache); ``None``: ``max(DEFAULT_CHUNK, batch_points)``.
     memory_budget
         Bytes a group of stacked points may hold; ``None``: no cap.
+    point_memory
+        ``"whole"``: one point's parameter set written whole before its forward pass; ``"per_module"``: each
+        module's tensors written right before it runs and dropped after (:mod:`landscape.surface.per_module`);
+        ``"auto"``: per module for parameter sets of ``PER_MODULE_BYTES`` or more. The values are the same bit for bit.
     """
 
     span: Sequence[float]
@@ -115,19 +125,25 @@ class GridOptions:
     batch_points: int | str = 1
     chunk: int | None = None
     memory_budget: int | None = DEFAULT_MEMORY_BUDGET
+    point_memory: str = "auto"
 
 
 @dataclass(frozen=True)
 class _Points:
     """The grid points of one run, written into preallocated tensors rather than built anew.
 
-    ``fill(i, out)`` writes the parameter set of flat grid point ``i`` (C order of the grid) into the tensors of
-    ``out`` (shapes of ``template``) in place; entries that are not selected parameters (interpolated buffers)
+    ``fill_one(i, name, out)`` writes tensor ``name`` of flat grid point ``i`` (C order of the grid) into ``out``
+    (shape of ``template[name]``) in place; entries that are not selected parameters (interpolated buffers)
     override the model's own state in the forward pass.
     """
 
     template: ParamDict
-    fill: Callable[[int, ParamDict], None]
+    fill_one: Callable[[int, str, Tensor], None]
+
+    def fill(self, i: int, out: ParamDict) -> None:
+        """Write every tensor of point ``i`` into ``out``."""
+        for n, t in out.items():
+            self.fill_one(i, n, t)
 
     def buffers(self, k: int | None = None) -> ParamDict:
         """Tensors for one point (``k=None``) or ``k`` stacked points (leading dimension ``k``)."""
@@ -148,13 +164,15 @@ class _Points:
 @dataclass(frozen=True)
 class _Plan:
     """How grid points are evaluated: ``batch_points`` per forward (``vmap`` over stacked parameters when > 1),
-    ``chunk`` points per pass over the data, the timings an ``"auto"`` choice was based on, and the memory estimate
-    behind a cap on ``batch_points``."""
+    ``chunk`` points per pass over the data, the timings an ``"auto"`` choice was based on, the memory estimate
+    behind a cap on ``batch_points``, and whether one point is written per module (``per_module``; a failure to do
+    so is recorded in ``memory["per_module_failed"]``)."""
 
     batch_points: int
     chunk: int
     timings: dict[int, float] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
+    per_module: bool = False
 
 
 def _forward_stacked(problem: Problem, forward: Callable, params: ParamDict, data: Any) -> Tensor:
@@ -219,6 +237,7 @@ def _local_plan(problem: Problem, points: _Points, num_points: int, options: Gri
         raise ValueError(f"batch_points must be a positive int or 'auto', got {batch_points!r}")
     if memory_budget is not None and (isinstance(memory_budget, bool) or memory_budget <= 0):
         raise ValueError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
+    _check_point_memory(problem, options)
     largest = max(AUTO_CANDIDATES) if auto else batch_points
     memory: dict[str, Any] = {}
     if largest > 1 and memory_budget is not None:
@@ -229,7 +248,8 @@ def _local_plan(problem: Problem, points: _Points, num_points: int, options: Gri
             memory["batch_points_requested"] = batch_points
             batch_points = fits
     if not auto:
-        return _Plan(batch_points, chunk or max(DEFAULT_CHUNK, batch_points), memory=memory)
+        per_module = _per_module(problem, points, batch_points, options.point_memory)
+        return _Plan(batch_points, chunk or max(DEFAULT_CHUNK, batch_points), memory=memory, per_module=per_module)
     limit = memory.get("points_that_fit", max(AUTO_CANDIDATES))
     timings: dict[int, float] = {}
     first = next(iter(problem.batches()))
@@ -257,7 +277,26 @@ def _local_plan(problem: Problem, points: _Points, num_points: int, options: Gri
             timings[p] = (time.perf_counter() - t0) / (reps * p)
             if timings[p] * AUTO_MARGIN < timings[best]:
                 best = p
-    return _Plan(best, chunk or max(DEFAULT_CHUNK, best), timings, memory)
+    per_module = _per_module(problem, points, best, options.point_memory)
+    return _Plan(best, chunk or max(DEFAULT_CHUNK, best), timings, memory, per_module)
+
+
+def _check_point_memory(problem: Problem, options: GridOptions) -> None:
+    point_memory = options.point_memory
+    if point_memory not in POINT_MEMORY:
+        raise ValueError(f"point_memory must be one of {POINT_MEMORY}, got {point_memory!r}")
+    if point_memory == "per_module" and (options.batch_points != 1 or problem.space is not None):
+        raise ValueError(
+            "point_memory='per_module' writes one point at a time into the modules of an unsharded model: use "
+            "batch_points=1, or point_memory='auto' (sharded models and stacked points keep whole points)"
+        )
+
+
+def _per_module(problem: Problem, points: _Points, batch_points: int, point_memory: str) -> bool:
+    """Whether one point's tensors are written per module: ``point_memory`` resolved for this run."""
+    if batch_points != 1 or problem.space is not None or point_memory == "whole":
+        return False
+    return point_memory == "per_module" or points.nbytes() >= PER_MODULE_BYTES
 
 
 def _evaluate(
@@ -276,7 +315,10 @@ def _evaluate(
 
     One point at a time (``plan.batch_points == 1``), the module is re-parametrised once for the whole run with a
     single preallocated parameter set that every point is written into in place, and called directly: per point
-    there is no allocation and no re-parametrisation, only the forward passes. Groups of points go through
+    there is no allocation and no re-parametrisation, only the forward passes. With ``plan.per_module`` the
+    parameter set is not held: each module's tensors of the point are written right before it runs
+    (:mod:`landscape.surface.per_module`); should the first point fail so, the run is evaluated with whole points
+    and ``plan.memory["per_module_failed"]`` says why. Groups of points go through
     ``vmap`` over stacked parameter sets, built once per group and reused for every batch. The loss of a point sums
     ``w_b L_b`` over batches in data order exactly as :meth:`Problem.loss` does, so one point at a time a point equal
     to the current parameters reproduces ``problem.loss()`` bit for bit. Results are handed over ``plan.chunk``
@@ -331,102 +373,120 @@ def _evaluate(
 
     def run(group: Callable[[np.ndarray, slice], None]) -> None:
         bp = plan.batch_points
-        bar = progress_bar(int(todo.size), "grid points", progress, unit="point")
-        for start in range(0, todo.size, plan.chunk):
-            idx = todo[start : start + plan.chunk]
-            if split is not None:  # the points this rank does not evaluate add exact zeros to the sums
-                chunk_loss.zero_()
-                chunk_correct.zero_()
-            for k, g in enumerate(range(0, idx.size, bp)):
-                if split is None or k % split.world_size == split.rank:
-                    group(idx[g : g + bp], slice(g, min(g + bp, idx.size)))
-            if split is not None:
-                # Replicated data: each point was evaluated whole on one rank. A rank may have had no point in this
-                # chunk, so whether the targets are class labels is agreed on first (every rank must make the
-                # same collectives); then one sum per chunk hands every rank every value, bit for bit.
-                agreed = torch.tensor([int(flags["accuracy"])], dtype=torch.int64, device=problem.device)
-                split.all_reduce_(agreed, "all_reduce of the accuracy flag")
-                flags["accuracy"] = int(agreed) == split.world_size
-            if ranks is not None:
-                # Data-parallel: every rank evaluated the chunk's points on its shard (batch weights over the global
-                # sample count); one sum per chunk, not per point, gives every rank the full-data values.
-                ranks.all_reduce_(chunk_loss[: idx.size], "all_reduce of a chunk of surface losses")
-                if flags["accuracy"]:
-                    ranks.all_reduce_(chunk_correct[: idx.size], "all_reduce of a chunk of correct counts")
-            losses[idx] = chunk_loss[: idx.size].double().cpu().numpy()
-            if flags["accuracy"]:
-                # Where the loss is NaN/inf the outputs are too: their argmax is meaningless, so no accuracy either.
-                # Per chunk, in Python floats: the same IEEE divisions as numpy's, without its kernels' code.
-                correct = chunk_correct[: idx.size].tolist()
-                accs[idx] = [
-                    c / total_samples if math.isfinite(v) else math.nan
-                    for c, v in zip(correct, losses[idx].tolist(), strict=True)
-                ]
-            if on_chunk is not None:
-                on_chunk(idx, losses[idx], accs[idx] if flags["accuracy"] else None)
-            bar.update(idx.size)
-        bar.close()
-
-    with torch.no_grad(), problem.evaluation(order=0) as forward:
-        if plan.batch_points == 1:
-            buffers = points.buffers()
-
-            def in_place(module: nn.Module) -> None:
-                # Predictions of every local sample and their targets, so the correct count is one comparison per
-                # point instead of three small operations per batch (they cost ~8% of a 3.5 ms forward pass).
-                local = problem.num_local_samples if accuracy and criterion else 0
-                predicted = _Predictions(local, problem.device)
-                if held is not None and accuracy and criterion:  # in memory: the targets never change, copy them once
-                    start = 0
-                    for b in held:
-                        if _are_labels(b.targets):
-                            predicted.set_targets(start, b.targets)
-                        start += b.size
-
-                def one(sub: np.ndarray, slot: slice) -> None:
-                    # The stacked path's arithmetic without its stacking: per batch the forward pass, its weighted
-                    # loss and predictions; the point's totals go into the chunk once.
-                    points.fill(int(sub[0]), buffers)
-                    total = None
-                    start = 0
-                    hits = 0
-                    for b in data():
-                        outputs = objective.outputs(module, b.data)
-                        loss = b.weight * objective.from_outputs(outputs, b.data)
-                        total = loss if total is None else total + loss
-                        if flags["accuracy"] and not criterion:
-                            correct = objective.correct(outputs, b.data)
-                            if correct is None:
-                                flags["accuracy"] = False
-                            else:
-                                hits = hits + correct
-                        elif flags["accuracy"]:
-                            if _is_classification(outputs, b.targets):
-                                predicted.record(start, outputs)
-                                if held is None:  # a loader may reorder between passes
-                                    predicted.set_targets(start, b.targets)
-                            else:
-                                flags["accuracy"] = False
-                        start += b.size
-                    chunk_loss[slot.start] = total
+        with contextlib.closing(progress_bar(int(todo.size), "grid points", progress, unit="point")) as bar:
+            for start in range(0, todo.size, plan.chunk):
+                idx = todo[start : start + plan.chunk]
+                if split is not None:  # the points this rank does not evaluate add exact zeros to the sums
+                    chunk_loss.zero_()
+                    chunk_correct.zero_()
+                for k, g in enumerate(range(0, idx.size, bp)):
+                    if split is None or k % split.world_size == split.rank:
+                        group(idx[g : g + bp], slice(g, min(g + bp, idx.size)))
+                if split is not None:
+                    # Replicated data: each point was evaluated whole on one rank. A rank may have had no point in this
+                    # chunk, so whether the targets are class labels is agreed on first (every rank must make the
+                    # same collectives); then one sum per chunk hands every rank every value, bit for bit.
+                    agreed = torch.tensor([int(flags["accuracy"])], dtype=torch.int64, device=problem.device)
+                    split.all_reduce_(agreed, "all_reduce of the accuracy flag")
+                    flags["accuracy"] = int(agreed) == split.world_size
+                if ranks is not None:
+                    # Data-parallel: every rank evaluated the chunk's points on its shard (batch weights over the global
+                    # sample count); one sum per chunk, not per point, gives every rank the full-data values.
+                    ranks.all_reduce_(chunk_loss[: idx.size], "all_reduce of a chunk of surface losses")
                     if flags["accuracy"]:
-                        chunk_correct[slot.start] = predicted.correct() if criterion else hits
-
-                run(one)
-
-            forward.within(buffers, in_place)
-        else:
-
-            def stacked(sub: np.ndarray, slot: slice) -> None:
-                params = points.stacked(sub)  # built once per group of points, reused for every batch
-                total = hits = None
-                for b in data():
-                    total, hits = tally(_forward_stacked(problem, forward, params, b.data), b, total, hits)
-                chunk_loss[slot] = total
+                        ranks.all_reduce_(chunk_correct[: idx.size], "all_reduce of a chunk of correct counts")
+                losses[idx] = chunk_loss[: idx.size].double().cpu().numpy()
                 if flags["accuracy"]:
-                    chunk_correct[slot] = hits
+                    # Where the loss is NaN/inf the outputs are too: their argmax is meaningless, so no accuracy either.
+                    # Per chunk, in Python floats: the same IEEE divisions as numpy's, without its kernels' code.
+                    correct = chunk_correct[: idx.size].tolist()
+                    accs[idx] = [
+                        c / total_samples if math.isfinite(v) else math.nan
+                        for c, v in zip(correct, losses[idx].tolist(), strict=True)
+                    ]
+                if on_chunk is not None:
+                    on_chunk(idx, losses[idx], accs[idx] if flags["accuracy"] else None)
+                bar.update(idx.size)
 
-            run(stacked)
+    def point_by_point(module: nn.Module, prepare: Callable[[int], None]) -> None:
+        """Every point through ``module`` (re-parametrised for the run), ``prepare(i)`` writing point ``i``."""
+        # Predictions of every local sample and their targets, so the correct count is one comparison per point
+        # instead of three small operations per batch (they cost ~8% of a 3.5 ms forward pass).
+        local = problem.num_local_samples if accuracy and criterion else 0
+        predicted = _Predictions(local, problem.device)
+        if held is not None and accuracy and criterion:  # in memory: the targets never change, copy them once
+            start = 0
+            for b in held:
+                if _are_labels(b.targets):
+                    predicted.set_targets(start, b.targets)
+                start += b.size
+
+        def one(sub: np.ndarray, slot: slice) -> None:
+            # The stacked path's arithmetic without its stacking: per batch the forward pass, its weighted loss and
+            # predictions; the point's totals go into the chunk once.
+            prepare(int(sub[0]))
+            total = None
+            start = 0
+            hits = 0
+            for b in data():
+                outputs = objective.outputs(module, b.data)
+                loss = b.weight * objective.from_outputs(outputs, b.data)
+                total = loss if total is None else total + loss
+                if flags["accuracy"] and not criterion:
+                    correct = objective.correct(outputs, b.data)
+                    if correct is None:
+                        flags["accuracy"] = False
+                    else:
+                        hits = hits + correct
+                elif flags["accuracy"]:
+                    if _is_classification(outputs, b.targets):
+                        predicted.record(start, outputs)
+                        if held is None:  # a loader may reorder between passes
+                            predicted.set_targets(start, b.targets)
+                    else:
+                        flags["accuracy"] = False
+                start += b.size
+            chunk_loss[slot.start] = total
+            if flags["accuracy"]:
+                chunk_correct[slot.start] = predicted.correct() if criterion else hits
+
+        run(one)
+
+    def one_at_a_time(forward: Any, per_module: bool) -> None:
+        # The tensors the module is re-parametrised with for the run: the one parameter set every point is written
+        # into, or the placeholders that the per-module hooks replace while each module runs.
+        slots = placeholders(points.template) if per_module else points.buffers()
+
+        def in_place(module: nn.Module) -> None:
+            if not per_module:
+                point_by_point(module, lambda i: points.fill(i, slots))
+                return
+            with written_per_module(module, slots, points.template, points.fill_one) as current:
+                point_by_point(module, lambda i: current.__setitem__(0, i))
+
+        forward.within(slots, in_place)
+
+    def stacked(forward: Any) -> None:
+        def group(sub: np.ndarray, slot: slice) -> None:
+            params = points.stacked(sub)  # built once per group of points, reused for every batch
+            total = hits = None
+            for b in data():
+                total, hits = tally(_forward_stacked(problem, forward, params, b.data), b, total, hits)
+            chunk_loss[slot] = total
+            if flags["accuracy"]:
+                chunk_correct[slot] = hits
+
+        run(group)
+
+    def evaluate(per_module: bool) -> None:
+        with torch.no_grad(), problem.evaluation(order=0) as forward:
+            one_at_a_time(forward, per_module) if plan.batch_points == 1 else stacked(forward)
+
+    try:
+        evaluate(plan.per_module)
+    except OutsideModuleError as err:  # the model uses a tensor outside its own module: whole points then
+        plan.memory["per_module_failed"] = str(err)
+        evaluate(False)
     _warn_non_finite(losses, shape)
     return losses.reshape(shape), (accs.reshape(shape) if flags["accuracy"] else None)
 
@@ -454,6 +514,7 @@ def _run_settings(options: GridOptions, plan: _Plan, directions: dict, problem: 
         "chunk": plan.chunk,
         "auto_timings": {str(k): v for k, v in plan.timings.items()},
         "memory": plan.memory,
+        "point_memory": "per_module" if plan.per_module and "per_module_failed" not in plan.memory else "whole",
         "directions": directions,
         "problem": problem.describe(),
     }

@@ -135,7 +135,10 @@ def _grid(span: Sequence[float], resolution: int, exact: Sequence[float]) -> np.
 def _check_directions(problem: Problem, directions: Directions) -> Tensor:
     if not isinstance(directions, Directions):
         raise TypeError(f"directions must be a Directions (see landscape.surface.directions), got {type(directions)}")
-    vectors = directions.vectors.to(device=problem.device, dtype=problem.dtype)
+    vectors = directions.vectors
+    # Directions stored narrower than the problem (bfloat16 on float32) are added as they are, without a wider copy.
+    narrower = vectors.is_floating_point() and vectors.element_size() < problem.dtype.itemsize
+    vectors = vectors.to(device=problem.device, dtype=vectors.dtype if narrower else problem.dtype)
     if vectors.ndim != 2 or vectors.shape[1] != problem.num_params:
         raise ValueError(
             f"directions have shape {tuple(vectors.shape)}; the problem needs (num, {problem.num_params}): "
@@ -165,14 +168,13 @@ def _surface_points(problem: Problem, vectors: Tensor, coords: np.ndarray) -> _P
     origin = {n: named[n].detach().to(device=problem.device, dtype=problem.dtype) for n in problem.param_names}
     pieces = [_param_views(problem, vectors[j]) for j in range(vectors.shape[0])]
 
-    def fill(i: int, out: ParamDict) -> None:
-        a = [float(x) for x in coords[i]]
-        for n, t in out.items():
-            torch.add(origin[n], pieces[0][n], alpha=a[0], out=t)
-            for j in range(1, len(a)):
-                torch.add(t, pieces[j][n], alpha=a[j], out=t)
+    def fill_one(i: int, n: str, out: Tensor) -> None:
+        a = coords[i]
+        torch.add(origin[n], pieces[0][n], alpha=float(a[0]), out=out)
+        for j in range(1, len(a)):
+            torch.add(out, pieces[j][n], alpha=float(a[j]), out=out)
 
-    return _Points(origin, fill)
+    return _Points(origin, fill_one)
 
 
 def surface(
@@ -185,6 +187,7 @@ def surface(
     batch_points: int | str = 1,
     chunk: int | None = None,
     memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
+    point_memory: str = "auto",
     cache: Cache | str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> Surface:
@@ -217,7 +220,15 @@ def surface(
         Bytes a group of ``batch_points > 1`` points may hold: stacked parameter sets plus activations (every
         module's output bytes in one forward pass of the first batch, an upper bound), measured once. A larger
         ``batch_points`` is lowered to what fits (``settings["memory"]`` records the estimate and the request);
-        ``None``: no cap. One point at a time needs a single parameter set beyond the model's own.
+        ``None``: no cap.
+    point_memory : {"auto", "whole", "per_module"}
+        How one point at a time is held: ``"whole"`` writes the point's parameter set (one more copy of the selected
+        parameters) before each forward pass; ``"per_module"`` writes each module's tensors of the point by a
+        forward pre-hook right before the module runs and drops them after (:mod:`landscape.surface.per_module`:
+        beyond the model and the directions, only the tensors of the modules being run); ``"auto"`` (default):
+        per module for parameter sets of 16 MiB or more. Same values bit for bit; ``settings["point_memory"]``
+        says which ran (a model that reads a parameter outside its own module falls back to whole points, and
+        ``settings["memory"]["per_module_failed"]`` says why).
     chunk : int, optional
         Grid points per committed chunk (default ``max(64, batch_points)``): the resume granularity with ``cache``.
     cache : Cache or path, optional
@@ -243,7 +254,7 @@ def surface(
     grid = np.stack(np.meshgrid(*([coords] * num), indexing="ij"), axis=-1).reshape(-1, num)
     points = _surface_points(problem, vectors, grid)
     dir_settings = {"kind": directions.kind, "seed": directions.seed, **directions.settings}
-    options = GridOptions(span, resolution, batch_points, chunk, memory_budget)
+    options = GridOptions(span, resolution, batch_points, chunk, memory_budget, point_memory)
     if cache is None and problem.ranks is None:
         plan = _plan(problem, points, grid.shape[0], options)
         loss, acc = _evaluate(problem, points, shape, accuracy, plan, progress=progress)

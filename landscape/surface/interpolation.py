@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from landscape.problem import ParamDict, Problem
 from landscape.surface.directions import Directions
@@ -52,6 +52,7 @@ def interpolate(
     accuracy: bool = True,
     batch_points: int | str = 1,
     memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
+    point_memory: str = "auto",
     progress: bool = False,
 ) -> Surface:
     """Loss along the line ``(1 - a) w_a + a w_b`` between two models (Goodfellow, Vinyals, Saxe 2015).
@@ -75,8 +76,9 @@ def interpolate(
         Also compute the accuracy when the targets are integer class labels.
     batch_points : int or "auto"
         As for :func:`~landscape.surface.grid.surface`.
-    memory_budget : int or None
-        As for :func:`~landscape.surface.grid.surface`.
+    memory_budget, point_memory
+        As for :func:`~landscape.surface.grid.surface` (per module, the interpolated buffers are written into their
+        modules too).
     progress : bool
         Show a progress bar over the points on stderr.
 
@@ -91,14 +93,13 @@ def interpolate(
     _check_same_architecture(problem, state_a, state_b)
     coords = _grid(span, resolution, exact=(0.0, 1.0))
 
-    def fill(i: int, out: ParamDict) -> None:
+    def fill_one(i: int, n: str, out: Tensor) -> None:
         # (1 - a) x + a y rather than x + a (y - x): exact at both a = 0 and a = 1.
         a = float(coords[i])
-        for n, t in out.items():
-            torch.mul(state_a[n], 1.0 - a, out=t).add_(state_b[n], alpha=a)
+        torch.mul(state_a[n], 1.0 - a, out=out).add_(state_b[n], alpha=a)
 
-    points = _Points(state_a, fill)
-    options = GridOptions(span, resolution, batch_points, None, memory_budget)
+    points = _Points(state_a, fill_one)
+    options = GridOptions(span, resolution, batch_points, None, memory_budget, point_memory)
     plan = _plan(problem, points, resolution, options)
     loss, acc = _evaluate(problem, points, (resolution,), accuracy, plan, progress=progress)
     delta = (problem.flatten(state_b) - problem.flatten(state_a)).unsqueeze(0)

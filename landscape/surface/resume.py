@@ -50,7 +50,10 @@ def _cached_surface(
     """
     ranks = problem.ranks
     with contextlib.ExitStack() as stack:
-        directions = functools.cache(lambda: vectors.detach().cpu().numpy())  # on rank 0 alone, once
+        # On rank 0 alone, once; directions stored narrower than float32 (bfloat16, which numpy lacks) as float32.
+        directions = functools.cache(
+            lambda: (vectors if vectors.element_size() >= 4 else vectors.float()).detach().cpu().numpy()
+        )
         state, entry = resume_grid(
             stack,
             cache,

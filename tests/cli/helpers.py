@@ -84,6 +84,18 @@ def start_runs(root: Path) -> dict[str, Any]:
             "density", "density", "--json", "--probes", "2", "--steps", "10", "--model", "mymodels:small", "--seed", "2"
         ),
         "surface": surface_runs,
+        "surface_bf16": lambda: job(
+            "surface_bf16",
+            "surface",
+            "--quiet",
+            "--json",
+            "--resolution",
+            "5",
+            "--span",
+            "0.5",
+            "--directions-dtype",
+            "bfloat16",
+        ),
         "interpolate": lambda: twice("interpolate", "interpolate", *tiny, *interpolation),
         "sharpness": lambda: twice(
             "sharpness", "sharpness", *tiny, "--steps", "2", "--num-samples", "4", "--num-matvecs", "10"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from tests.cli.helpers import first_json, runs_fixture, stdout_json, tiny_problem  # noqa: F401 (the fixture runs)
 
 
@@ -15,6 +17,17 @@ def test_surface_second_run_comes_from_cache(runs):
     assert second["loss"] == first["loss"]
     assert first["min_loss"] <= first["centre_loss"] <= first["max_loss"]
     assert (root / "surface" / "landscape.h5").exists() and (root / "surface" / "surface.png").stat().st_size > 1000
+
+
+def test_surface_directions_in_bfloat16_are_the_same_picture_rounded(runs):
+    _, results = runs
+    exact, narrow = stdout_json(results["surface"][0]), stdout_json(results["surface_bf16"])
+    assert exact["directions_dtype"] is None and narrow["directions_dtype"] == "bfloat16"
+    assert narrow["points_from_cache"] == 0 and narrow["coords"] == exact["coords"]
+    a, b = np.array(exact["loss"]), np.array(narrow["loss"])
+    assert not np.array_equal(a, b)  # other directions: each entry rounded to 8 significant bits
+    np.testing.assert_allclose(b, a, rtol=1e-2)
+    assert b[2][2] == a[2][2]  # the trained point itself, exactly
 
 
 def test_interpolate_matches_the_python_api(runs, monkeypatch):
