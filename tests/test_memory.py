@@ -34,12 +34,19 @@ RUNS = {
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_estimate_is_within_a_quarter_of_what_the_analysis_allocates(problem, name):
+    """The estimate covers the strategy that holds most (blocks batched, as ``engine="auto"`` may choose by timing):
+    within 25% of it, and never short by more than 25% of the leaner loop over columns either (it may be well above
+    it). The strategy is fixed here: which one ``"auto"`` takes depends on timings, so the test would depend on the
+    machine's load."""
     settings, run = RUNS[name]
     est = estimate(problem, name.split()[0], **settings)
     assert est.fits and est.total == est.resident + est.need
-    with _LiveBytes() as alloc:
-        run(L.hessian(problem), problem.num_params)
-    assert 0.75 <= est.need / alloc.peak <= 1.25, (est.parts, alloc.peak)
+    with _LiveBytes() as batched:
+        run(L.hessian(problem, engine="double_backward", block="batched"), problem.num_params)
+    assert 0.75 <= est.need / batched.peak <= 1.25, (est.parts, batched.peak)
+    with _LiveBytes() as loop:
+        run(L.hessian(problem, engine="double_backward", block="loop"), problem.num_params)
+    assert est.need / loop.peak >= 0.75, (est.parts, loop.peak)
 
 
 def test_the_graph_is_measured_on_two_examples_and_scales_to_the_batch(problem):
