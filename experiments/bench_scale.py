@@ -459,8 +459,9 @@ def run_report(workload: str) -> dict:
 
     peaks: dict[str, float] = {}
     after: dict[str, float] = {}
+    progress = RESULTS / f"report_sections_{workload}.jsonl"  # one line per finished section, kept if killed
     for name in ("spectrum", "surface", "sharpness", "block_spectra", "roughness_index", "_stability"):
-        setattr(sections, name, _section_peak(getattr(sections, name), name, peaks, after))
+        setattr(sections, name, _section_peak(getattr(sections, name), name, peaks, after, progress))
     p = problem(workload)
     t0 = time.perf_counter()
     result = analyse(
@@ -500,7 +501,7 @@ def _status_gib(field: str) -> float:
     return math.nan
 
 
-def _section_peak(fn, name: str, peaks: dict[str, float], after: dict[str, float]):
+def _section_peak(fn, name: str, peaks: dict[str, float], after: dict[str, float], progress: Path):
     """``fn`` recording its own peak RSS into ``peaks[name]``: the high-water mark is reset to the current RSS
     (``/proc/self/clear_refs``: 5, which resets ``ru_maxrss`` too) as it starts and read as it ends; the peak before
     the reset is kept in ``peaks["before " + name]``."""
@@ -509,11 +510,15 @@ def _section_peak(fn, name: str, peaks: dict[str, float], after: dict[str, float
         peaks["before " + name] = max(peaks.get("before " + name, 0.0), _status_gib("VmHWM"))
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
+        t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
             peaks[name] = max(peaks.get(name, 0.0), _status_gib("VmHWM"))
             after[name] = _status_gib("VmRSS")
+            line = {"time": time.strftime("%Y-%m-%d %H:%M"), "section": name, "seconds": time.perf_counter() - t0}
+            with progress.open("a") as f:
+                f.write(json.dumps({**line, "peak_gib": peaks[name], "held_gib": after[name]}) + "\n")
 
     return wrapped
 

@@ -58,11 +58,12 @@ DEFAULT_GRAPH_MEMORY = 2 * 1024**3
 #: Columns a problem operator multiplies at once by default (``max_block``): wider blocks go through in chunks of
 #: at most this many, within the same data pass.
 DEFAULT_MAX_BLOCK = 16
-#: Vectors of at least this many bytes (16M float32 parameters): blocks loop over their columns on the cached graph
+#: Vectors of at least this many bytes (1M float32 parameters): blocks loop over their columns on the cached graph
 #: without timing trials. On GPT-2 small the trials for a block of 4 (batched double backward, forward-over-reverse
-#: with and without vmap, all on the whole batch) took 10 minutes and held 13.8 GiB, while the loop holds one column's
-#: transients, which is what the memory estimate assumes and the budget was checked against.
-TRIALS_MAX_VECTOR_BYTES = 2**26
+#: with and without vmap, all on the whole batch) took 10 minutes and held 13.8 GiB; on ResNet-18 (11.2M) a spectrum
+#: of 2 probes at once peaked at 8.37 GiB with them, 6.4x a gradient. The loop holds one column's transients, and
+#: batching columns was no faster than the loop on models of this size on CPU (BENCHMARKS.md, stop 20).
+TRIALS_MAX_VECTOR_BYTES = 2**22
 
 #: Probes per operator application of the streaming estimators (Hutchinson, diagonal, Frobenius) by default.
 DEFAULT_BLOCK_SIZE = 50

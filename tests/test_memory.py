@@ -160,3 +160,18 @@ def test_large_models_loop_over_block_columns_without_trials(problem, monkeypatc
     assert op.chosen == {4: "double_backward"} and not op.timings
     monkeypatch.undo()
     torch.testing.assert_close(HV, L.hessian(problem, block="loop") @ V, rtol=0, atol=0)
+
+
+def test_a_dropped_operator_hands_its_cached_graphs_back(problem, monkeypatch):
+    """The graphs an operator caches are dropped with it and their free pages handed back (``malloc_trim``), so
+    the heap holes they leave do not stay resident into the next analysis."""
+    from landscape import memory
+
+    op = L.hessian(problem, engine="double_backward")
+    op @ torch.randn(problem.num_params)
+    assert op.cached_graph_bytes > 0
+    graphs = op._graphs
+    released = []
+    monkeypatch.setattr(memory, "release_free_memory", lambda nbytes, device="cpu": released.append(nbytes))
+    del op  # no reference cycle holds it: freed (and handed back) right here
+    assert released == [problem.num_params * 4] and graphs == {}

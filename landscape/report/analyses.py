@@ -27,6 +27,7 @@ from landscape._json import jsonable, strict_json
 from landscape.blocks import BlockSpectra, block_spectra
 from landscape.cache import Cache, opened
 from landscape.example_pool import Examples
+from landscape.memory import release_free_memory
 from landscape.problem import Problem
 from landscape.report.html import ReportData, build_report
 from landscape.report.provenance import Provenance, model_hash
@@ -213,11 +214,16 @@ def analyse(
     notes: list[str] = []
     info: dict[str, Any] = {}
 
+    vector_bytes = problem.num_params * torch.empty((), dtype=problem.dtype).element_size()
+
     def timed(name: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()
         out = fn()
         times[name] = time.perf_counter() - t0
         say(f"{name}: {times[name]:.2f} s")
+        # What a section freed (graphs, activations: blocks below glibc's mmap threshold) back to the system before
+        # the next one starts; on ResNet-18 a spectrum left 1.3 GB of such holes resident (BENCHMARKS.md, stop 23).
+        release_free_memory(vector_bytes, problem.device)
         return out
 
     with opened(cache) if cache is not None else contextlib.nullcontext() as store:

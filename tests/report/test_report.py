@@ -371,3 +371,28 @@ def test_demo_command_with_no_arguments_writes_the_report(tmp_path):
     assert numbers["provenance"]["settings"]["test_accuracy"] > 0.8
     assert [r["optimizer"] for r in numbers["stability"]] == ["sgd", "adam", "sam"]
     assert ABSENT not in html
+
+
+def test_each_section_hands_its_freed_memory_back_before_the_next(monkeypatch):
+    """Between sections the C allocator's free pages go back to the system (``malloc_trim`` through
+    ``memory.release_free_memory``), once per section timed, with the size of one of the problem's vectors."""
+    from landscape.report import analyses as module
+
+    calls = []
+    monkeypatch.setattr(module, "release_free_memory", lambda nbytes, device="cpu": calls.append((nbytes, device)))
+    problem, _ = tiny_problem()
+    with one_thread():
+        results = analyse(
+            problem,
+            top_k=2,
+            num_probes=1,
+            num_steps=6,
+            resolution=3,
+            sam_steps=1,
+            num_samples=2,
+            num_matvecs=4,
+            roughness_directions=0,
+        )
+    assert len(calls) == len(results.wall_times) == 3  # spectrum, surface, sharpness
+    vector_bytes = problem.num_params * torch.empty((), dtype=problem.dtype).element_size()
+    assert set(calls) == {(vector_bytes, problem.device)}
