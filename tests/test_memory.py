@@ -146,7 +146,7 @@ def test_large_products_hand_free_heap_pages_back(problem, monkeypatch):
     # A new operator: each batch's graph build, the product, then its graphs handed back as it is dropped.
     assert calls == [0] * (1 + problem.num_batches + 1 + 1)
     M.release_free_memory(2**40, "cuda")  # torch's caching allocator keeps its own pool
-    assert len(calls) == 2 + problem.num_batches
+    assert len(calls) == 3 + problem.num_batches
 
 
 def test_large_models_loop_over_block_columns_without_trials(problem, monkeypatch):
