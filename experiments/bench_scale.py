@@ -24,7 +24,8 @@ Methods (``--methods``), each in a fresh ``python`` process so that its peak RSS
 - ``noise_scale``: ``gradient_noise_scale(num_pairs=4)``; ``batch_sharpness``: ``batch_sharpness`` of half-batches
   (2 of the 4 sequences, 64 of the 128 images), 2 batches, ``tol=1e-3``; ``layerwise``: ``layerwise_curvature``
   per module with defaults (block traces and top eigenvalues); ``report``: the HTML report (``analyse`` and
-  ``write_report``) with light settings, every section but the batch-size scaling.
+  ``write_report``) with light settings, every section but the batch-size scaling; ``report_sharpness``: its
+  sharpness section alone.
 - ``reference``: the top eigenvalue to a tight tolerance (``top_eigen(tol=1e-7 or 1e-6, vectors=False)``), in
   ``experiments/results/scale_reference.json``: every top-1 figure's error is measured against it.
 - ``pyhessian``: ``PyHessian(data=(X, y)).eigenvalues(top_n=1)`` (power iteration, ``tol=1e-3``: its default).
@@ -90,6 +91,7 @@ METHODS = (
     "blocks_fine",
     "blocks_modules",
     "report",
+    "report_sharpness",
     "gradient_long",
     "hvp_long",
     "hvp_long_chunked",
@@ -442,6 +444,21 @@ def run_spectrum(workload: str) -> dict:
         "products": int(s.num_matvecs),
         "note": f"{plan['probes_at_once']} probes at once in {s.settings['probe_groups']} group(s); "
         f"{s.settings['reorthogonalisation']}",
+    }
+
+
+def run_report_sharpness(workload: str) -> dict:
+    """The report's sharpness section alone: ``sharpness(rho=0.05, steps=2, num_samples=4, num_matvecs=10,
+    keskar=False)`` (top eigenvalue, trace, Frobenius norm, SAM, ASAM, average-case), its peak against the budget."""
+    p = problem(workload)
+    t0 = time.perf_counter()
+    s = landscape.sharpness.sharpness(p, 0.05, seed=SEED, steps=2, num_samples=4, num_matvecs=10, keskar=False)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "eigenvalues": [float(s.lambda_max.values[0])] if s.lambda_max is not None else [],
+        "note": f"trace {s.trace.method} ({s.trace.settings.get('memory', 'fits')}), "
+        f"Frobenius blocks of {s.frobenius.settings['block_size']}; budget "
+        f"{landscape.memory.default_budget() / 2**30:.1f} GiB",
     }
 
 

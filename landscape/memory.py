@@ -46,6 +46,10 @@ __all__ = [
 DEFAULT_SHARE = 0.8
 #: Share of the budget a Krylov basis may take.
 KRYLOV_SHARE = 0.5
+#: Vectors a block of probes costs per column while its product is formed: the probe, the product's per-parameter
+#: pieces, and the product block they are gathered into (Frobenius on GPT-2 small with blocks of 10 fitted as if
+#: 2 per column peaked at 22.4 GiB in the report, BENCHMARKS.md stop 23).
+PRODUCT_COPIES = 3
 #: A default top-k Krylov basis holds no more than this, or ``2 k + 4`` vectors if more (``top_eigen``).
 LEAN_BASIS_BYTES = 2**30
 #: Products on vectors of at least this many bytes hand the allocator's free pages back afterwards (below it the

@@ -12,7 +12,7 @@ import math
 from landscape.linalg._common import mean_and_stderr, probe_blocks, start_probes, to_numpy
 from landscape.linalg.probes import Distribution, SeedLike
 from landscape.linalg.results import FrobeniusEstimate
-from landscape.memory import default_block_size
+from landscape.memory import PRODUCT_COPIES, default_block_size, krylov_vectors
 from landscape.operators.base import CurvatureOperator
 
 
@@ -23,6 +23,7 @@ def frobenius_norm(
     seed: SeedLike = 0,
     distribution: Distribution = "rademacher",
     block_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> FrobeniusEstimate:
     """Estimate ``||H||_F`` and ``||H||_F^2`` from ``num_matvecs`` probes.
 
@@ -37,7 +38,10 @@ def frobenius_norm(
     distribution
         Probe distribution (``"rademacher"``, ``"gaussian"``, ``"sphere"``).
     block_size
-        Probes per operator application (default ``min(s, 50)``).
+        Probes per operator application (default ``min(s, 50)``, lowered so that a block costs at most
+        ``KRYLOV_SHARE`` of the memory budget at ``PRODUCT_COPIES`` vectors per probe; at least 1).
+    memory_budget
+        Bytes (default: from the machine's free memory, :func:`landscape.memory.default_budget`).
 
     Returns
     -------
@@ -47,10 +51,12 @@ def frobenius_norm(
     """
     prov, gen = start_probes(op, seed, num_matvecs, 1, "frobenius_norm", distribution)
     bs = default_block_size(block_size, num_matvecs)
+    if block_size is None:
+        bs = max(1, min(bs, krylov_vectors(memory_budget, op.shape[0], op.dtype, op.device) // PRODUCT_COPIES))
     chunks = []
     for Z in probe_blocks(op, num_matvecs, bs, distribution, gen):
         HZ = op @ Z
-        chunks.append(op.space.sums(HZ * HZ))
+        chunks.append(op.space.sums(HZ.square_()))  # in place: no fourth block
     samples = to_numpy(chunks)
     squared, squared_stderr = mean_and_stderr(samples)
     norm = math.sqrt(max(squared, 0.0))

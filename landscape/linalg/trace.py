@@ -58,6 +58,7 @@ from landscape.linalg.probes import Distribution, SeedLike, check_distribution
 from landscape.linalg.results import Estimate
 from landscape.memory import (
     KRYLOV_SHARE,
+    PRODUCT_COPIES,
     MemoryBudgetError,
     default_block_size,
     gib,
@@ -308,7 +309,7 @@ def fit_memory(
             f"trace needs at least 2 vectors of {n:,} parameters ({gib(2 * per_vector)}: a probe and its product); "
             f"{KRYLOV_SHARE:.0%} of memory_budget allows {cap}. Raise memory_budget= or analyse fewer parameters"
         )
-    block = min(default_block_size(block_size, num_matvecs), cap // 2)
+    block = max(1, min(default_block_size(block_size, num_matvecs), cap // PRODUCT_COPIES))
     note = (
         f"{estimator} with {num_matvecs} products needs {need} vectors ({gib(need * per_vector)}); "
         f"{KRYLOV_SHARE:.0%} of memory_budget allows {cap}: "

@@ -257,10 +257,12 @@ def sharpness(
             lam = top_eigen(op, 1, seed=seed, vectors=False)  # the value alone: two vectors of memory
             done("lambda_max")
         if trace:
-            tr = estimate_trace(op, method=trace_method, num_matvecs=num_matvecs, seed=seed)
+            tr = estimate_trace(
+                op, method=trace_method, num_matvecs=num_matvecs, seed=seed, memory_budget=memory_budget
+            )
             done("trace")
         if frobenius:
-            fro = frobenius_norm(op, num_matvecs=num_matvecs, seed=seed)
+            fro = frobenius_norm(op, num_matvecs=num_matvecs, seed=seed, memory_budget=memory_budget)
             done("Frobenius")
         settings["hessian"] = {"engine": op.engine, "block": op.block, "chosen": dict(op.chosen)}
         # The operator keeps the gradient graphs its products reuse (1.4 GB on ResNet-18 at 128 images): gone before
