@@ -149,6 +149,22 @@ def _drawn(
     return Directions(vectors, kind, seed, _base_settings(problem, **options, **stored))
 
 
+_DTYPE_DOC = """dtype : torch.dtype, optional
+        Storage dtype of the vectors (default the problem's). ``torch.bfloat16`` (or ``torch.float16``) halves
+        their memory on a float32 problem: every entry is made in the problem's dtype, then rounded to 8 (11)
+        significant bits, so the direction is another random direction normalised to within that rounding; a
+        surface adds it to the weights in the problem's dtype without a wider copy (a 2D surface of ResNet-18
+        then holds 45 MB of directions instead of 90 MB)."""
+
+
+def _documents_dtype(fn: Callable[..., Directions]) -> Callable[..., Directions]:
+    """Append the shared ``dtype`` parameter to the docstring of a drawing constructor (its last parameter)."""
+    if fn.__doc__ is not None:  # None under python -OO
+        fn.__doc__ = f"{fn.__doc__.rstrip()}\n    {_DTYPE_DOC}\n    "
+    return fn
+
+
+@_documents_dtype
 def random(problem: Problem, num: int = 2, *, seed: Seed = 0, dtype: torch.dtype | None = None) -> Directions:
     """Plain Gaussian directions ``d ~ N(0, I)`` (not normalised; scale-dependent pictures).
 
@@ -160,17 +176,12 @@ def random(problem: Problem, num: int = 2, *, seed: Seed = 0, dtype: torch.dtype
         Number of directions (1 for a curve, 2 for a surface).
     seed : int or torch.Generator
         Seed of a local generator (a Generator gives one int drawn from it); the global RNG is untouched.
-    dtype : torch.dtype, optional
-        Storage dtype of the vectors (default the problem's). ``torch.bfloat16`` (or ``torch.float16``) halves
-        their memory on a float32 problem: every entry is made in the problem's dtype, then rounded to 8 (11)
-        significant bits, so the direction is another random direction normalised to within that rounding; a
-        surface adds it to the weights in the problem's dtype without a wider copy (a 2D surface of ResNet-18
-        then holds 45 MB of directions instead of 90 MB).
     """
     num, seed = _checked(num, seed)
     return _drawn(problem, num, seed, "random", dtype=dtype, normalization=None)
 
 
+@_documents_dtype
 def filter_normalized(
     problem: Problem, num: int = 2, *, seed: Seed = 0, ignore: str = "biasbn", dtype: torch.dtype | None = None
 ) -> Directions:
@@ -189,12 +200,6 @@ def filter_normalized(
         Seed of a local generator; the same seed gives the same raw Gaussian draws as :func:`random`.
     ignore : {"biasbn", "copy"}
         What to do with tensors of dim <= 1.
-    dtype : torch.dtype, optional
-        Storage dtype of the vectors (default the problem's). ``torch.bfloat16`` (or ``torch.float16``) halves
-        their memory on a float32 problem: every entry is made in the problem's dtype, then rounded to 8 (11)
-        significant bits, so the direction is another random direction normalised to within that rounding; a
-        surface adds it to the weights in the problem's dtype without a wider copy (a 2D surface of ResNet-18
-        then holds 45 MB of directions instead of 90 MB).
     """
     num, seed = _checked(num, seed)
     if ignore not in IGNORE:
@@ -211,6 +216,7 @@ def filter_normalized(
     return _drawn(problem, num, seed, "filter_normalized", per_filter, dtype, normalization="filter", ignore=ignore)
 
 
+@_documents_dtype
 def layer_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0, dtype: torch.dtype | None = None) -> Directions:
     """Layer-normalised Gaussian directions: per parameter tensor, ``d <- d ||w|| / (||d|| + 1e-10)``.
 
@@ -224,12 +230,6 @@ def layer_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0, dtype: t
         Number of directions.
     seed : int or torch.Generator
         Seed of a local generator; the same seed gives the same raw Gaussian draws as :func:`random`.
-    dtype : torch.dtype, optional
-        Storage dtype of the vectors (default the problem's). ``torch.bfloat16`` (or ``torch.float16``) halves
-        their memory on a float32 problem: every entry is made in the problem's dtype, then rounded to 8 (11)
-        significant bits, so the direction is another random direction normalised to within that rounding; a
-        surface adds it to the weights in the problem's dtype without a wider copy (a 2D surface of ResNet-18
-        then holds 45 MB of directions instead of 90 MB).
     """
     num, seed = _checked(num, seed)
 
@@ -239,6 +239,7 @@ def layer_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0, dtype: t
     return _drawn(problem, num, seed, "layer_normalized", per_layer, dtype, normalization="layer")
 
 
+@_documents_dtype
 def model_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0, dtype: torch.dtype | None = None) -> Directions:
     """Gaussian directions rescaled as a whole to the norm of the selected weights: ``d <- d ||w|| / ||d||``.
 
@@ -255,12 +256,6 @@ def model_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0, dtype: t
         Number of directions.
     seed : int or torch.Generator
         Seed of a local generator.
-    dtype : torch.dtype, optional
-        Storage dtype of the vectors (default the problem's). ``torch.bfloat16`` (or ``torch.float16``) halves
-        their memory on a float32 problem: every entry is made in the problem's dtype, then rounded to 8 (11)
-        significant bits, so the direction is another random direction normalised to within that rounding; a
-        surface adds it to the weights in the problem's dtype without a wider copy (a 2D surface of ResNet-18
-        then holds 45 MB of directions instead of 90 MB).
     """
     num, seed = _checked(num, seed)
     w_norm = problem.params_vector().norm()
