@@ -452,7 +452,7 @@ def run_report_sharpness(workload: str) -> dict:
     keskar=False)`` (top eigenvalue, trace, Frobenius norm, SAM, ASAM, average-case), its peak against the budget."""
     p = problem(workload)
     t0 = time.perf_counter()
-    s = landscape.sharpness.sharpness(p, 0.05, seed=SEED, steps=2, num_samples=4, num_matvecs=10, keskar=False)
+    s = landscape.sharpness(p, 0.05, seed=SEED, steps=2, num_samples=4, num_matvecs=10, keskar=False)
     return {
         "seconds": time.perf_counter() - t0,
         "eigenvalues": [float(s.lambda_max.values[0])] if s.lambda_max is not None else [],
