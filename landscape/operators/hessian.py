@@ -117,8 +117,8 @@ class HessianOperator(ProblemOperator):
 
     def __del__(self) -> None:
         # The cached graphs are thousands of blocks below glibc's mmap threshold: freed with the operator, their
-        # holes would stay resident (4 GB after a ResNet-18 spectrum at 128 images, carried into every analysis
-        # after it). Dropped here first, then handed back (memory.release_free_memory; a no-op on small models).
+        # holes would stay resident and be carried into every analysis after it (a report's sections, BENCHMARKS.md
+        # stop 23). Dropped here first, then handed back (memory.release_free_memory; a no-op on small models).
         graphs = getattr(self, "_graphs", None)
         if graphs:
             graphs.clear()

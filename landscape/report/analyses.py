@@ -222,7 +222,7 @@ def analyse(
         times[name] = time.perf_counter() - t0
         say(f"{name}: {times[name]:.2f} s")
         # What a section freed (graphs, activations: blocks below glibc's mmap threshold) back to the system before
-        # the next one starts; on ResNet-18 a spectrum left 1.3 GB of such holes resident (BENCHMARKS.md, stop 23).
+        # the next one starts; on ResNet-18 1.3-2.4 GB stayed resident after the sections (BENCHMARKS.md, stop 23).
         release_free_memory(vector_bytes, problem.device)
         return out
 
