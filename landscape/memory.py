@@ -149,7 +149,9 @@ def default_block_size(block_size: int | None, num_matvecs: int) -> int:
 
 
 def trace_vectors(estimator: str, num_matvecs: int, block_size: int | None) -> int:
-    """Length-``n`` vectors an estimator holds at once: a Hutchinson block and its product (``2 b``); Hutch++'s
+    """Length-``n`` vectors an estimator holds at once besides its product's output (:func:`estimate`'s "product",
+    ``block_width`` vectors): a Hutchinson block and the per-parameter pieces its product is gathered from
+    (``2 b``, so ``PRODUCT_COPIES = 3`` per probe in all); Hutch++'s
     sketch, its products and basis, then the deflated probes with theirs (``~ 2 m + m / 3``); XTrace's test
     vectors, their products and basis (``~ 2 m``)."""
     if estimator == "hutchinson":

@@ -60,6 +60,7 @@ from landscape.memory import (
     KRYLOV_SHARE,
     PRODUCT_COPIES,
     MemoryBudgetError,
+    block_width,
     default_block_size,
     gib,
     krylov_vectors,
@@ -300,7 +301,11 @@ def fit_memory(
     Hutchinson); :class:`~landscape.memory.MemoryBudgetError` when not even one probe and its product fit."""
     n = op.shape[0]
     cap = krylov_vectors(memory_budget, n, op.dtype, op.device)
-    need = trace_vectors(estimator, num_matvecs, block_size)
+    # The estimator's own vectors and its product's output (memory.estimate counts the latter as "product"):
+    # Hutchinson's blocks cost PRODUCT_COPIES vectors per probe, as the blocks below are fitted.
+    need = trace_vectors(estimator, num_matvecs, block_size) + block_width(
+        "trace", {"method": estimator, "num_matvecs": num_matvecs, "block_size": block_size}
+    )
     if need <= cap:
         return estimator, block_size, ""
     per_vector = n * torch.empty((), dtype=op.dtype).element_size()

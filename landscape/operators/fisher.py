@@ -43,7 +43,7 @@ class EmpiricalFisherOperator(ProblemOperator):
 
         return directional, lambda u: pullback(u / n)[0]
 
-    def _product_fisher(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
+    def _product_fisher(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
         directional, pullback = self._fisher_fns(forward, batch)
         return vector_product_loop(lambda v: pullback(directional(v)), self.problem, V)
 

@@ -57,7 +57,7 @@ class GGNOperator(ProblemOperator):
 
         return jac, out_hess, lambda u: pullback(u)[0]
 
-    def _product_ggn(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
+    def _product_ggn(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
         jac, out_hess, pullback = self._ggn_fns(forward, batch)
         return vector_product_loop(lambda v: pullback(out_hess(jac(v))), self.problem, V)
 

@@ -30,7 +30,7 @@ from landscape.operators.problem_operator import (
     SCRATCH,
     BlockDict,
     ProblemOperator,
-    stack_columns,
+    loop_columns,
     vector_product_loop,
 )
 from landscape.problem import PreparedBatch, Problem, check_finite, warn_unused
@@ -184,11 +184,13 @@ class HessianOperator(ProblemOperator):
         else:
             self._graph(forward, i, batch)
 
-    def _product_double_backward(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
+    def _product_double_backward(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
         g, kept = self._graph(forward, i, batch)
         k = V.shape[1]
-        return stack_columns(
-            [g.product(self.problem.unflatten(V[:, j]), retain=kept or j < k - 1, batched=False) for j in range(k)]
+        return loop_columns(
+            self.problem,
+            lambda j: g.product(self.problem.unflatten(V[:, j]), retain=kept or j < k - 1, batched=False),
+            V,
         )
 
     def _product_double_backward_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
@@ -278,7 +280,7 @@ class HessianOperator(ProblemOperator):
 
         return hvp
 
-    def _product_forward_over_reverse(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
+    def _product_forward_over_reverse(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
         return vector_product_loop(self._hvp_fn(forward, batch), self.problem, V)
 
     def _product_forward_over_reverse_batched(

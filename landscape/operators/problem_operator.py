@@ -16,14 +16,21 @@ from landscape.operators.base import CurvatureOperator
 from landscape.problem import ParamDict, PreparedBatch, Problem, changed_in_place, check_finite, versions
 
 BlockDict = dict[str, Tensor]
+#: One batch's product of a ``k``-column block: a dict of ``(k, *shape)`` tensors (the batched strategies), or the
+#: ``(k, n)`` rows of the flattened columns (the column loops, which write each column's product into its row).
+BatchProduct = BlockDict | Tensor
 
 
-def dict_to_block(problem: Problem, tensors: BlockDict, k: int, like: Tensor) -> Tensor:
-    """Dict of ``(k, *shape)`` tensors (missing or ``None`` = zero) -> ``(n, k)`` block.
+def dict_to_block(problem: Problem, tensors: BatchProduct | None, k: int, like: Tensor) -> Tensor:
+    """Dict of ``(k, *shape)`` tensors (missing or ``None`` = zero; ``None`` for no batch at all: a rank with no
+    data) or ``(k, n)`` rows -> ``(n, k)`` block.
 
     The dict is emptied as its tensors are copied over, and the block is allocated uninitialised (its pages are
     touched only as they are filled), so the two copies never coexist whole: one vector less at the peak of every
     product (0.5 GB on GPT-2 small)."""
+    if isinstance(tensors, Tensor):
+        return tensors.T
+    tensors = {} if tensors is None else tensors
     out = like.new_empty(k, problem.num_params)
     offset = 0
     for name, numel in zip(problem.param_names, problem.param_numels, strict=True):
@@ -35,8 +42,14 @@ def dict_to_block(problem: Problem, tensors: BlockDict, k: int, like: Tensor) ->
     return out.T
 
 
-def accumulate(total: BlockDict, part: BlockDict) -> None:
-    """``total += part`` per parameter, in place (the parts are fresh tensors the operator owns)."""
+def accumulate(problem: Problem, total: BatchProduct | None, part: BatchProduct) -> BatchProduct:
+    """``total + part``, in place where it can be (the parts are fresh tensors the operator owns)."""
+    if total is None:
+        return part
+    if isinstance(total, Tensor) or isinstance(part, Tensor):
+        total = total if isinstance(total, Tensor) else dict_to_block(problem, total, part.shape[0], part).T
+        part = part if isinstance(part, Tensor) else dict_to_block(problem, part, total.shape[0], total).T
+        return total.add_(part)
     for name, t in part.items():
         if t is None:
             continue
@@ -44,6 +57,7 @@ def accumulate(total: BlockDict, part: BlockDict) -> None:
             total[name].add_(t)
         else:
             total[name] = t
+    return total
 
 
 SWITCH_MARGIN = 1.25
@@ -142,15 +156,15 @@ class ProblemOperator(CurvatureOperator):
         # Wide blocks go through in chunks of at most max_block columns (bounded memory for vmapped strategies),
         # all within one pass over the data.
         chunks = list(torch.split(V, self.max_block, dim=1))
-        totals: list[BlockDict] = [{} for _ in chunks]
+        totals: list[BatchProduct | None] = [None for _ in chunks]
         batches = self._batches({C.shape[1] for C in chunks})
         with self.problem.evaluation() if batches is not None else contextlib.nullcontext() as forward:
             for i, batch in batches if batches is not None else self._cached_batches():
-                for C, total in zip(chunks, totals, strict=True):
+                for c, C in enumerate(chunks):
                     w = C.shape[1]
                     if w not in self.chosen:
                         self._choose(w, forward, i, batch, C)
-                    accumulate(total, self._run(self.chosen[w], forward, i, batch, C))
+                    totals[c] = accumulate(self.problem, totals[c], self._run(self.chosen[w], forward, i, batch, C))
         blocks = [dict_to_block(self.problem, t, C.shape[1], V) for C, t in zip(chunks, totals, strict=True)]
         out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
         if self.problem.dist is not None:
@@ -259,13 +273,28 @@ class ProblemOperator(CurvatureOperator):
         }
 
 
-def vector_product_loop(fn: Callable[[ParamDict], dict], problem: Problem, V: Tensor) -> BlockDict:
-    """Apply a per-vector product ``fn(v_dict) -> dict`` to each column of ``V``; dict of ``(k, *shape)``."""
-    return stack_columns([fn(problem.unflatten(V[:, j])) for j in range(V.shape[1])])
+def vector_product_loop(fn: Callable[[ParamDict], dict], problem: Problem, V: Tensor) -> Tensor:
+    """Apply a per-vector product ``fn(v_dict) -> dict`` to each column of ``V``; ``(k, n)`` rows."""
+    return loop_columns(problem, lambda j: fn(problem.unflatten(V[:, j])), V)
 
 
-def stack_columns(cols: list[dict]) -> BlockDict:
-    """Per-vector result dicts -> one dict of ``(k, *shape)`` tensors (``None`` entries dropped)."""
-    if len(cols) == 1:
-        return {n: t.unsqueeze(0) for n, t in cols[0].items() if t is not None}
-    return {n: torch.stack([c[n] for c in cols]) for n, t in cols[0].items() if t is not None}
+def loop_columns(problem: Problem, column: Callable[[int], dict], V: Tensor) -> Tensor:
+    """``column(j)`` (a per-parameter dict; missing or ``None`` entries are zero) for each column ``j`` of ``V``,
+    flattened into row ``j`` of a ``(k, n)`` block as soon as it is made and then dropped: the loop holds the block
+    and one column's product, where stacking the columns held every column and their stack besides (two blocks of
+    vectors: 5 GB for 5 probes on GPT-2 small). The block is allocated uninitialised once the first column is made
+    (after that column's transients are gone); every entry is written."""
+    k = V.shape[1]
+    out = None
+    for j in range(k):
+        col = column(j)
+        if out is None:
+            out = V.new_empty(k, problem.num_params)
+        offset = 0
+        for name, numel in zip(problem.param_names, problem.param_numels, strict=True):
+            t = col.pop(name, None)
+            row = out[j, offset : offset + numel]
+            row.zero_() if t is None else row.copy_(t.reshape(numel))
+            offset += numel
+        del col
+    return out
