@@ -22,10 +22,11 @@ Methods (``--methods``), each in a fresh ``python`` process so that its peak RSS
   ``top1_sure``: ``top1_lean`` with ``guarantee=1e-3`` (Kuczynski & Wozniakowski's gap-free minimum of steps).
 - ``sam``: ``sam_sharpness(rho=0.05, steps=5)``; ``stability``: ``stability(problem, "gd", lr=0.01)``.
 - ``noise_scale``: ``gradient_noise_scale(num_pairs=4)``; ``batch_sharpness``: ``batch_sharpness`` of half-batches
-  (2 of the 4 sequences, 64 of the 128 images), 2 batches, ``tol=1e-3``; ``layerwise``: ``layerwise_curvature``
-  per module with defaults (block traces and top eigenvalues); ``report``: the HTML report (``analyse`` and
-  ``write_report``) with light settings, every section but the batch-size scaling; ``report_sharpness``: its
-  sharpness section alone.
+  (2 of the 4 sequences, 64 of the 128 images), 2 batches, ``tol=1e-3``; ``scaling``: ``lr_batch_scaling`` at a
+  quarter, half and all of the batch, 2 batches each, ``tol=1e-3``, 4 noise pairs; ``layerwise``:
+  ``layerwise_curvature`` per module with defaults (block traces and top eigenvalues); ``report``: the HTML report
+  (``analyse`` and ``write_report``) with light settings, every section but the batch-size scaling;
+  ``report_sharpness``: its sharpness section alone.
 - ``reference``: the top eigenvalue to a tight tolerance (``top_eigen(tol=1e-7 or 1e-6, vectors=False)``), in
   ``experiments/results/scale_reference.json``: every top-1 figure's error is measured against it.
 - ``pyhessian``: ``PyHessian(data=(X, y)).eigenvalues(top_n=1)`` (power iteration, ``tol=1e-3``: its default).
@@ -86,6 +87,7 @@ METHODS = (
     "stability",
     "noise_scale",
     "batch_sharpness",
+    "scaling",
     "layerwise",
     "blocks",
     "blocks_fine",
@@ -326,6 +328,24 @@ def run_batch_sharpness(workload: str) -> dict:
         "value": float(r.values.mean()),
         "products": int(r.num_matvecs),
         "note": f"batch {half}, 2 batches",
+    }
+
+
+def run_scaling(workload: str) -> dict:
+    """``lr_batch_scaling`` with light settings: batch sharpness (2 batches, ``tol=1e-3``) at half and a quarter of
+    the batch (GPT-2: 2 of the 4 sequences only) and the whole batch, and the noise scale from 4 pairs."""
+    p = problem(workload)
+    n = p.num_samples
+    sizes = sorted({max(n // 4, 2), n // 2})
+    t0 = time.perf_counter()
+    r = landscape.lr_batch_scaling(p, sizes, num_batches=2, seed=SEED, tol=1e-3, noise_pairs=4)
+    lrs = ", ".join(f"B={b}: {lr:.4g}" for b, lr in zip(r.batch_sizes, r.spectral_lr, strict=True))
+    return {
+        "seconds": time.perf_counter() - t0,
+        "value": float(r.lambda_full),
+        "products": int(r.num_matvecs),
+        "note": f"batch sizes {[int(b) for b in r.batch_sizes]}, 2 batches each; max stable SGD lr {lrs}; "
+        f"regime {r.regime}; B_simple {r.noise.b_simple:.3g}",
     }
 
 
