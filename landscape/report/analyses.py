@@ -242,25 +242,6 @@ def analyse(
             lambda: spectrum(problem, k=top_k, num_probes=num_probes, num_steps=num_steps, seed=seed, cache=store),
         )
         reused["spectrum"] = store is not None and len(store) == before
-        surf = None
-        if resolution:
-            dirs = filter_normalized(problem, 2, seed=seed)
-            surf = timed(
-                "surface", lambda: surface(problem, dirs, span=(-span, span), resolution=resolution, cache=store)
-            )
-            info["surface_points_from_cache"] = int((surf.settings.get("cache") or {}).get("points_from_cache", 0))
-            info["surface_points"] = int(np.asarray(surf.loss).size)
-        interp = None
-        if interpolate_from is not None:
-            config = {"from": model_hash(interpolate_from), "resolution": interpolation_resolution}
-            interp = timed(
-                "interpolation",
-                lambda: stored(
-                    "interpolation",
-                    config,
-                    lambda: interpolate(problem, interpolate_from, problem.model, resolution=interpolation_resolution),
-                ),
-            )
         config = {"rho": rho, "steps": sam_steps, "num_samples": num_samples, "num_matvecs": num_matvecs}
         sharp = timed(
             "sharpness",
@@ -320,6 +301,27 @@ def analyse(
                     lambda: lr_batch_scaling(
                         problem, sizes or None, optimizer=scaling_optimizer, num_batches=num_batches, seed=seed
                     ),
+                ),
+            )
+        # The surfaces last: their directions (two parameter-sized vectors, kept in the result) would otherwise be
+        # held through every later section (1 GB on GPT-2 small; BENCHMARKS.md, stop 24).
+        surf = None
+        if resolution:
+            dirs = filter_normalized(problem, 2, seed=seed)
+            surf = timed(
+                "surface", lambda: surface(problem, dirs, span=(-span, span), resolution=resolution, cache=store)
+            )
+            info["surface_points_from_cache"] = int((surf.settings.get("cache") or {}).get("points_from_cache", 0))
+            info["surface_points"] = int(np.asarray(surf.loss).size)
+        interp = None
+        if interpolate_from is not None:
+            config = {"from": model_hash(interpolate_from), "resolution": interpolation_resolution}
+            interp = timed(
+                "interpolation",
+                lambda: stored(
+                    "interpolation",
+                    config,
+                    lambda: interpolate(problem, interpolate_from, problem.model, resolution=interpolation_resolution),
                 ),
             )
         if store is not None:
