@@ -178,13 +178,16 @@ def test_a_dropped_operator_hands_its_cached_graphs_back(problem, monkeypatch):
     assert released == [problem.num_params * 4] and graphs == {}
 
 
-def test_a_looped_block_holds_its_product_and_one_column():
-    """The column loop writes each column's product into its row of the ``(k, n)`` block as soon as it is made:
-    a block of 8 holds no more than its 8 rows beyond what one column's product holds, where stacking the columns
-    held every column and their stack besides (13.6 vectors more; on GPT-2 small each is 0.5 GB)."""
+@pytest.mark.parametrize("num_batches", [1, 3])
+def test_a_looped_block_holds_its_product_and_one_column(num_batches):
+    """The column loop writes each column's product into its row of the ``(k, n)`` block as soon as it is made,
+    and later batches add theirs into the same rows: a block of 8 holds no more than its 8 rows beyond what one
+    column's product holds, where stacking the columns held every column and their stack besides (13.6 vectors
+    more on one batch, a second block per batch after it; on GPT-2 small each vector is 0.5 GB)."""
     g = torch.Generator().manual_seed(0)
-    X, y = torch.randn(16, 64, generator=g), torch.randint(0, 10, (16,), generator=g)
-    problem = L.Problem(mlp(64, (256, 256), 10, seed=0), torch.nn.CrossEntropyLoss(), [(X, y)])
+    X, y = torch.randn(16 * num_batches, 64, generator=g), torch.randint(0, 10, (16 * num_batches,), generator=g)
+    data = [(X[i : i + 16], y[i : i + 16]) for i in range(0, len(X), 16)]
+    problem = L.Problem(mlp(64, (256, 256), 10, seed=0), torch.nn.CrossEntropyLoss(), data)
     op = L.hessian(problem, engine="double_backward", block="loop")
     vector, peaks = problem.num_params * 4, {}
     for k in (1, 8):
@@ -196,6 +199,27 @@ def test_a_looped_block_holds_its_product_and_one_column():
         peaks[k] = alloc.peak
         torch.testing.assert_close(HV, expected, rtol=0, atol=0)
     assert peaks[8] - peaks[1] <= 8 * vector + 8 * 4096, (peaks[8] - peaks[1]) / vector
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: L.hessian(p, engine="forward_over_reverse", block="loop"),
+        lambda p: L.ggn(p, block="loop"),
+        lambda p: L.empirical_fisher(p, block="loop"),
+    ],
+    ids=["hessian forward-over-reverse", "ggn", "empirical fisher"],
+)
+def test_looped_blocks_add_later_batches_into_their_rows(make):
+    """Every column loop adds the later batches' products into the first batch's rows: a block's product equals
+    its columns' products one by one, over three batches."""
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(48, 8, generator=g), torch.randint(0, 3, (48,), generator=g)
+    problem = L.Problem(
+        mlp(8, (16,), 3, seed=0), torch.nn.CrossEntropyLoss(), [(X[i : i + 16], y[i : i + 16]) for i in (0, 16, 32)]
+    )
+    op, V = make(problem), torch.randn(problem.num_params, 5, generator=g)
+    torch.testing.assert_close(op @ V, torch.stack([op @ V[:, j] for j in range(5)], 1))
 
 
 def test_a_looped_column_without_an_entry_gives_zeros():

@@ -20,6 +20,8 @@ from landscape.problem import PreparedBatch
 class EmpiricalFisherOperator(ProblemOperator):
     """The empirical Fisher ``(1/N) sum_i g_i g_i^T`` of a problem's data at a point."""
 
+    accumulating = frozenset({"fisher"})
+
     def _strategies(self) -> list[tuple[str, str]]:
         return [("forward_over_reverse", "fisher"), ("forward_over_reverse", "fisher_batched")]
 
@@ -43,9 +45,11 @@ class EmpiricalFisherOperator(ProblemOperator):
 
         return directional, lambda u: pullback(u / n)[0]
 
-    def _product_fisher(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _product_fisher(
+        self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor, into: Tensor | None = None
+    ) -> Tensor:
         directional, pullback = self._fisher_fns(forward, batch)
-        return vector_product_loop(lambda v: pullback(directional(v)), self.problem, V)
+        return vector_product_loop(lambda v: pullback(directional(v)), self.problem, V, into)
 
     def _product_fisher_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         directional, pullback = self._fisher_fns(forward, batch)

@@ -24,6 +24,8 @@ from landscape.problem import PreparedBatch
 class GGNOperator(ProblemOperator):
     """The generalised Gauss-Newton matrix of a problem's full-data loss (PSD for convex losses)."""
 
+    accumulating = frozenset({"ggn"})
+
     def _strategies(self) -> list[tuple[str, str]]:
         return [("forward_over_reverse", "ggn"), ("forward_over_reverse", "ggn_batched")]
 
@@ -57,9 +59,11 @@ class GGNOperator(ProblemOperator):
 
         return jac, out_hess, lambda u: pullback(u)[0]
 
-    def _product_ggn(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _product_ggn(
+        self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor, into: Tensor | None = None
+    ) -> Tensor:
         jac, out_hess, pullback = self._ggn_fns(forward, batch)
-        return vector_product_loop(lambda v: pullback(out_hess(jac(v))), self.problem, V)
+        return vector_product_loop(lambda v: pullback(out_hess(jac(v))), self.problem, V, into)
 
     def _product_ggn_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         jac, out_hess, pullback = self._ggn_fns(forward, batch)

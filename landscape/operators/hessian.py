@@ -93,6 +93,8 @@ class HessianOperator(ProblemOperator):
         ``"loop"`` or ``"batched"``: how blocks of vectors are multiplied) and ``max_block``.
     """
 
+    accumulating = frozenset({"double_backward", "forward_over_reverse"})
+
     def __init__(self, problem: Problem, *, graph_memory_limit: int = DEFAULT_GRAPH_MEMORY, **options: Any):
         super().__init__(problem, **options)
         self.graph_memory_limit = int(graph_memory_limit)
@@ -184,13 +186,16 @@ class HessianOperator(ProblemOperator):
         else:
             self._graph(forward, i, batch)
 
-    def _product_double_backward(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
+    def _product_double_backward(
+        self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor, into: Tensor | None = None
+    ) -> Tensor:
         g, kept = self._graph(forward, i, batch)
         k = V.shape[1]
         return loop_columns(
             self.problem,
             lambda j: g.product(self.problem.unflatten(V[:, j]), retain=kept or j < k - 1, batched=False),
             V,
+            into,
         )
 
     def _product_double_backward_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
@@ -280,8 +285,10 @@ class HessianOperator(ProblemOperator):
 
         return hvp
 
-    def _product_forward_over_reverse(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> Tensor:
-        return vector_product_loop(self._hvp_fn(forward, batch), self.problem, V)
+    def _product_forward_over_reverse(
+        self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor, into: Tensor | None = None
+    ) -> Tensor:
+        return vector_product_loop(self._hvp_fn(forward, batch), self.problem, V, into)
 
     def _product_forward_over_reverse_batched(
         self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor

@@ -81,6 +81,10 @@ class ProblemOperator(CurvatureOperator):
     in :meth:`describe`).
     """
 
+    #: Strategies that loop over a block's columns and can add them into the rows of the earlier batches (their
+    #: ``_product_<name>`` takes ``into=``).
+    accumulating: frozenset[str] = frozenset()
+
     def __init__(
         self,
         problem: Problem,
@@ -130,9 +134,15 @@ class ProblemOperator(CurvatureOperator):
             return single
         return batched if self.block == "batched" else single + batched
 
-    def _run(self, name: str, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
-        """One batch's contribution as a dict of ``(k, *shape)`` tensors."""
-        return getattr(self, f"_product_{name}")(forward, i, batch, V)
+    def _run(
+        self, name: str, forward: Callable, i: int, batch: PreparedBatch, V: Tensor, into: Tensor | None = None
+    ) -> BatchProduct:
+        """One batch's contribution: a dict of ``(k, *shape)`` tensors or ``(k, n)`` rows. The column loops
+        (:attr:`accumulating`) add theirs into ``into`` (the earlier batches' rows) and return it."""
+        fn = getattr(self, f"_product_{name}")
+        if into is not None and name in self.accumulating:
+            return fn(forward, i, batch, V, into=into)
+        return fn(forward, i, batch, V)
 
     def _check_point(self) -> None:
         changed = changed_in_place(self.params, self._versions)
@@ -164,7 +174,12 @@ class ProblemOperator(CurvatureOperator):
                     w = C.shape[1]
                     if w not in self.chosen:
                         self._choose(w, forward, i, batch, C)
-                    totals[c] = accumulate(self.problem, totals[c], self._run(self.chosen[w], forward, i, batch, C))
+                    total = totals[c]
+                    part = self._run(
+                        self.chosen[w], forward, i, batch, C, into=total if isinstance(total, Tensor) else None
+                    )
+                    totals[c] = total if part is total else accumulate(self.problem, total, part)
+                    del total, part
         blocks = [dict_to_block(self.problem, t, C.shape[1], V) for C, t in zip(chunks, totals, strict=True)]
         out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
         if self.problem.dist is not None:
@@ -273,19 +288,23 @@ class ProblemOperator(CurvatureOperator):
         }
 
 
-def vector_product_loop(fn: Callable[[ParamDict], dict], problem: Problem, V: Tensor) -> Tensor:
-    """Apply a per-vector product ``fn(v_dict) -> dict`` to each column of ``V``; ``(k, n)`` rows."""
-    return loop_columns(problem, lambda j: fn(problem.unflatten(V[:, j])), V)
+def vector_product_loop(
+    fn: Callable[[ParamDict], dict], problem: Problem, V: Tensor, into: Tensor | None = None
+) -> Tensor:
+    """Apply a per-vector product ``fn(v_dict) -> dict`` to each column of ``V``; ``(k, n)`` rows (see
+    :func:`loop_columns`)."""
+    return loop_columns(problem, lambda j: fn(problem.unflatten(V[:, j])), V, into)
 
 
-def loop_columns(problem: Problem, column: Callable[[int], dict], V: Tensor) -> Tensor:
+def loop_columns(problem: Problem, column: Callable[[int], dict], V: Tensor, into: Tensor | None = None) -> Tensor:
     """``column(j)`` (a per-parameter dict; missing or ``None`` entries are zero) for each column ``j`` of ``V``,
     flattened into row ``j`` of a ``(k, n)`` block as soon as it is made and then dropped: the loop holds the block
     and one column's product, where stacking the columns held every column and their stack besides (two blocks of
-    vectors: 5 GB for 5 probes on GPT-2 small). The block is allocated uninitialised once the first column is made
-    (after that column's transients are gone); every entry is written."""
+    vectors: 5 GB for 5 probes on GPT-2 small). With ``into`` (the earlier batches' rows) each column is added into
+    its row there, so further batches hold no second block; otherwise the block is allocated uninitialised once the
+    first column is made (after that column's transients are gone) and every entry is written."""
     k = V.shape[1]
-    out = None
+    out = into
     for j in range(k):
         col = column(j)
         if out is None:
@@ -294,7 +313,10 @@ def loop_columns(problem: Problem, column: Callable[[int], dict], V: Tensor) -> 
         for name, numel in zip(problem.param_names, problem.param_numels, strict=True):
             t = col.pop(name, None)
             row = out[j, offset : offset + numel]
-            row.zero_() if t is None else row.copy_(t.reshape(numel))
+            if t is not None:
+                row.add_(t.reshape(numel)) if into is not None else row.copy_(t.reshape(numel))
+            elif into is None:
+                row.zero_()
             offset += numel
         del col
     return out
