@@ -48,7 +48,9 @@ DEFAULT_SHARE = 0.8
 KRYLOV_SHARE = 0.5
 #: Vectors a block of probes costs per column while its product is formed: the probe, the product's per-parameter
 #: pieces, and the product block they are gathered into (Frobenius on GPT-2 small with blocks of 10 fitted as if
-#: 2 per column peaked at 22.4 GiB in the report, BENCHMARKS.md stop 23).
+#: 2 per column peaked at 22.4 GiB in the report, BENCHMARKS.md stop 23). The column loops (models of 1M parameters
+#: and more) now write each column into the block as it is made, holding the probe, the block and one column
+#: (``operators.problem_operator.loop_columns``); the batched strategies still hold the three, and the fits keep them.
 PRODUCT_COPIES = 3
 #: A default top-k Krylov basis holds no more than this, or ``2 k + 4`` vectors if more (``top_eigen``).
 LEAN_BASIS_BYTES = 2**30
