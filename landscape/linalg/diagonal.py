@@ -183,7 +183,7 @@ def _estimate(
     if method == "hutchinson":
         bs = default_block_size(block_size, num_matvecs)
         for Z in probe_blocks(op, num_matvecs, bs, distribution, gen):
-            acc.add(Z * (op @ Z), Z * Z)
+            acc.add((op @ Z).mul_(Z), Z.square_())  # in place: the probes are not needed again
         value, stderr = acc.result()
         settings["block_size"] = bs
     else:

@@ -36,6 +36,10 @@ SeedLike = Seed
 make_generator = generator
 
 
+#: Entries of a Rademacher probe drawn at a time (8 MB of int64).
+RADEMACHER_CHUNK = 1 << 20
+
+
 def seed_record(seed: SeedLike) -> int | None:
     """The seed to store in a result: the int, or ``None`` for a caller-owned generator (its state is not a seed)."""
     return None if isinstance(seed, torch.Generator) else int(seed)
@@ -81,12 +85,25 @@ def sample_probes(
         raise ValueError(f"need n >= 1 and k >= 0, got n={n}, k={k}")
     gen = make_generator(seed)
     gdev = gen.device
+    out = torch.empty(n, k, dtype=dtype, device=device)
+    if distribution == "rademacher" and gdev.type == "cpu":
+        # Column by column, RADEMACHER_CHUNK entries at a time: the CPU generator fills randint in order, so the
+        # chunks continue the one stream of a (k, n) draw, and +-1 (over the norm sqrt(n), exact in float64) rounds
+        # to the same numbers. Holds the block and a chunk, where a whole draw held k vectors of int64 and of
+        # float64 besides the block (5 probes of GPT-2 small: 10 GB; BENCHMARKS.md, stop 24).
+        for j in range(k):
+            for start in range(0, n, RADEMACHER_CHUNK):
+                m = min(RADEMACHER_CHUNK, n - start)
+                chunk = torch.randint(0, 2, (m,), generator=gen).to(torch.float64).mul_(2.0).sub_(1.0)
+                out[start : start + m, j] = chunk.div_(math.sqrt(n)) if normalize else chunk
+        return out
     if distribution == "rademacher":
         rows = torch.randint(0, 2, (k, n), generator=gen, device=gdev).to(torch.float64).mul_(2.0).sub_(1.0)
     else:
         rows = torch.randn(k, n, generator=gen, device=gdev, dtype=torch.float64)
         if distribution == "sphere":
-            rows = rows * (math.sqrt(n) / rows.norm(dim=1, keepdim=True))
+            rows.mul_(math.sqrt(n) / rows.norm(dim=1, keepdim=True))
     if normalize:
-        rows = rows / rows.norm(dim=1, keepdim=True)
-    return rows.T.to(device=device, dtype=dtype).contiguous()
+        rows.div_(rows.norm(dim=1, keepdim=True))
+    out.copy_(rows.T)
+    return out

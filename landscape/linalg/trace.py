@@ -116,7 +116,7 @@ def hutchinson(
     taken = 0
     stopped_early = False
     for Z in probe_blocks(op, num_matvecs, bs, distribution, gen):
-        chunks.append(op.space.sums((op @ Z) * Z))
+        chunks.append(op.space.sums((op @ Z).mul_(Z)))  # in place: no third block
         taken += Z.shape[1]
         if stopping and taken >= min_samples and taken < num_matvecs:
             mean, stderr = mean_and_stderr(to_numpy(chunks))
@@ -161,7 +161,7 @@ def _hutchinson_from_sketch(
     rest = num_matvecs - S.shape[1]
     if rest > 0:
         bs = default_block_size(block_size, rest)
-        chunks += [op.space.sums((op @ Z) * Z) for Z in probe_blocks(op, rest, bs, distribution, gen)]
+        chunks += [op.space.sums((op @ Z).mul_(Z)) for Z in probe_blocks(op, rest, bs, distribution, gen)]
     samples = to_numpy(chunks)
     value, stderr = mean_and_stderr(samples)
     return prov.estimate(value, stderr, method=method, samples=samples, settings=settings)
