@@ -96,6 +96,7 @@ def sample_probes(
                 m = min(RADEMACHER_CHUNK, n - start)
                 chunk = torch.randint(0, 2, (m,), generator=gen).to(torch.float64).mul_(2.0).sub_(1.0)
                 out[start : start + m, j] = chunk.div_(math.sqrt(n)) if normalize else chunk
+                del chunk  # before the next chunk is drawn
         return out
     if distribution == "rademacher":
         rows = torch.randint(0, 2, (k, n), generator=gen, device=gdev).to(torch.float64).mul_(2.0).sub_(1.0)
