@@ -256,6 +256,7 @@ def analyse(
                     num_samples=num_samples,
                     num_matvecs=num_matvecs,
                     keskar=False,
+                    perturbations=False,  # four parameter-sized vectors the report never shows
                 ),
             ),
         )

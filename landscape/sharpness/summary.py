@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from landscape._checks import Seed, check_int, check_positive, check_seed
@@ -184,6 +184,7 @@ def sharpness(
     engine: str = "double_backward",
     progress: bool = False,
     memory_budget: int | None = None,
+    perturbations: bool = True,
 ) -> Sharpness:
     """Curvature summaries and every sharpness measure of the current point, in one report.
 
@@ -227,6 +228,10 @@ def sharpness(
         Show a progress bar over the parts (eigenvalue, trace, ..., each SAM ascent, the average-case draws) on stderr.
     memory_budget : int, optional
         Bytes the Keskar parts may hold (default :func:`landscape.memory.default_budget`).
+    perturbations : bool
+        Keep the best perturbation ``e*`` of each SAM/ASAM part (``.perturbation``: a parameter-sized vector each,
+        four in all, 2 GB on GPT-2 small); ``False`` drops them once their values are measured (``None``), as the
+        report does.
 
     Returns
     -------
@@ -268,16 +273,21 @@ def sharpness(
         # The operator keeps the gradient graphs its products reuse (1.4 GB on ResNet-18 at 128 images): gone before
         # the SAM ascents build gradients of their own.
         del op
+
+    def ascent(**kw: Any) -> SAMSharpness:
+        r = sam_sharpness(problem, rho, m=m, seed=seed, **kw)
+        return r if perturbations else replace(r, perturbation=None)
+
     sam1 = sam2 = saminf = asam_r = None
     if sam:
-        sam1 = sam_sharpness(problem, rho, p=2, m=m, steps=0, seed=seed)
+        sam1 = ascent(p=2, steps=0)
         done("SAM first order")
-        sam2 = sam_sharpness(problem, rho, p=2, m=m, steps=steps, seed=seed)
+        sam2 = ascent(p=2, steps=steps)
         done("SAM")
-        saminf = sam_sharpness(problem, rho, p=math.inf, m=m, steps=steps, seed=seed)
+        saminf = ascent(p=math.inf, steps=steps)
         done("SAM p=inf")
     if asam:
-        asam_r = sam_sharpness(problem, rho, p=2, adaptive=True, eta=eta, m=m, steps=steps, seed=seed)
+        asam_r = ascent(p=2, adaptive=True, eta=eta, steps=steps)
         done("ASAM")
     avg = None
     if average:
@@ -312,6 +322,7 @@ def sharpness(
             "maxiter": maxiter,
             "num_matvecs": num_matvecs,
             "trace_method": trace_method,
+            "perturbations": perturbations,
         }
     )
     return Sharpness(

@@ -41,3 +41,19 @@ def test_sharpness_gathers_every_measure_with_its_error_bar():
     assert lean.num_matvecs == 0 and lean.lambda_max is None and lean.sam is None and lean.keskar is None
     assert lean.asam is not None and lean.average is not None
     assert "average-case" in lean.summary()
+
+
+def test_sharpness_can_drop_the_perturbations_it_measured():
+    """``perturbations=False`` (the report's setting) keeps every value and drops the four parameter-sized vectors."""
+    X, Y = make_data()
+    problem = least_squares_problem(X, Y, batch_size=10)
+    kw = {"steps": 3, "num_samples": 2, "eigen": False, "trace": False, "frobenius": False, "keskar": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # first-order SAM at an exact minimum warns
+        kept = sharpness(problem, 0.05, seed=0, **kw)
+        lean = sharpness(problem, 0.05, seed=0, perturbations=False, **kw)
+    for name in ("sam_first_order", "sam", "sam_inf", "asam"):
+        a, b = getattr(kept, name), getattr(lean, name)
+        assert a.perturbation is not None and b.perturbation is None, name
+        assert (a.value, a.perturbation_norm) == (b.value, b.perturbation_norm), name
+    assert lean.settings["perturbations"] is False and kept.settings["perturbations"] is True
