@@ -363,11 +363,13 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
         return basis + max(k, 1) + 1, f"thick-restart basis of {basis} (keeping {kept}), the Ritz vectors, a temporary"
     if analysis == "spectrum":
         p, m = int(settings.get("num_probes", 8)), int(settings.get("num_steps", 40))
+        # The block's input is a view of the basis and the reorthogonalisation works in place on the product's
+        # output (linalg.lanczos.BatchedLanczos): the basis is all the estimator adds to the product.
         if p * (m + 1) <= cap:
-            return p * (m + 1) + 2 * p, f"{p} probes x {m + 1} basis vectors, the block's input and CGS2 temporary"
+            return p * (m + 1), f"{p} probes x {m + 1} basis vectors"
         g = min(p, cap // 2, int(settings.get("group") or p))
         at_once = f"{g} of {p} probes at a time" if g < p else f"{p} probes"
-        return 4 * g, f"three-term recurrence: {at_once} x 2 vectors, the block's input and CGS2 temporary"
+        return 2 * g, f"three-term recurrence: {at_once} x 2 vectors"
     if analysis == "block_spectra":
         p, m = int(settings.get("num_probes", 4)), int(settings.get("num_steps", 40))
         columns, stored = int(settings.get("columns") or p), bool(settings.get("stored", True))

@@ -33,6 +33,9 @@ from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, gib, krylov_vector
 from landscape.operators.base import CurvatureOperator
 from landscape.progress import progress as progress_bar
 
+#: Entries of each row subtracted at a time in the reorthogonalisation (bounds its temporary).
+SUBTRACT_COLUMNS = 1 << 18
+
 
 @dataclass(frozen=True)
 class LanczosDecomposition(Diagnostics):
@@ -132,7 +135,7 @@ class BatchedLanczos:
             raise ValueError("restarts after breakdown need the stored basis")
         self.store_basis = store_basis
         self.Q = torch.zeros(p, max_steps + 1 if store_basis else 2, n, dtype=op.dtype, device=op.device)
-        self.Q[:, 0] = (V0 / norms).T
+        self.Q[:, 0].copy_(V0.T).div_(norms.unsqueeze(1))  # in place: no third block next to V0 and Q
         self.alphas = np.zeros((p, max_steps))
         self.betas = np.zeros((p, max_steps))
         self.steps = np.zeros(p, dtype=np.int64)
@@ -157,7 +160,11 @@ class BatchedLanczos:
         total = torch.zeros(W.shape[0], basis.shape[1], dtype=W.dtype, device=W.device)
         for _ in range(2):
             c = self.space.bmm(basis, W.unsqueeze(2)).squeeze(2)
-            W = W.sub_(torch.bmm(c.unsqueeze(1), basis).squeeze(1))  # W is this step's own product: in place
+            # W is this step's own product: subtract in place, SUBTRACT_COLUMNS entries at a time, so the
+            # temporary is p x SUBTRACT_COLUMNS numbers instead of a (p, n) block (GPT-2 small: 6 probes, 2.8 GB).
+            for start in range(0, W.shape[1], SUBTRACT_COLUMNS):
+                cols = slice(start, start + SUBTRACT_COLUMNS)
+                W[:, cols].sub_(torch.bmm(c.unsqueeze(1), basis[:, :, cols]).squeeze(1))
             total = total + c
         return W, total
 
@@ -180,7 +187,7 @@ class BatchedLanczos:
         tiny = beta <= 10.0 * math.sqrt(self.n) * self.eps * self.anorm
         full = j + 1 >= self.n
         scale = np.where(tiny | full, 0.0, 1.0 / np.where(beta > 0, beta, 1.0))
-        self.Q[:, self._slot(j + 1)] = W * torch.as_tensor(scale, dtype=W.dtype, device=W.device).unsqueeze(1)
+        self.Q[:, self._slot(j + 1)] = W.mul_(torch.as_tensor(scale, dtype=W.dtype, device=W.device).unsqueeze(1))
         for probe in idx:
             self.alphas[probe, j] = alpha[probe]
             self.betas[probe, j] = 0.0 if full else beta[probe]

@@ -96,7 +96,7 @@ def test_spectrum_of_a_problem_groups_its_probes_to_fit_the_budget():
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(256, 32, generator=g), torch.randint(0, 5, (256,), generator=g)
     problem = L.Problem(mlp(32, (128, 128), 5, seed=0), torch.nn.CrossEntropyLoss(), (X, y))
-    tight = 40 * problem.num_params * 4  # no room for the bases: the three-term recurrence
+    tight = 30 * problem.num_params * 4  # no room for the bases: the three-term recurrence
     fits = [
         estimate(problem, "spectrum", memory_budget=tight, num_probes=8, num_steps=15, group=m).fits for m in (8, 2)
     ]
