@@ -25,9 +25,8 @@ from torch import Tensor
 
 from landscape.blocks.lanczos import BlockLanczos
 from landscape.blocks.partition import BlockPartition
-from landscape.linalg._common import draw
+from landscape.linalg._common import COLUMN_CHUNK, draw
 from landscape.linalg._ritz import error_bounds
-from landscape.linalg.thick_restart import RESTART_COLUMNS
 from landscape.memory import MemoryBudgetError, block_lanczos_vectors, estimate, gib, kept_after_restart, min_basis
 from landscape.operators.problem_operator import ProblemOperator
 from landscape.spectrum import Spectrum
@@ -133,8 +132,8 @@ class BlockThickRestart(BlockLanczos):
         Q = self.Q[0]
         for start, end in self.segs[b]:
             # In place a slice of columns at a time: each slice reads only its own columns.
-            for c in range(start, end, RESTART_COLUMNS):
-                cols = slice(c, min(c + RESTART_COLUMNS, end))
+            for c in range(start, end, COLUMN_CHUNK):
+                cols = slice(c, min(c + COLUMN_CHUNK, end))
                 Q[:ell, cols] = Yk.T @ Q[:s, cols]
             Q[ell, start:end] = Q[s, start:end]
             Q[ell + 1 :, start:end] = 0

@@ -22,6 +22,10 @@ from landscape.operators.exact import ExactDiagonal, ExactDiagonalUnavailable, e
 from landscape.problem import Problem
 from landscape.sharding import LOCAL, VectorSpace
 
+#: Entries of each vector recombined at a time where a block operation would otherwise make a whole ``(k, n)``
+#: temporary (a thick restart's new basis, Lanczos's reorthogonalisation): the temporary is ``k x COLUMN_CHUNK``.
+COLUMN_CHUNK = 1 << 18
+
 
 def draw(
     op: CurvatureOperator, k: int, distribution: Distribution, gen: torch.Generator, *, normalize: bool = False

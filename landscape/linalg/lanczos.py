@@ -25,16 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.linalg._common import Meter, as_start_block, draw
+from landscape.linalg._common import COLUMN_CHUNK, Meter, as_start_block, draw
 from landscape.linalg._ritz import tridiagonal_eigh
 from landscape.linalg.probes import Distribution, SeedLike, make_generator
 from landscape.linalg.results import Diagnostics
 from landscape.memory import KRYLOV_SHARE, MemoryBudgetError, gib, krylov_vectors
 from landscape.operators.base import CurvatureOperator
 from landscape.progress import progress as progress_bar
-
-#: Entries of each row subtracted at a time in the reorthogonalisation (bounds its temporary).
-SUBTRACT_COLUMNS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -160,10 +157,10 @@ class BatchedLanczos:
         total = torch.zeros(W.shape[0], basis.shape[1], dtype=W.dtype, device=W.device)
         for _ in range(2):
             c = self.space.bmm(basis, W.unsqueeze(2)).squeeze(2)
-            # W is this step's own product: subtract in place, SUBTRACT_COLUMNS entries at a time, so the
-            # temporary is p x SUBTRACT_COLUMNS numbers instead of a (p, n) block (GPT-2 small: 6 probes, 2.8 GB).
-            for start in range(0, W.shape[1], SUBTRACT_COLUMNS):
-                cols = slice(start, start + SUBTRACT_COLUMNS)
+            # W is this step's own product: subtract in place, COLUMN_CHUNK entries at a time, so the
+            # temporary is p x COLUMN_CHUNK numbers instead of a (p, n) block (GPT-2 small: 6 probes, 2.8 GB).
+            for start in range(0, W.shape[1], COLUMN_CHUNK):
+                cols = slice(start, start + COLUMN_CHUNK)
                 W[:, cols].sub_(torch.bmm(c.unsqueeze(1), basis[:, :, cols]).squeeze(1))
             total = total + c
         return W, total

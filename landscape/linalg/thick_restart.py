@@ -24,13 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.linalg._common import draw
+from landscape.linalg._common import COLUMN_CHUNK, draw
 from landscape.memory import kept_after_restart
 from landscape.operators.base import CurvatureOperator
 from landscape.progress import progress as progress_bar
-
-#: Columns of the basis recombined at a time at a restart (bounds its temporary).
-RESTART_COLUMNS = 1 << 18
 
 
 class ThickRestartState:
@@ -95,9 +92,9 @@ class ThickRestartState:
         s, ell = self.size, keep.size
         Yk = torch.as_tensor(Y[:, keep], dtype=self.Q.dtype, device=self.Q.device)  # (s, l)
         # Q[:l] <- Y_keep^T Q[:s] in place, a slice of columns at a time: each slice reads only its own columns, so
-        # the temporary is l x RESTART_COLUMNS numbers instead of l whole vectors.
-        for c in range(0, self.n, RESTART_COLUMNS):
-            cols = slice(c, min(c + RESTART_COLUMNS, self.n))
+        # the temporary is l x COLUMN_CHUNK numbers instead of l whole vectors.
+        for c in range(0, self.n, COLUMN_CHUNK):
+            cols = slice(c, min(c + COLUMN_CHUNK, self.n))
             self.Q[:ell, cols] = Yk.T @ self.Q[:s, cols]
         self.Q[ell] = self.Q[s]
         self.Q[ell + 1 :] = 0

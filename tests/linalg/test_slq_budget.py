@@ -107,3 +107,34 @@ def test_spectrum_of_a_problem_groups_its_probes_to_fit_the_budget():
     assert roomy.settings["probe_groups"] == 1
     np.testing.assert_allclose(lean.trace.value, roomy.trace.value, rtol=1e-5)
     np.testing.assert_allclose(lean.eigenvalues, roomy.eigenvalues, rtol=1e-4)
+
+
+class _Diagonal(L.CurvatureOperator):
+    """``diag(d)``: a product allocates its output block and nothing else."""
+
+    def __init__(self, d):
+        super().__init__(d.shape[0], d.dtype, d.device)
+        self.d = d
+
+    def _matmat(self, V):
+        return (V.T * self.d).T  # rows contiguous, like the products of a Problem's operators
+
+
+def test_a_three_term_step_holds_the_basis_the_product_and_a_chunk():
+    """Counted bytes (a tracking allocator): a step of ``p`` three-term recurrences holds their ``2 p`` basis
+    vectors, the product's ``p`` and a ``p x COLUMN_CHUNK`` temporary; a whole ``(p, n)`` temporary in the
+    reorthogonalisation, the scaling or the start block's normalisation would make it ``4 p``."""
+    import torch
+
+    from landscape.linalg._common import COLUMN_CHUNK
+    from tests.linalg.test_thick_restart import _LiveBytes
+
+    n, p = 4 * COLUMN_CHUNK, 4
+    op = _Diagonal(torch.linspace(-1.0, 2.0, n, dtype=torch.float64))
+    vector = n * 8
+    with _LiveBytes() as counted:
+        dec = lanczos(
+            op, 8, num_probes=p, keep_basis=False, restart_on_breakdown=False, memory_budget=40 * vector, seed=0
+        )
+    assert dec.settings["reorthogonalisation"].startswith("local") and dec.settings["probe_groups"] == 1
+    assert counted.peak <= 3 * p * vector + 2 * p * COLUMN_CHUNK * 8, counted.peak / vector
