@@ -13,6 +13,7 @@ recurrence regenerates ``q_j`` from the stored ``alpha, beta`` and accumulates t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,15 @@ class ShortRecurrence:
     residual: float
     scale: float
     converged: bool
+
+
+def _ritz_values(alphas: list[float], betas: list[float]) -> np.ndarray:
+    m = len(alphas)
+    return (
+        scipy.linalg.eigvalsh_tridiagonal(np.asarray(alphas), np.asarray(betas[: m - 1]))
+        if m > 1
+        else np.asarray(alphas)
+    )
 
 
 def _ritz(alphas: list[float], betas: list[float], pick) -> tuple[float, np.ndarray, float, float]:
@@ -81,11 +91,16 @@ def three_term_extreme(
     progress: bool = False,
     keep_start: bool = True,
     min_steps: int = 1,
+    on_step: Callable[[int, float, float], None] | None = None,
+    steps_needed: Callable[[np.ndarray], int] | None = None,
 ) -> ShortRecurrence:
     """Run the recurrence from ``v0`` until the Ritz value chosen by ``pick(theta) -> index`` has relative residual
     ``<= tol`` (of ``max |theta|``) after at least ``min_steps`` steps, the space is exhausted (``beta ~ 0``:
     exact) or ``budget`` products are spent. ``keep_start=False`` normalises ``v0`` in place and uses it as the
-    first vector (no copy)."""
+    first vector (no copy). ``steps_needed(theta) -> int``, given the Ritz values (ascending) at a check, raises
+    ``min_steps`` by what they imply (e.g. a guarantee relative to the eigenvalue, which needs the spread); the
+    run is checked at that step too, and past it every step. ``on_step(m, alpha_m, beta_m)`` is called after
+    every step (e.g. to record a long run as it goes)."""
     norm0 = op.space.norm(v0)
     q = v0 / norm0 if keep_start else v0.div_(norm0)
     r = torch.empty_like(q)
@@ -93,6 +108,7 @@ def three_term_extreme(
     betas: list[float] = []
     bar = progress_bar(budget, "top eigenvalue", progress, unit="step")
     last_check = 0
+    need = min_steps
     try:
         while True:
             alpha, beta = _step(op, q, r, betas[-1] if betas else 0.0, None)
@@ -100,12 +116,18 @@ def three_term_extreme(
             betas.append(beta)
             bar.update(1)
             m = len(alphas)
+            if on_step is not None:
+                on_step(m, alpha, beta)
             exhausted = beta <= 1e-10 * max(abs(a) for a in alphas) or m >= min(budget, op.space.size(op.shape[0]))
-            # The tridiagonal solve is O(m^2): every step early on, then every ~m/10 steps.
-            if exhausted or m == min_steps or (m > min_steps and m - last_check >= max(1, m // 10)):
+            # The tridiagonal solve is O(m^2): every ~m/10 steps from min_steps (a need judged from early Ritz values
+            # is too high), at the need, and past it every step (the need falls as the Ritz values grow).
+            cadence = m > min_steps and m - last_check >= max(1, m // 10)
+            if exhausted or m == need or cadence or (m > need and steps_needed is not None):
                 last_check = m
                 theta, y, residual, scale = _ritz(alphas, betas, pick)
-                converged = beta <= 1e-10 * scale or (residual <= tol * scale and m >= min_steps)
+                if steps_needed is not None:
+                    need = max(min_steps, steps_needed(_ritz_values(alphas, betas)))
+                converged = beta <= 1e-10 * scale or (residual <= tol * scale and m >= need)
                 if converged or exhausted:
                     return ShortRecurrence(alphas, betas, theta, y, residual, scale, bool(converged))
             q, r = r.div_(beta), q  # q_{j+1}; the buffer now holds q_j, the next step's q_{j-1}
