@@ -75,8 +75,9 @@ TRIALS_MAX_VECTOR_BYTES = 2**22
 #: Probes per operator application of the streaming estimators (Hutchinson, diagonal, Frobenius) by default.
 DEFAULT_BLOCK_SIZE = 50
 #: Vectors the three-term recurrence holds at once (:mod:`landscape.linalg.short_recurrence`): ``q_j`` and the
-#: buffer that turns from ``q_{j-1}`` into ``q_{j+1}`` (Paige 1972's two-vector form: ``r = -beta_{j-1} q_{j-1}``,
-#: then ``r += H q_j`` in place); the start vector and the Ritz vector on top when the vector is wanted.
+#: buffer that turns from ``q_{j-1}`` into ``q_{j+1}`` (Paige 1972's two-vector form); the start vector and the
+#: Ritz vector on top when the vector is wanted. Below float64 the product has its own vector (the combination is
+#: formed in float64 per chunk): that is the estimate's "product" part, counted there for every operator.
 THREE_TERM_VECTORS = 2
 THREE_TERM_VECTORS_WITH_RITZ = 4
 #: A thick-restart basis holds the ``k`` wanted vectors, at least one more to grow, and the residual vector.

@@ -414,7 +414,7 @@ def top_eigen(
         before the run. ``"eigenvalue"``: a fraction of ``|lambda|`` itself ("the top eigenvalue to 1e-3"); the
         spread is then bounded from the Ritz values as they come (both ends together with probability
         ``confidence``; :func:`landscape.linalg.random_start.relative_steps_for`), so the run stops at the first
-        step that guarantees it: 336 steps for ``1e-3`` on GPT-2 small, whose spectrum spans about -461 to 485.
+        step that guarantees it: 336 steps for ``1e-3`` on GPT-2 small, whose spectrum spans -460.5 to 483.5.
 
     Returns
     -------

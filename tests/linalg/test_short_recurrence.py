@@ -101,3 +101,51 @@ def test_hessian_adds_its_product_in_place():
     ggn, acc = L.ggn(problem), torch.zeros_like(out)
     ggn.add_product_(v, acc)
     torch.testing.assert_close(acc, ggn @ v)
+
+
+def _outliers_over_a_bulk(n: int) -> np.ndarray:
+    """Hundreds of large eigenvalues at both ends over a bulk near zero, top 491.3: the shape of GPT-2 small's
+    Hessian (``||H v|| = 0.83`` for a random unit ``v``, extremes 483.5 and -460.5)."""
+    rng = np.random.default_rng(0)
+    lam = rng.normal(0.0, 0.05, n)
+    k = n // 500
+    lam[:k] = rng.uniform(300.0, 491.0, k)
+    lam[k : 2 * k] = -rng.uniform(300.0, 462.0, k)
+    lam[0] = 491.3
+    return lam
+
+
+def test_a_float32_recurrence_forms_each_step_in_float64_and_stays_within_the_spectrum():
+    """Formed in float32, ``H q - alpha q - beta q_prev`` keeps its terms' rounding; over 300 steps the largest Ritz
+    value then drifts 7.5e-4 above the largest eigenvalue (the recurrence of stop 31). Formed in float64 per chunk,
+    it stays within ``2 eps32 ||H||`` (1.1e-4: two roundings at the spectrum's scale) of it, like a float64 run."""
+    lam = _outliers_over_a_bulk(50_000)
+    bound = 2 * torch.finfo(torch.float32).eps * float(np.abs(lam).max())
+    exact = L.top_eigen(DiagonalOperator(torch.tensor(lam)), k=1, vectors=False, tol=1e-12, max_matvecs=300, seed=0)
+    assert abs(float(exact.values[0]) - 491.3) <= 1e-9
+    with pytest.warns(L.ConvergenceWarning):  # float32 cannot reach 1e-12: all 300 steps run
+        r = L.top_eigen(
+            DiagonalOperator(torch.tensor(lam, dtype=torch.float32)),
+            k=1,
+            vectors=False,
+            tol=1e-12,
+            max_matvecs=300,
+            seed=0,
+        )
+    assert r.num_matvecs == 300
+    assert abs(float(r.values[0]) - 491.3) <= bound
+
+
+def test_the_vector_replays_the_float32_recurrence():
+    """The Ritz vector's second run repeats each step's arithmetic (its ``a`` and correction): the regenerated
+    basis is the first run's, so the vector has the residual the first run reported (to the float32 rounding of
+    the vector) and is the top eigenvector."""
+    lam = _outliers_over_a_bulk(20_000)
+    op = DiagonalOperator(torch.tensor(lam, dtype=torch.float32))
+    r = L.top_eigen(op, k=1, tol=1e-6, max_matvecs=200, seed=0, max_basis=VECTORS_WITH_RITZ)  # two runs
+    assert r.settings["ritz_vector"].startswith("second run") and r.num_matvecs == 2 * r.num_steps - 1
+    v = r.vectors[:, 0].double()
+    residual = float((torch.tensor(lam) * v - r.values[0] * v).norm())
+    # The vector is rounded to float32: that moves its residual by at most eps32 ||H - theta|| (5.7e-5 here).
+    assert abs(residual - r.residuals[0]) <= torch.finfo(torch.float32).eps * float(lam.max() - lam.min())
+    assert abs(float(v[0])) >= 1 - 1e-9  # e_1, the eigenvector of 491.3
