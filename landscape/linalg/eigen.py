@@ -153,7 +153,6 @@ def _short_top(
     vector = ritz_vector(op, v0, run)[:, None] if vectors else None
     residuals = np.array([run.residual])
     theta = np.array([run.theta])
-    ritz = tridiagonal_eigh(np.asarray(run.alphas), np.asarray(run.betas[: len(run.alphas) - 1]))[0]
     steps = len(run.alphas)
     return eigen_result(
         prov,
@@ -185,7 +184,7 @@ def _short_top(
                 "confidence": confidence,
                 "error_vs_spread": random_start.error_at(n, steps, confidence),
                 "error_vs_eigenvalue": random_start.relative_error_at(
-                    n, steps, run.theta, float(ritz[-1] - ritz[0]), confidence
+                    n, steps, run.theta, float(run.values[-1] - run.values[0]), confidence
                 ),
                 "steps": steps,
             },

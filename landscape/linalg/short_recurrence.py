@@ -54,22 +54,16 @@ class ShortRecurrence:
     residual: float
     scale: float
     converged: bool
+    values: np.ndarray  # every Ritz value of the last check, ascending
 
 
-def _ritz_values(alphas: list[float], betas: list[float]) -> np.ndarray:
-    m = len(alphas)
-    return (
-        scipy.linalg.eigvalsh_tridiagonal(np.asarray(alphas), np.asarray(betas[: m - 1]))
-        if m > 1
-        else np.asarray(alphas)
-    )
-
-
-def _ritz(alphas: list[float], betas: list[float], pick) -> tuple[float, np.ndarray, float, float]:
+def _ritz(alphas: list[float], betas: list[float], pick) -> tuple[float, np.ndarray, float, float, np.ndarray]:
+    """The picked Ritz value, its vector in the Krylov basis, its residual bound, ``max |theta|`` and every Ritz
+    value (ascending)."""
     m = len(alphas)
     theta, Y = tridiagonal_eigh(np.asarray(alphas), np.asarray(betas[: m - 1]))
     i = pick(theta)
-    return float(theta[i]), Y[:, i], abs(betas[m - 1] * Y[-1, i]), float(np.max(np.abs(theta)))
+    return float(theta[i]), Y[:, i], abs(betas[m - 1] * Y[-1, i]), float(np.max(np.abs(theta))), theta
 
 
 def _product_buffer(q: Tensor) -> Tensor | None:
@@ -174,12 +168,12 @@ def three_term_extreme(
             cadence = m > min_steps and m - last_check >= max(1, m // 10)
             if exhausted or m == need or cadence or (m > need and steps_needed is not None):
                 last_check = m
-                theta, y, residual, scale = _ritz(alphas, betas, pick)
+                theta, y, residual, scale, values = _ritz(alphas, betas, pick)
                 if steps_needed is not None:
-                    need = max(min_steps, steps_needed(_ritz_values(alphas, betas)))
+                    need = max(min_steps, steps_needed(values))
                 converged = beta <= 1e-10 * scale or (residual <= tol * scale and m >= need)
                 if converged or exhausted:
-                    return ShortRecurrence(alphas, betas, parts, theta, y, residual, scale, bool(converged))
+                    return ShortRecurrence(alphas, betas, parts, theta, y, residual, scale, bool(converged), values)
             q, r = r.div_(beta), q  # q_{j+1}; the buffer now holds q_j, the next step's q_{j-1}
     finally:
         bar.close()
