@@ -17,7 +17,7 @@ Methods (``--methods``), each in a fresh ``python`` process so that its peak RSS
   with the directions stored in bfloat16 (``filter_normalized(..., dtype=torch.bfloat16)``).
 - ``hvp``: ``landscape.hessian(problem) @ v`` with defaults: the first product and the median of later ones.
 - ``top1``, ``top5``: ``landscape.top_eigen(op, k)`` with defaults; ``top1_lean``: the eigenvalue alone
-  (``vectors=False``: the three-term recurrence, two vectors of memory) to ``tol=1e-3``;
+  (``vectors=False``: the three-term recurrence, two vectors and the product's) to ``tol=1e-3``;
   ``trace``: ``landscape.trace(op)``; ``spectrum``: ``landscape.spectrum(problem)`` (top-5, trace, density);
   ``top1_sure``: ``top1_lean`` with ``guarantee=1e-3`` (Kuczynski & Wozniakowski's gap-free minimum of steps:
   1e-3 of the spread); ``top1_relative``: the same guarantee relative to the eigenvalue itself
@@ -710,7 +710,6 @@ def table(rows: list[dict]) -> str:
             if r.get("trajectory") and ref is not None:
                 hit = next((t for t, x in r["trajectory"] if abs(x - ref) <= 1e-3 * abs(ref)), None)
                 note = f"within 1e-3 after {hit:.0f} s" if hit is not None else f"not within 1e-3 in {r['cap_s']:.0f} s"
-
             if r["method"] == "hvp" and "first_s" in r:
                 note = f"first {r['first_s']:.2f} s = {r['first_s'] / r['seconds']:.2f}x a later one; {r['chosen']}"
             lines.append(
