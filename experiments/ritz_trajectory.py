@@ -41,14 +41,16 @@ HERE = Path(__file__).resolve().parent
 GPT2_SMALL_PARAMS = 124_439_808  # for files written before the parameter count was recorded
 
 
-def trajectory(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """``theta_m`` (largest Ritz value of ``T_m``) and its relative residual bound, for every ``m``."""
-    thetas, residuals = [], []
+def trajectory(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``theta_m`` (largest Ritz value of ``T_m``), its relative residual bound and the smallest Ritz value, for
+    every ``m``."""
+    thetas, residuals, lowest = [], [], []
     for m in range(1, len(alphas) + 1):
         theta, Y = tridiagonal_eigh(np.asarray(alphas[:m]), np.asarray(betas[: m - 1]))
         thetas.append(theta[-1])
+        lowest.append(theta[0])
         residuals.append(abs(betas[m - 1] * Y[-1, -1]) / np.max(np.abs(theta)))
-    return np.array(thetas), np.array(residuals)
+    return np.array(thetas), np.array(residuals), np.array(lowest)
 
 
 def main() -> None:
@@ -130,17 +132,13 @@ class Float64Vectors(CurvatureOperator):
 
 def summarise(out: dict, n: int) -> None:
     """Add every step's largest and smallest Ritz values, relative residual and 0.99 upper bound to ``out``."""
-    thetas, residuals = trajectory(out["alphas"], out["betas"])
-    lowest = [
-        float(min(tridiagonal_eigh(np.asarray(out["alphas"][:m]), np.asarray(out["betas"][: m - 1]))[0]))
-        for m in range(1, len(thetas) + 1)
-    ]
+    thetas, residuals, lowest = trajectory(out["alphas"], out["betas"])
     rel = [
         random_start.relative_error_at(n, m, t, t - lo) for m, (t, lo) in enumerate(zip(thetas, lowest, strict=True), 1)
     ]
     out["theta"] = thetas.tolist()
     out["relative_residual"] = residuals.tolist()
-    out["theta_min"] = lowest
+    out["theta_min"] = lowest.tolist()
     out["upper_bound_0.99"] = [t + r * abs(t) if np.isfinite(r) else None for t, r in zip(thetas, rel, strict=True)]
 
 
