@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from landscape import reductions
 from landscape.distributed import DataParallel
 
 # The module hooks FSDP2 registers on every module it wraps (unshard before forward, reshard after, gradient hooks).
@@ -116,12 +117,12 @@ class VectorSpace:
         return float(self.reduce_(torch.as_tensor(total, dtype=torch.float64).reshape(1))[0])
 
     def norm(self, v: Tensor) -> float:
-        """Euclidean norm of a flat vector."""
-        return float(v.norm())
+        """Euclidean norm of a flat vector (squares summed in float64: :mod:`landscape.reductions`)."""
+        return reductions.norm(v)
 
     def norms(self, V: Tensor, dim: int = 0) -> Tensor:
         """Euclidean norms along ``dim`` (columns of an ``(n, k)`` block for ``dim=0``)."""
-        return V.norm(dim=dim)
+        return reductions.norms(V, dim)
 
     def sums(self, X: Tensor) -> Tensor:
         """Column sums ``sum_i X[i, j]`` of an ``(n, k)`` block in float64 (e.g. ``z_j^T H z_j`` from ``Z * HZ``)."""
@@ -217,7 +218,7 @@ class ShardedSpace(VectorSpace):
         return math.sqrt(max(self.dot(v, v), 0.0))
 
     def norms(self, V: Tensor, dim: int = 0) -> Tensor:
-        squares = V.double().square().sum(dim=dim)
+        squares = reductions.sum_of_squares(V, dim)
         return self.reduce_(squares.contiguous()).sqrt().to(V.dtype)
 
     def sums(self, X: Tensor) -> Tensor:

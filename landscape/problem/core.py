@@ -23,7 +23,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from landscape import attention, losses
+from landscape import attention, losses, reductions
 from landscape.batch import BatchFormatError, num_examples
 from landscape.batch import to as to_device
 from landscape.cache import content_key
@@ -572,7 +572,7 @@ class Problem:
             l1, g1 = self._loss_and_grad(forward, params)
             l2, g2 = self._loss_and_grad(forward, params)
         dl = abs(l1 - l2) / max(abs(l1), 1e-30)
-        dg = float((g1 - g2).norm() / g1.norm().clamp_min(1e-30))
+        dg = reductions.norm(g1 - g2) / max(reductions.norm(g1), 1e-30)
         if dl > rtol or dg > rtol:
             raise NonDeterministicError(
                 f"two evaluations differ (loss rel. diff {dl:.2e}, gradient rel. diff {dg:.2e} > {rtol:.0e}): "

@@ -26,6 +26,7 @@ import torch
 from scipy.optimize import Bounds, minimize
 from torch import Tensor
 
+from landscape import reductions
 from landscape._checks import Seed, check_int, check_positive, check_seed, generator
 from landscape._json import field_dict
 from landscape.linalg.probes import sample_probes, seed_record
@@ -92,7 +93,7 @@ class KeskarSharpness(ScalarResult, Diagnostics):
         """JSON-ready numbers: the fields, with ``perturbation_norm`` for the perturbation and without the box."""
         return {
             **field_dict(self, exclude=("perturbation", "bounds")),
-            "perturbation_norm": float(self.perturbation.norm()),
+            "perturbation_norm": reductions.norm(self.perturbation),
         }
 
 

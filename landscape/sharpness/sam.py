@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape import reductions
 from landscape._checks import Seed, check_int, check_positive, check_seed, generator
 from landscape._json import field_dict
 from landscape.example_pool import Examples
@@ -169,23 +170,23 @@ def _direction(v: Tensor, p: float) -> Tensor:
     """Unit steepest-ascent direction of ``v`` in the ``p``-norm: ``v / ||v||_2`` or ``sign(v)`` (zero for zero)."""
     if math.isinf(p):
         return torch.sign(v)
-    norm = v.norm()
+    norm = reductions.norm(v)
     return v / norm if norm > 0 else torch.zeros_like(v)
 
 
 def _dual_norm(v: Tensor, p: float) -> float:
-    return float(v.abs().sum()) if math.isinf(p) else float(v.norm())
+    return float(v.abs().sum()) if math.isinf(p) else reductions.norm(v)
 
 
 def _norm(v: Tensor, p: float) -> float:
-    return float(v.abs().max()) if math.isinf(p) else float(v.norm())
+    return float(v.abs().max()) if math.isinf(p) else reductions.norm(v)
 
 
 def _project_(u: Tensor, rho: float, p: float) -> Tensor:
     """Euclidean projection onto the ``p``-ball of radius ``rho``, in place."""
     if math.isinf(p):
         return u.clamp_(-rho, rho)
-    norm = float(u.norm())
+    norm = reductions.norm(u)
     return u.mul_(rho / norm) if norm > rho else u
 
 
@@ -287,7 +288,7 @@ def _maximise(
         loss=loss0,
         best_loss=best,
         perturbation=e if keep else None,
-        perturbation_norm=float(e.norm()),
+        perturbation_norm=reductions.norm(e),
         constraint_norm=_norm(u, p),
         history=history,
         random_start=random_start,

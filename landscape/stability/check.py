@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from landscape import reductions
 from landscape._checks import check_batch_size, check_seed, generator, seed_int
 from landscape.linalg import top_eigen
 from landscape.operators import hessian
@@ -156,7 +157,7 @@ def stability(
         matvecs += op.num_matvecs
         if rule.sam == "normalized":
             _, g = problem.loss_and_grad()
-            gnorm = float(g.norm())
+            gnorm = reductions.norm(g)
             eff = lam * (1.0 + rule.rho * lam / gnorm) if gnorm > 0 else math.inf
             criteria.append(
                 criterion(

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from landscape import reductions
 from landscape.batch import take
 from landscape.example_pool import Examples
 from landscape.linalg import top_eigen
@@ -265,12 +266,12 @@ def _max_per_example_eigenvalue(pe: PerExample, shift: float, gen: torch.Generat
     for rows in pe.chunks(1):
         c = rows.stop - rows.start
         V = torch.randn(c, problem.num_params, generator=gen, dtype=problem.dtype).to(problem.device)
-        V /= V.norm(dim=1, keepdim=True)
+        V /= reductions.norms(V, 1, keepdim=True)
         ray = torch.zeros(c, dtype=problem.dtype, device=problem.device)
         for _ in range(iters):
             W = pe.apply(V, rows, per_example=True) + shift * V
             ray = (W * V).sum(1)
-            V = W / W.norm(dim=1, keepdim=True).clamp_min(torch.finfo(problem.dtype).tiny)
+            V = W / reductions.norms(W, 1, keepdim=True).clamp_min(torch.finfo(problem.dtype).tiny)
         best = max(best, float(ray.max()))
     return best
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscape import reductions
 from landscape._checks import Seed, check_int, seed_int
 from landscape.checkpoint import CheckpointError, extract_state_dict
 from landscape.linalg import top_eigen
@@ -234,7 +235,7 @@ def layer_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0, dtype: t
     num, seed = _checked(num, seed)
 
     def per_layer(w: Tensor, d: Tensor) -> None:
-        d.mul_(w.norm() / (d.norm() + EPS))
+        d.mul_(reductions.norm(w) / (reductions.norm(d) + EPS))
 
     return _drawn(problem, num, seed, "layer_normalized", per_layer, dtype, normalization="layer")
 
@@ -258,17 +259,15 @@ def model_normalized(problem: Problem, num: int = 2, *, seed: Seed = 0, dtype: t
         Seed of a local generator.
     """
     num, seed = _checked(num, seed)
-    w_norm = problem.params_vector().norm()
-    if not float(w_norm) > 0:
+    w_norm = reductions.norm(problem.params_vector())
+    if not w_norm > 0:
         raise ValueError(
             "the selected weights are all zero, so model-normalised directions would be zero: use random() "
             "or from_vectors() instead"
         )
-    directions = _drawn(
-        problem, num, seed, "model_normalized", dtype=dtype, normalization="model", weights_norm=float(w_norm)
-    )
-    norms = directions.vectors.norm(dim=1, keepdim=True, dtype=problem.dtype)  # the problem's precision
-    directions.vectors.mul_(w_norm / norms)
+    directions = _drawn(problem, num, seed, "model_normalized", dtype=dtype, normalization="model", weights_norm=w_norm)
+    norms = reductions.sum_of_squares(directions.vectors, 1).sqrt_()
+    directions.vectors.mul_((w_norm / norms).to(problem.dtype).unsqueeze(1))  # the scale in the problem's precision
     return directions
 
 
