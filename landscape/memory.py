@@ -76,8 +76,8 @@ TRIALS_MAX_VECTOR_BYTES = 2**22
 DEFAULT_BLOCK_SIZE = 50
 #: Vectors the three-term recurrence holds at once (:mod:`landscape.linalg.short_recurrence`): ``q_j`` and the
 #: buffer that turns from ``q_{j-1}`` into ``q_{j+1}`` (Paige 1972's two-vector form); the start vector and the
-#: Ritz vector on top when the vector is wanted. Below float64 the product has its own vector (the combination is
-#: formed in float64 per chunk): that is the estimate's "product" part, counted there for every operator.
+#: Ritz vector on top when the vector is wanted. An operator that adds its product in place (the Hessian's double
+#: backward, one process) needs nothing more; any other allocates the product (the estimate's "product" part).
 THREE_TERM_VECTORS = 2
 THREE_TERM_VECTORS_WITH_RITZ = 4
 #: A thick-restart basis holds the ``k`` wanted vectors, at least one more to grow, and the residual vector.
@@ -402,8 +402,10 @@ def estimate(
     twice the forward's activations on top (measured the same way). The Hessian operator keeps every
     batch's graph while they fit ``graph_memory_limit`` together, else one at a time; the graph holds the
     gradient too (one vector). A product adds its output and about one vector of autograd transients, plus the
-    largest parameter. The estimator's own vectors follow its settings (``k``, ``vectors``, ``max_basis``,
-    ``max_matvecs`` for ``top_eigen``; ``num_probes``, ``num_steps`` for ``spectrum``; ``method``,
+    largest parameter; the three-term recurrence's product adds no output where the operator accumulates it in
+    place (``in_place_product``: the operator's ``adds_in_place``, else whether the problem is one process's).
+    The estimator's own vectors follow its settings (``k``, ``vectors``, ``max_basis``, ``max_matvecs`` for
+    ``top_eigen``; ``num_probes``, ``num_steps`` for ``spectrum``; ``method``,
     ``num_matvecs``, ``block_size`` for ``trace``; ``width`` for ``hvp``; ``num_probes``, ``num_steps``, ``columns``,
     ``stored`` for ``block_spectra``).
 
@@ -451,12 +453,19 @@ def estimate(
             "twice the forward's activations (the gradients a double backward pass holds at once; measured 1.5-2x "
             "on GPT-2 small and ResNet-18)" + (f", for {copies} columns at once (batched)" if batched else "")
         )
-        parts["product"] = (width + 1) * per_vector + largest
-        notes["product"] = f"output of {width} column(s), autograd transients and the largest parameter"
     # Sharded (FSDP2): a Krylov vector holds this rank's entries only; products still see whole vectors.
     space = getattr(problem, "space", None)
     krylov = per_vector if space is None else per_vector * space.local_size // problem.num_params
     vectors, how = krylov_need(analysis, problem.num_params, krylov, budget, settings)
+    if analysis != "gradient":
+        # The three-term recurrence adds an in-place product into its own buffer: no output vector of its own.
+        in_place = settings.get("in_place_product")
+        in_place = (problem.dist is None) if in_place is None else bool(in_place)
+        outputs = 0 if in_place and analysis == "top_eigen" and how.startswith("three-term") else width
+        parts["product"] = (outputs + 1) * per_vector + largest
+        notes["product"] = (
+            f"output of {width} column(s), " if outputs else "added in place into a Krylov vector, "
+        ) + "autograd transients and the largest parameter"
     parts["Krylov vectors"] = vectors * krylov
     notes["Krylov vectors"] = f"{vectors} x {gib(krylov)}: {how}" + ("" if space is None else " (this rank's shard)")
     return MemoryEstimate(analysis, parts, resident, budget, dict(settings), notes)
@@ -486,6 +495,8 @@ def require(target: Any, analysis: str, memory_budget: int | None, fix: str, **s
     problem = target if isinstance(target, Problem) else getattr(target, "problem", None)
     if not isinstance(problem, Problem):
         return
+    if target is not problem:
+        settings.setdefault("in_place_product", bool(getattr(target, "adds_in_place", False)))
     estimate(problem, analysis, memory_budget=memory_budget, **settings).check(fix)
 
 

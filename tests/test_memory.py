@@ -56,6 +56,36 @@ def test_estimate_is_within_a_quarter_of_what_the_analysis_allocates(problem, na
     assert est.need / loop.peak >= 0.75, (est.parts, loop.peak)
 
 
+def test_the_three_term_recurrence_counts_no_product_output_where_the_operator_adds_in_place(problem):
+    """The Hessian's double backward adds its product into the recurrence's buffer; a GGN (or the batched block
+    strategy) allocates it: one vector more in the estimate the analysis checks, which follows the operator."""
+    per_vector = problem.num_params * 4
+    lean = {"k": 1, "vectors": False}
+    in_place = estimate(problem, "top_eigen", **lean)
+    allocated = estimate(problem, "top_eigen", in_place_product=False, **lean)
+    assert allocated.parts["product"] - in_place.parts["product"] == per_vector
+    assert "in place" in in_place.notes["product"] and "output of 1" in allocated.notes["product"]
+    # A restarted basis multiplies blocks: its product's output is counted whatever the operator.
+    k3 = estimate(problem, "top_eigen", k=3)
+    assert k3.parts["product"] == estimate(problem, "top_eigen", k=3, in_place_product=False).parts["product"]
+    assert L.hessian(problem).adds_in_place and not L.hessian(problem, block="batched").adds_in_place
+    assert not L.ggn(problem).adds_in_place
+    from landscape import memory
+
+    seen = []
+    real = memory.estimate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("in_place_product"))
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(memory, "estimate", spy)
+        L.top_eigen(L.ggn(problem), k=1, vectors=False, max_matvecs=3)
+        L.top_eigen(L.hessian(problem), k=1, vectors=False, max_matvecs=3)
+    assert seen == [False, True]
+
+
 def test_the_graph_is_measured_on_two_examples_and_scales_to_the_batch(problem):
     batch = next(iter(problem.batches()))
     direct = _graph_bytes(problem, batch, create_graph=True)

@@ -64,6 +64,12 @@ class CurvatureOperator:
         self.num_matvecs += V.shape[1]
         return out.reshape(x.shape)
 
+    @property
+    def adds_in_place(self) -> bool:
+        """Whether :meth:`add_product_` accumulates into ``out`` without a product-sized vector of its own (the
+        memory estimate of the three-term recurrence counts one vector less then)."""
+        return False
+
     def add_product_(self, v: Tensor, out: Tensor) -> Tensor:
         """``out += H v`` in place for a flat ``v``; counts one product. Operators that can accumulate the product
         straight into ``out`` override :meth:`_add_product` and never hold a second vector (the Lanczos three-term

@@ -202,11 +202,15 @@ class HessianOperator(ProblemOperator):
         g, kept = self._graph(forward, i, batch)
         return g.product(self.problem.unflatten(V), retain=kept, batched=True)
 
+    @property
+    def adds_in_place(self) -> bool:
+        return self.problem.dist is None and self.engine != "forward_over_reverse" and self.block != "batched"
+
     def _add_product(self, v: Tensor, out: Tensor) -> bool:
         """``out += H v`` by double backward with the parameters' ``.grad`` set to views of ``out``: autograd adds
         each parameter's product into its slice in place, so no product-sized vector is allocated (one vector less
         at the peak of a Lanczos step: 0.5 GB on GPT-2 small). Single process, double-backward engine only."""
-        if self.problem.dist is not None or self.engine == "forward_over_reverse" or self.block == "batched":
+        if not self.adds_in_place:
             return False
         self._check_point()
         self.chosen.setdefault(1, "double_backward")
