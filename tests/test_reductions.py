@@ -42,3 +42,30 @@ def test_float64_input_is_left_untouched_and_empty_input_is_zero():
     assert reductions.norm(v) == 5.0 and v.tolist() == [3.0, 4.0]
     assert reductions.norm(torch.zeros(0)) == 0.0
     assert reductions.norms(torch.zeros(0, 3), 0).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_rademacher_block_past_two_to_the_24_rows():
+    """torch's float32 column norm of a +-1 block saturates at 4096 = sqrt(2^24) (GPT-2 small's SLQ probes:
+    start vectors 2.7x too long, a trace 40x too large with the wrong sign); summed in float64 it is exact."""
+    n = (1 << 24) + (1 << 23)
+    Z = torch.ones(n, 2)
+    Z[::2, 1] = -1.0
+    exact = float(torch.tensor(math.sqrt(n), dtype=torch.float32))  # the float32 result, correctly rounded
+    assert reductions.norms(Z, 0).tolist() == [exact] * 2
+
+
+def test_lanczos_from_a_block_past_two_to_the_24_rows_is_exact_for_the_identity():
+    """The start block is normalised by its true norms, and ``alpha_1 = q^T I q = 1``. Stop 31's code divided this
+    +-1 block by the saturated 4096 (columns 1.22x too long; on GPT-2 small's probes 2.7x, which made the
+    Gram-Schmidt coefficients, hence the trace, -40x their value). The tolerance on ``alpha_1`` is float32
+    accumulation of ``q^T (I q)`` over 2.5e7 terms of one sign (1.4e-5 measured; mixed signs, as in a Hessian's,
+    err far less)."""
+    from landscape.linalg.lanczos import lanczos
+    from tests.linalg.helpers import DiagonalOperator
+
+    n = (1 << 24) + (1 << 23)
+    Z = torch.ones(n, 2)
+    Z[::2, 1] = -1.0
+    res = lanczos(DiagonalOperator(torch.ones(n)), 2, v0=Z, keep_basis=False)
+    assert abs(res.alphas[:, 0] - 1.0).max() <= 1e-4
+    assert res.start_norms.tolist() == [float(torch.tensor(math.sqrt(n), dtype=torch.float32))] * 2

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape import reductions
 from landscape.blocks.partition import BlockPartition
 from landscape.operators.base import CurvatureOperator
 
@@ -121,7 +122,7 @@ class BlockLanczos:
         sq = torch.zeros(W.shape[0], self.B, dtype=torch.float64, device=W.device)
         for b, segs in enumerate(self.segs):
             for s, e in segs:
-                sq[:, b] += W[:, s:e].double().pow(2).sum(1)
+                sq[:, b] += reductions.sum_of_squares(W[:, s:e], 1)  # no float64 copy of a block
         return self.space.reduce_(sq).sqrt().cpu().numpy()
 
     def _scale(self, W: Tensor, factors: np.ndarray) -> None:
