@@ -2,12 +2,12 @@
 
 torch's CPU norm kernel (``Tensor.norm``, ``torch.linalg.vector_norm``) accumulates a float32 vector's squares in
 float32 registers without cascading: on this machine (torch 2.13) the norm of a random vector comes out
-``2.5e-7`` low at 5e4 entries, ``3.2e-5`` at 2e6, ``1.9e-2`` at 2e7 and ``1.5e-2`` at 1.24e8, GPT-2 small's
-parameter count; the columns of an ``(n, p)`` block saturate outright once the sum of squares reaches ``2^24``
-(a +-1 column of 1.24e8 entries: 4096 instead of 11155) (pytorch/pytorch#169237, #151761; ``Tensor.sum`` cascades
-and is accurate). A Lanczos recurrence that normalises its vectors with it drifts: on GPT-2 small the largest Ritz
-value climbed 1.6% above the top eigenvalue in 800 steps, and SLQ's start vectors came out 2.7x too long, which
-made its trace -40x the probes' ``v^T H v``.
+``2.6e-7`` low at 5e4 entries, ``2.9e-5`` at 2e6, ``1.0e-3`` at 2e7 and 1.3-1.5% at 1.24e8, GPT-2 small's
+parameter count; the columns of an ``(n, p)`` block saturate outright (a +-1 column of 1.24e8 entries: 4096, the
+square root of ``2^24``, instead of 11155; normalised, 0.5 instead of 1), see ``experiments/recurrence_norms.py``
+and pytorch/pytorch#169237, #151761 (``Tensor.sum`` cascades and is accurate). A Lanczos recurrence that
+normalises its vectors with it drifts: on GPT-2 small the largest Ritz value climbed 1.6% above the top eigenvalue
+in 800 steps, and SLQ's start vectors came out 2.7x too long, which made its trace -40x the probes' ``v^T H v``.
 
 Here the squares are summed in float64, ``CHUNK`` entries of the reduced dimension at a time (no float64 copy of a
 long vector): the error is that of float64 summation, ``O(n eps_64)`` at worst.
