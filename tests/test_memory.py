@@ -129,6 +129,18 @@ def test_cli_dry_run_prints_the_estimate_and_runs_nothing(tmp_path):
     assert r.exit_code != 0 and "no memory estimate for 'surface'" in r.output
 
 
+def test_cli_dry_run_counts_the_in_place_product_of_the_hessian_only(tmp_path):
+    """A budget with room for the three-term recurrence alone: the Hessian adds its product into it, the GGN
+    allocates one (one vector more in the printed estimate)."""
+    lines = {}
+    for operator in ("hessian", "ggn"):
+        r = _cli(tmp_path, "eigen", "--dry-run", "--top-k", "1", "--max-memory", "40KiB", "--operator", operator)
+        assert r.exit_code == 0, r.output
+        assert "three-term recurrence" in r.output
+        lines[operator] = next(line for line in r.output.splitlines() if line.strip().startswith("product"))
+    assert "added in place" in lines["hessian"] and "output of 1 column(s)" in lines["ggn"]
+
+
 def test_cli_max_memory_too_small_is_one_clear_line(tmp_path):
     r = _cli(tmp_path, "spectrum", "--max-memory", "64KiB", "--probes", "2", "--steps", "5")
     assert r.exit_code == 2, r.output

@@ -138,6 +138,8 @@ def eigen(top_k, tol, max_matvecs, guarantee, guarantee_scale, operator, out, no
         max_matvecs=max_matvecs,
         guarantee=guarantee,
         guarantee_scale=guarantee_scale,
+        # Only the Hessian's double backward adds its product into the recurrence's buffer.
+        in_place_product=operator == "hessian" and products_engine() is None,
     )
 
     def compute() -> tuple[dict, str]:
