@@ -19,8 +19,8 @@ steps suffice, 230 for ``eps = 1e-3`` at ``1 - delta = 0.99`` on GPT-2 small's 1
 An error relative to the eigenvalue itself (what "to 1e-3" usually means) needs the spread, which the Ritz values
 bound from below as they go: :func:`relative_steps_for` and :func:`relative_error_at` (GPT-2 small's Hessian spans
 -460.5 to 483.5, so 1e-3 of the eigenvalue is 5.1e-4 of the spread: 336 steps with both ends bounded). The bounds
-are for exact arithmetic, which a float32 recurrence of hundreds of steps is not (it creeps above the spectrum);
-:mod:`landscape.linalg.short_recurrence` forms each step in float64 for that reason.
+are for exact arithmetic; a float32 recurrence of hundreds of steps stays close to it only with accurate norms
+(torch's float32 norm made GPT-2's creep above the spectrum: :mod:`landscape.reductions`).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class ShortRecurrence:
 
     alphas: list[float]
     betas: list[float]
-    parts: list[tuple[float, float]]  # (alpha, first value of beta) of every step: the Ritz vector's replay
+    scales: list[float]  # every step's first value of beta (its divisor): the Ritz vector's replay
     theta: float
     y: np.ndarray
     residual: float
@@ -143,7 +143,7 @@ def three_term_extreme(
     r = torch.empty_like(q)
     alphas: list[float] = []
     betas: list[float] = []
-    parts: list[tuple[float, float]] = []
+    scales: list[float] = []
     bar = progress_bar(budget, "top eigenvalue", progress, unit="step")
     last_check = 0
     need = min_steps
@@ -152,7 +152,7 @@ def three_term_extreme(
             alpha, first, beta = _step(op, q, r, betas[-1] if betas else 0.0, None)
             alphas.append(alpha)
             betas.append(beta)
-            parts.append((alpha, first))
+            scales.append(first)
             bar.update(1)
             m = len(alphas)
             if on_step is not None:
@@ -168,7 +168,7 @@ def three_term_extreme(
                     need = max(min_steps, steps_needed(values))
                 converged = beta <= 1e-10 * scale or (residual <= tol * scale and m >= need)
                 if converged or exhausted:
-                    return ShortRecurrence(alphas, betas, parts, theta, y, residual, scale, bool(converged), values)
+                    return ShortRecurrence(alphas, betas, scales, theta, y, residual, scale, bool(converged), values)
             q, r = r, q  # q_{j+1}; the buffer now holds q_j, the next step's q_{j-1}
     finally:
         bar.close()
@@ -180,7 +180,7 @@ def ritz_vector(op: CurvatureOperator, v0: Tensor, run: ShortRecurrence) -> Tens
     r = torch.empty_like(q)
     x = q * float(run.y[0])
     for j in range(len(run.y) - 1):
-        _step(op, q, r, run.betas[j - 1] if j else 0.0, run.parts[j])
+        _step(op, q, r, run.betas[j - 1] if j else 0.0, (run.alphas[j], run.scales[j]))
         q, r = r, q
         x.add_(q, alpha=float(run.y[j + 1]))
     return x / op.space.norm(x)
