@@ -15,6 +15,7 @@ recurrence, the trace estimators' sketches and probe blocks).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from landscape.batch import tensor_leaves
+from landscape.double_backward import double_backward_kernels
 from landscape.problem import PreparedBatch, Problem
 
 __all__ = [
@@ -301,7 +303,8 @@ def _graph_bytes(problem: Problem, batch: PreparedBatch, create_graph: bool) -> 
 
     with problem.evaluation(order=2) as forward, torch.enable_grad():
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        kernels = double_backward_kernels() if create_graph else contextlib.nullcontext()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), kernels:
             loss = problem.batch_loss(forward, leaves, batch)
             if create_graph:
                 torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)

@@ -50,6 +50,9 @@ LAYERS = {
     "landscape.cache": STORAGE,
     "landscape.store": STORAGE,
     "landscape.problem": PROBLEM,
+    # Convolutions whose gradient's backward runs on the backward kernels: the gradient graphs that the operators
+    # build and that memory measures.
+    "landscape.double_backward": PROBLEM,
     "landscape.losses": PROBLEM,
     "landscape.lm_head": PROBLEM,
     "landscape.data": PROBLEM,

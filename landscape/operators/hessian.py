@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from landscape import memory
+from landscape.double_backward import double_backward_kernels
 from landscape.memory import DEFAULT_GRAPH_MEMORY, TRIALS_MAX_VECTOR_BYTES
 from landscape.operators.problem_operator import (
     MEASURE_COLUMNS,
@@ -51,7 +52,7 @@ class _GradientGraph:
             return t.detach()
 
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if measure else contextlib.nullcontext()
-        with torch.enable_grad(), hooks:
+        with torch.enable_grad(), hooks, double_backward_kernels():
             loss = problem.batch_loss(forward, self.leaves, batch)
             grads = torch.autograd.grad(loss, list(self.leaves.values()), create_graph=True, allow_unused=True)
         self.used = [n for n, g in zip(self.leaves, grads, strict=True) if g is not None and g.requires_grad]

@@ -1,0 +1,117 @@
+"""Convolutions differentiated twice on the backward kernels (``landscape.double_backward``): products against the
+dense float64 Hessian and against torch's own double backward, on every convolution option the mode takes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian
+
+import landscape as L
+from landscape.double_backward import double_backward_kernels
+
+
+class Convs(nn.Module):
+    """conv1d, conv2d (stride, dilation, groups, no bias, circular padding) and conv3d in one small model."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2, groups=2, bias=False)
+        self.c3 = nn.Conv2d(4, 3, 3, padding=1, padding_mode="circular")
+        self.c4 = nn.Conv3d(3, 2, (1, 2, 2), stride=(1, 1, 2))
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x):  # x: (n, 2, 16)
+        h = torch.tanh(self.c1(x)).view(x.shape[0], 4, 4, 4)
+        h = torch.tanh(self.c2(h))
+        h = torch.tanh(self.c3(h)).unsqueeze(2)
+        return self.head(torch.tanh(self.c4(h)).flatten(1))
+
+
+def _case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)  # the module initialisers draw from the global generator: the fixture restores it
+    model = Convs().double()
+    g = torch.Generator().manual_seed(1)
+    return model, torch.randn(5, 2, 16, generator=g, dtype=torch.float64), torch.arange(5) % 3
+
+
+@pytest.fixture
+def case():
+    state = torch.random.get_rng_state()
+    try:
+        yield _case()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _dense(model, X, y) -> torch.Tensor:
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    def loss(w):
+        parts, i = {}, 0
+        for n, s in zip(names, shapes, strict=True):
+            parts[n] = w[i : i + s.numel()].view(s)
+            i += s.numel()
+        return nn.functional.cross_entropy(functional_call(model, parts, (X,)), y)
+
+    return hessian(loss)(flat)
+
+
+def test_products_equal_the_dense_hessian(case):
+    model, X, y = case
+    H = _dense(model, X, y)
+    op = L.hessian(L.Problem(model, nn.CrossEntropyLoss(), [(X, y)]), engine="double_backward")
+    V = torch.randn(H.shape[0], 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for block in ("loop", "batched"):
+        op.block = block
+        op.chosen = {}
+        assert torch.allclose(op @ V, H @ V, rtol=0, atol=1e-12 * H.abs().max())
+
+
+def _gradient_graph(model, X, y, mode: bool):
+    params = list(model.parameters())
+    with (
+        torch.enable_grad(),
+        double_backward_kernels() if mode else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t),
+    ):
+        loss = nn.functional.cross_entropy(model(X), y)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+    return params, grads
+
+
+def test_same_products_as_torch_and_the_mode_is_used(case):
+    model, X, y = case
+    params, ours = _gradient_graph(model, X, y, mode=True)
+    _, torchs = _gradient_graph(model, X, y, mode=False)
+    # Every convolution's weight and bias gradient comes from the mode's function (torch's: its own double backward).
+    assert {type(g.grad_fn).__name__ for g in ours[:-2]} == {"_ConvolutionGradientBackward"}
+    assert {type(g.grad_fn).__name__ for g in torchs[:-2]} == {"ConvolutionBackwardBackward0"}
+    for a, b in zip(ours, torchs, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(3), dtype=p.dtype) for p in params]
+    hv = torch.autograd.grad(ours, params, v, retain_graph=True)
+    ref = torch.autograd.grad(torchs, params, v, retain_graph=True)
+    for a, b in zip(hv, ref, strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_torch_path_kept_where_the_mode_does_not_apply(case):
+    model, X, _ = case
+    same = nn.Conv1d(2, 2, 3, padding="same").double()
+    with double_backward_kernels():
+        assert type(same(X).grad_fn).__name__ == "ConvolutionBackward0"  # string padding
+        with torch.no_grad():
+            assert same(X).grad_fn is None
+        assert type(model.c1(X).grad_fn).__name__ == "_ConvolutionBackward"
+        assert torch.equal(model.c1(X), nn.functional.conv1d(X, model.c1.weight, model.c1.bias, padding=1))
+
+
+def test_a_third_derivative_raises(case):
+    model, X, y = case
+    params, grads = _gradient_graph(model, X, y, mode=True)
+    with pytest.raises(RuntimeError, match="third derivative.*without create_graph"):
+        torch.autograd.grad(grads[0].sum(), params[0], create_graph=True)
