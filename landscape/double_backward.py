@@ -1,4 +1,4 @@
-"""Convolutions whose gradient is differentiated on the backward kernels.
+"""Convolutions and evaluation-mode batch norms whose gradients are differentiated on fewer, faster kernels.
 
 A Hessian-vector product by double backward (Pearlmutter 1994) differentiates the gradient graph: for a convolution
 ``y = conv(x, W)`` the gradient's node computes ``g_x = conv_input_grad(g_y, W)`` and ``g_W = conv_weight_grad(x,
@@ -14,13 +14,17 @@ The last two are one call of the backward kernel (``convolution_backward(g_y, a,
 outputs: its input gradient uses only the weight ``B``, its weight gradient only the input ``a``). torch's own
 double backward of a convolution (``_convolution_double_backward``) forms ``\\bar W`` as a convolution with the batch
 and channel axes swapped and ``\\bar x`` as a transposed convolution: on CPU (torch 2.13, oneDNN) that costs 2x the
-backward kernel on ResNet-18's shapes, and 12% of a product on the whole network.
+backward kernel on ResNet-18's shapes, and 12% of a product on the whole network. Batch norm with running
+statistics is a per-channel affine map; torch differentiates its gradient with the formula for batch statistics
+(:class:`_ChannelScaleGradient` has the six-pass one).
 
-:func:`double_backward_kernels` is a ``TorchFunctionMode`` under which ``conv1d/2d/3d`` record the two autograd
-functions below instead; the operators build their gradient graphs under it (``operators.hessian``) and the memory
-estimate measures the same graph (``memory``). Products are equal to torch's to float rounding (tested against the
-dense float64 Hessian). Convolutions with string padding (``"same"``), tensor subclasses (DTensor) or grad mode
-off keep torch's path. A third derivative through a convolution recorded under the mode raises.
+:func:`double_backward_kernels` is a ``TorchFunctionMode`` under which ``conv1d/2d/3d`` and evaluation-mode
+``batch_norm`` record the autograd functions below instead (their forward and gradient are torch's kernels); the
+operators build their gradient graphs under it (``operators.hessian``) and the memory estimate measures the same
+graph (``memory``). ResNet-18, one product: 5.0-5.35 s -> 4.4 s on this machine (BENCHMARKS.md, stop 34). Products
+are equal to torch's to float rounding (tested against the dense float64 Hessian). String padding (``"same"``),
+batch statistics, tensor subclasses (DTensor) or grad mode off keep torch's path. A third derivative through a
+function recorded under the mode raises.
 """
 
 from __future__ import annotations
@@ -33,6 +37,17 @@ from torch.overrides import TorchFunctionMode
 
 _aten = torch.ops.aten
 _CONVOLUTIONS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
+
+
+def _refuse_third_derivative() -> None:
+    """The second backward passes run without a graph. torch's ``once_differentiable`` would not do: it checks the
+    cotangents only, and a third derivative that depends on the saved tensors alone would come back silently short."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "a third derivative through a convolution or batch norm recorded under "
+            "landscape.double_backward_kernels() is not supported: differentiate the Hessian-vector product without "
+            "create_graph=True, or build the gradient graph outside that mode"
+        )
 
 
 def _expand(value: Any, dims: int) -> list[int]:
@@ -71,14 +86,7 @@ class _ConvolutionGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, a: Tensor | None, B: Tensor | None, c: Tensor | None) -> tuple:
-        if torch.is_grad_enabled():
-            # torch's once_differentiable would not do: it checks the cotangents only, and a third derivative that
-            # depends on the saved tensors alone would come back silently short.
-            raise RuntimeError(
-                "a third derivative through a convolution recorded under landscape.double_backward_kernels() is not "
-                "supported: differentiate the Hessian-vector product without create_graph=True, or build the "
-                "gradient graph outside that mode"
-            )
+        _refuse_third_derivative()
         gy, x, w = ctx.saved_tensors
         stride, padding, dilation, groups, _ = ctx.config
         zeros = [0] * len(stride)
@@ -91,7 +99,7 @@ class _ConvolutionGradient(torch.autograd.Function):
                 term = _aten.convolution(x, B, None, stride, padding, dilation, False, zeros, groups)
                 bar_gy = term if bar_gy is None else bar_gy.add_(term)
             if c is not None:  # g_b = sum of g_y over all but the channel axis
-                c = c.view(1, -1, *([1] * (gy.dim() - 2)))
+                c = _channels(c, gy)
                 bar_gy = c.expand_as(gy).clone() if bar_gy is None else bar_gy.add_(c)
         mask_x, mask_w = need_x and B is not None, need_w and a is not None
         if mask_x or mask_w:
@@ -134,17 +142,111 @@ class _Convolution(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+def _batch_norm_arguments(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple:
+    return input, running_mean, running_var, weight, bias, training, eps
+
+
+class _ChannelScaleGradient(torch.autograd.Function):
+    r"""The gradient of evaluation-mode batch normalisation ``y = (x - mu) r gamma + beta`` (``r = (var + eps)^-1/2``,
+    constants per channel): ``g_x = g_y r gamma``, ``g_gamma = sum g_y (x - mu) r``, ``g_beta = sum g_y`` (sums over
+    all but the channel axis), with the backward
+
+    .. math::
+
+        \bar g_y = a r \gamma + c_\gamma (x - \mu) r + c_\beta, \qquad \bar x = c_\gamma r g_y, \qquad
+        \bar\gamma = r \sum a g_y
+
+    for the cotangents ``(a, c_gamma, c_beta)``: six passes over the activation where torch's double backward of
+    ``native_batch_norm_backward`` (written for batch statistics) takes fourteen."""
+
+    @staticmethod
+    def forward(gy: Tensor, x: Tensor, gamma: Tensor | None, stats: tuple, mask: tuple[bool, bool, bool]) -> tuple:
+        mean, var, eps, _ = stats  # torch's fused kernel for the gradient itself
+        return _aten.native_batch_norm_backward(gy, x, gamma, mean, var, None, None, False, eps, list(mask))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        gy, x, gamma, stats, _ = inputs
+        ctx.save_for_backward(gy, x, gamma)
+        ctx.stats = stats
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx: Any, a: Tensor | None, c_gamma: Tensor | None, c_beta: Tensor | None) -> tuple:
+        _refuse_third_derivative()
+        gy, x, gamma = ctx.saved_tensors
+        mu, _, _, r = (t.to(x.dtype) if isinstance(t, Tensor) else t for t in ctx.stats)  # float32 stats, bf16 x
+        need_gy, need_x, need_gamma = ctx.needs_input_grad[:3]
+        bar_gy = bar_x = bar_gamma = None
+        k = None if c_gamma is None else c_gamma * r
+        if need_gy:
+            if a is not None:
+                bar_gy = a * _channels(r if gamma is None else gamma * r, x)
+            if k is not None:
+                term = (x - _channels(mu, x)) * _channels(k, x)  # not in place: k is batched under vmap
+                bar_gy = term if bar_gy is None else bar_gy.add_(term)
+            if c_beta is not None:
+                c_beta = _channels(c_beta, x)
+                bar_gy = c_beta.expand_as(gy).clone() if bar_gy is None else bar_gy.add_(c_beta)
+        if need_x and k is not None:
+            bar_x = gy * _channels(k, x)
+        if need_gamma and a is not None:
+            bar_gamma = ((a * gy).sum([d for d in range(x.dim()) if d != 1]) * r).to(gamma.dtype)
+        return bar_gy, bar_x, bar_gamma, None, None
+
+
+class _BatchNormEval(torch.autograd.Function):
+    """Evaluation-mode batch normalisation (torch's kernel) whose gradient is :class:`_ChannelScaleGradient`."""
+
+    @staticmethod
+    def forward(x: Tensor, gamma: Tensor | None, beta: Tensor | None, mean: Tensor, var: Tensor, eps: float) -> Tensor:
+        return torch.batch_norm(x, gamma, beta, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, gamma, _, mean, var, eps = inputs
+        ctx.save_for_backward(x, gamma)
+        ctx.stats = (mean, var, eps, torch.rsqrt(var + eps))
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple:
+        x, gamma = ctx.saved_tensors
+        mask = tuple(bool(m) for m in ctx.needs_input_grad[:3])
+        gx, g_gamma, g_beta = _ChannelScaleGradient.apply(gy, x, gamma, ctx.stats, mask)
+        return gx, g_gamma, g_beta, None, None, None
+
+
+def _channels(t: Tensor, like: Tensor) -> Tensor:
+    """A per-channel vector shaped to broadcast over ``(n, channels, *spatial)``."""
+    return t.view(1, -1, *([1] * (like.dim() - 2)))
+
+
+def _plain(*tensors: Tensor | None) -> bool:
+    return all(t is None or type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
+
+
 class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a context manager, like torch's modes
-    """Within it, ``torch.conv1d/2d/3d`` (hence ``nn.Conv*d``) with grad mode on record :class:`_Convolution`, whose
-    gradient's backward runs on the backward kernel (module docstring)."""
+    """Within it, with grad mode on, ``torch.conv1d/2d/3d`` (hence ``nn.Conv*d``) record :class:`_Convolution` and
+    evaluation-mode ``batch_norm`` (``nn.BatchNorm*d`` in eval) records :class:`_BatchNormEval`, whose gradients'
+    backward passes are the cheaper ones of the module docstring."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if not torch.is_grad_enabled():
+            return func(*args, **kwargs)
         dims = _CONVOLUTIONS.get(func)
-        if dims is not None and torch.is_grad_enabled():
+        if dims is not None:
             x, w, b, stride, padding, dilation, groups = _conv_arguments(*args, **kwargs)
-            plain = all(t is None or type(t) in (Tensor, torch.nn.Parameter) for t in (x, w, b))
-            if plain and not isinstance(padding, str) and x.dim() == dims + 2:
+            if _plain(x, w, b) and not isinstance(padding, str) and x.dim() == dims + 2:
                 config = (
                     _expand(stride, dims),
                     _expand(padding, dims),
@@ -153,4 +255,8 @@ class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a cont
                     None if b is None else [b.shape[0]],
                 )
                 return _Convolution.apply(x, w, b, config)
+        elif func is torch.nn.functional.batch_norm:
+            x, mean, var, gamma, beta, training, eps = _batch_norm_arguments(*args, **kwargs)
+            if not training and mean is not None and var is not None and _plain(x, gamma, beta) and x.dim() >= 2:
+                return _BatchNormEval.apply(x, gamma, beta, mean.detach(), var.detach(), float(eps))
         return func(*args, **kwargs)

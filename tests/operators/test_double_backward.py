@@ -1,5 +1,5 @@
-"""Convolutions differentiated twice on the backward kernels (``landscape.double_backward``): products against the
-dense float64 Hessian and against torch's own double backward, on every convolution option the mode takes."""
+"""Convolutions and evaluation-mode batch norms differentiated twice by ``landscape.double_backward``: products
+against the dense float64 Hessian and against torch's own double backward, on every option the mode takes."""
 
 from __future__ import annotations
 
@@ -13,27 +13,37 @@ from landscape.double_backward import double_backward_kernels
 
 
 class Convs(nn.Module):
-    """conv1d, conv2d (stride, dilation, groups, no bias, circular padding) and conv3d in one small model."""
+    """conv1d, conv2d (stride, dilation, groups, no bias, circular padding) and conv3d, and batch norms on 3D, 4D
+    (not affine) and 2D inputs, in one small model."""
 
     def __init__(self):
         super().__init__()
         self.c1 = nn.Conv1d(2, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm1d(4)
         self.c2 = nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2, groups=2, bias=False)
+        self.bn2 = nn.BatchNorm2d(4, affine=False)
         self.c3 = nn.Conv2d(4, 3, 3, padding=1, padding_mode="circular")
         self.c4 = nn.Conv3d(3, 2, (1, 2, 2), stride=(1, 1, 2))
+        self.bn3 = nn.BatchNorm1d(2)
         self.head = nn.Linear(2, 3)
 
     def forward(self, x):  # x: (n, 2, 16)
-        h = torch.tanh(self.c1(x)).view(x.shape[0], 4, 4, 4)
-        h = torch.tanh(self.c2(h))
+        h = torch.tanh(self.bn1(self.c1(x))).view(x.shape[0], 4, 4, 4)
+        h = torch.tanh(self.bn2(self.c2(h)))
         h = torch.tanh(self.c3(h)).unsqueeze(2)
-        return self.head(torch.tanh(self.c4(h)).flatten(1))
+        return self.head(torch.tanh(self.bn3(self.c4(h).flatten(1))))
 
 
 def _case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)  # the module initialisers draw from the global generator: the fixture restores it
-    model = Convs().double()
+    model = Convs().double().eval()
     g = torch.Generator().manual_seed(1)
+    for m in (model.bn1, model.bn2, model.bn3):  # running statistics and affine weights away from 0 and 1
+        m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+        m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        if m.affine:
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
     return model, torch.randn(5, 2, 16, generator=g, dtype=torch.float64), torch.arange(5) % 3
 
 
@@ -87,9 +97,13 @@ def test_same_products_as_torch_and_the_mode_is_used(case):
     model, X, y = case
     params, ours = _gradient_graph(model, X, y, mode=True)
     _, torchs = _gradient_graph(model, X, y, mode=False)
-    # Every convolution's weight and bias gradient comes from the mode's function (torch's: its own double backward).
-    assert {type(g.grad_fn).__name__ for g in ours[:-2]} == {"_ConvolutionGradientBackward"}
-    assert {type(g.grad_fn).__name__ for g in torchs[:-2]} == {"ConvolutionBackwardBackward0"}
+    # Every convolution's and batch norm's gradient comes from the mode's functions (torch's: its own nodes).
+    ours_nodes = {type(g.grad_fn).__name__ for g in ours[:-2]}
+    assert ours_nodes == {"_ConvolutionGradientBackward", "_ChannelScaleGradientBackward"}
+    assert {type(g.grad_fn).__name__ for g in torchs[:-2]} == {
+        "ConvolutionBackwardBackward0",
+        "NativeBatchNormBackwardBackward0",
+    }
     for a, b in zip(ours, torchs, strict=True):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
     v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(3), dtype=p.dtype) for p in params]
@@ -102,12 +116,23 @@ def test_same_products_as_torch_and_the_mode_is_used(case):
 def test_torch_path_kept_where_the_mode_does_not_apply(case):
     model, X, _ = case
     same = nn.Conv1d(2, 2, 3, padding="same").double()
+    h_torch = model.c1(X)
+    y_torch = model.bn1(h_torch)
     with double_backward_kernels():
         assert type(same(X).grad_fn).__name__ == "ConvolutionBackward0"  # string padding
         with torch.no_grad():
             assert same(X).grad_fn is None
-        assert type(model.c1(X).grad_fn).__name__ == "_ConvolutionBackward"
-        assert torch.equal(model.c1(X), nn.functional.conv1d(X, model.c1.weight, model.c1.bias, padding=1))
+        h = model.c1(X)
+        y = model.bn1(h)
+        model.bn1.train()  # batch statistics: torch's own
+        try:
+            assert type(model.bn1(h).grad_fn).__name__ == "NativeBatchNormBackward0"
+        finally:
+            model.bn1.eval()
+    assert type(h.grad_fn).__name__ == "_ConvolutionBackward"
+    assert type(y.grad_fn).__name__ == "_BatchNormEvalBackward"
+    assert torch.equal(h, h_torch)  # the forward is torch's kernel
+    assert torch.equal(y, y_torch)
 
 
 def test_a_third_derivative_raises(case):
