@@ -14,21 +14,23 @@ The last two are one call of the backward kernel (``convolution_backward(g_y, a,
 outputs: its input gradient uses only the weight ``B``, its weight gradient only the input ``a``). torch's own
 double backward of a convolution (``_convolution_double_backward``) forms ``\\bar W`` as a convolution with the batch
 and channel axes swapped and ``\\bar x`` as a transposed convolution: on CPU (torch 2.13, oneDNN) that costs 2x the
-backward kernel on ResNet-18's shapes, and 12% of a product on the whole network. Batch norm with running
+backward kernel on ResNet-18's shapes, 12% of a product on the whole network. Batch norm with running
 statistics is a per-channel affine map; torch differentiates its gradient with the formula for batch statistics
 (:class:`_ChannelScaleGradient` has the six-pass one).
 
-:func:`double_backward_kernels` is a ``TorchFunctionMode`` under which ``conv1d/2d/3d`` and evaluation-mode
-``batch_norm`` record the autograd functions below instead (their forward and gradient are torch's kernels); the
-operators build their gradient graphs under it (``operators.hessian``) and the memory estimate measures the same
-graph (``memory``). ResNet-18, one product: 5.0-5.35 s -> 4.4 s on this machine (BENCHMARKS.md, stop 34). Products
-are equal to torch's to float rounding (tested against the dense float64 Hessian). String padding (``"same"``),
-batch statistics, tensor subclasses (DTensor) or grad mode off keep torch's path. A third derivative through a
-function recorded under the mode raises.
+:func:`double_backward_kernels` is a ``TorchFunctionMode`` under which ``conv1d/2d/3d``, ``conv_transpose1d/2d/3d``
+(the same identities: the map is bilinear in ``(x, W)``) and evaluation-mode ``batch_norm`` record the autograd
+functions below instead (their forward and gradient are torch's kernels); the operators build their gradient graphs
+under it (``operators.hessian``) and the memory estimate measures the same graph (``memory``). ResNet-18, one
+product: 5.0-5.35 s -> 4.3-4.4 s on this machine (BENCHMARKS.md, stop 34). Products are equal to torch's to float
+rounding (tested against the dense float64 Hessian). String padding (``"same"``), batch statistics, tensor
+subclasses (DTensor), autocast or grad mode off keep torch's path. A third derivative through a function recorded
+under the mode raises.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,7 +38,13 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 _aten = torch.ops.aten
-_CONVOLUTIONS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
+# function -> (spatial dimensions, transposed)
+_CONVOLUTIONS = {torch.conv1d: (1, False), torch.conv2d: (2, False), torch.conv3d: (3, False)}
+_CONVOLUTIONS |= {
+    torch.conv_transpose1d: (1, True),
+    torch.conv_transpose2d: (2, True),
+    torch.conv_transpose3d: (3, True),
+}
 
 
 def _refuse_third_derivative() -> None:
@@ -50,8 +58,50 @@ def _refuse_third_derivative() -> None:
         )
 
 
-def _expand(value: Any, dims: int) -> list[int]:
-    return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * dims
+@dataclass(frozen=True)
+class _ConvolutionConfig:
+    """The non-tensor arguments of ``aten.convolution`` / ``aten.convolution_backward``."""
+
+    stride: list[int]
+    padding: list[int]
+    dilation: list[int]
+    transposed: bool
+    output_padding: list[int]
+    groups: int
+    bias_sizes: list[int] | None
+
+    @property
+    def args(self) -> tuple:
+        """``(stride, padding, dilation, transposed, output_padding, groups)``, as both aten functions take them."""
+        return self.stride, self.padding, self.dilation, self.transposed, self.output_padding, self.groups
+
+    @classmethod
+    def of(cls, func: Any, args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor | None, _ConvolutionConfig]:
+        """The tensors and configuration of a call of ``torch.conv*d`` or ``torch.conv_transpose*d``; the
+        configuration is None where the mode leaves the call to torch (string padding)."""
+        dims, transposed = _CONVOLUTIONS[func]
+        if transposed:
+            x, w, b, stride, padding, output_padding, groups, dilation = _conv_transpose_arguments(*args, **kwargs)
+        else:
+            x, w, b, stride, padding, dilation, groups = _conv_arguments(*args, **kwargs)
+            output_padding = 0
+        if isinstance(padding, str) or x.dim() != dims + 2:
+            return x, w, b, None
+
+        def expand(value: Any) -> list[int]:
+            return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * dims
+
+        bias_sizes = None if b is None else [b.shape[0]]
+        config = cls(
+            expand(stride),
+            expand(padding),
+            expand(dilation),
+            transposed,
+            expand(output_padding),
+            int(groups),
+            bias_sizes,
+        )
+        return x, w, b, config
 
 
 def _conv_arguments(
@@ -62,20 +112,29 @@ def _conv_arguments(
     padding: Any = 0,
     dilation: Any = 1,
     groups: int = 1,
-) -> tuple[Tensor, Tensor, Tensor | None, Any, Any, Any, int]:
+) -> tuple:
     return input, weight, bias, stride, padding, dilation, groups
+
+
+def _conv_transpose_arguments(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: int = 1,
+    dilation: Any = 1,
+) -> tuple:
+    return input, weight, bias, stride, padding, output_padding, groups, dilation
 
 
 class _ConvolutionGradient(torch.autograd.Function):
     """``(g_x, g_W, g_b) = convolution_backward(g_y, x, W)`` with the backward above (no third derivative)."""
 
     @staticmethod
-    def forward(gy: Tensor, x: Tensor, w: Tensor, config: tuple, mask: tuple[bool, bool, bool]) -> tuple:
-        stride, padding, dilation, groups, bias_sizes = config
-        zeros = [0] * len(stride)
-        return _aten.convolution_backward(
-            gy, x, w, bias_sizes, stride, padding, dilation, False, zeros, groups, list(mask)
-        )
+    def forward(gy: Tensor, x: Tensor, w: Tensor, config: _ConvolutionConfig, mask: tuple[bool, bool, bool]) -> tuple:
+        return _aten.convolution_backward(gy, x, w, config.bias_sizes, *config.args, list(mask))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
@@ -88,15 +147,14 @@ class _ConvolutionGradient(torch.autograd.Function):
     def backward(ctx: Any, a: Tensor | None, B: Tensor | None, c: Tensor | None) -> tuple:
         _refuse_third_derivative()
         gy, x, w = ctx.saved_tensors
-        stride, padding, dilation, groups, _ = ctx.config
-        zeros = [0] * len(stride)
+        args = ctx.config.args
         need_gy, need_x, need_w = ctx.needs_input_grad[:3]
         bar_gy = bar_x = bar_w = None
         if need_gy:
             if a is not None:
-                bar_gy = _aten.convolution(a, w, None, stride, padding, dilation, False, zeros, groups)
+                bar_gy = _aten.convolution(a, w, None, *args)
             if B is not None:
-                term = _aten.convolution(x, B, None, stride, padding, dilation, False, zeros, groups)
+                term = _aten.convolution(x, B, None, *args)
                 bar_gy = term if bar_gy is None else bar_gy.add_(term)
             if c is not None:  # g_b = sum of g_y over all but the channel axis
                 c = _channels(c, gy)
@@ -105,28 +163,18 @@ class _ConvolutionGradient(torch.autograd.Function):
         if mask_x or mask_w:
             # One call: its input gradient uses only the weight (B), its weight gradient only the input (a).
             bar_x, bar_w, _ = _aten.convolution_backward(
-                gy,
-                a if mask_w else x,
-                B if mask_x else w,
-                None,
-                stride,
-                padding,
-                dilation,
-                False,
-                zeros,
-                groups,
-                [mask_x, mask_w, False],
+                gy, a if mask_w else x, B if mask_x else w, None, *args, [mask_x, mask_w, False]
             )
         return bar_gy, bar_x if mask_x else None, bar_w if mask_w else None, None, None
 
 
 class _Convolution(torch.autograd.Function):
-    """``y = conv(x, W) + b`` whose gradient is :class:`_ConvolutionGradient` (differentiable once more)."""
+    """``y = conv(x, W) + b`` (or the transposed convolution) whose gradient is :class:`_ConvolutionGradient`
+    (differentiable once more)."""
 
     @staticmethod
-    def forward(x: Tensor, w: Tensor, b: Tensor | None, config: tuple) -> Tensor:
-        stride, padding, dilation, groups, _ = config
-        return _aten.convolution(x, w, b, stride, padding, dilation, False, [0] * len(stride), groups)
+    def forward(x: Tensor, w: Tensor, b: Tensor | None, config: _ConvolutionConfig) -> Tensor:
+        return _aten.convolution(x, w, b, *config.args)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -234,29 +282,29 @@ def _plain(*tensors: Tensor | None) -> bool:
     return all(t is None or type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
 
 
+def _own_dtype(x: Tensor) -> bool:
+    """Not under autocast: its casts would happen inside the function, out of autograd's sight, and the saved inputs
+    would not match the gradient's dtype (torch records the casts as nodes of their own)."""
+    return not torch.is_autocast_enabled(x.device.type)
+
+
 class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a context manager, like torch's modes
-    """Within it, with grad mode on, ``torch.conv1d/2d/3d`` (hence ``nn.Conv*d``) record :class:`_Convolution` and
-    evaluation-mode ``batch_norm`` (``nn.BatchNorm*d`` in eval) records :class:`_BatchNormEval`, whose gradients'
-    backward passes are the cheaper ones of the module docstring."""
+    """Within it, with grad mode on, ``torch.conv1d/2d/3d`` and ``conv_transpose1d/2d/3d`` (hence ``nn.Conv*d`` and
+    ``nn.ConvTranspose*d``) record :class:`_Convolution` and evaluation-mode ``batch_norm`` (``nn.BatchNorm*d`` in
+    eval) records :class:`_BatchNormEval`, whose gradients' backward passes are the cheaper ones of the module
+    docstring."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if not torch.is_grad_enabled():
             return func(*args, **kwargs)
-        dims = _CONVOLUTIONS.get(func)
-        if dims is not None:
-            x, w, b, stride, padding, dilation, groups = _conv_arguments(*args, **kwargs)
-            if _plain(x, w, b) and not isinstance(padding, str) and x.dim() == dims + 2:
-                config = (
-                    _expand(stride, dims),
-                    _expand(padding, dims),
-                    _expand(dilation, dims),
-                    int(groups),
-                    None if b is None else [b.shape[0]],
-                )
+        if func in _CONVOLUTIONS:
+            x, w, b, config = _ConvolutionConfig.of(func, args, kwargs)
+            if config is not None and _plain(x, w, b) and _own_dtype(x):
                 return _Convolution.apply(x, w, b, config)
         elif func is torch.nn.functional.batch_norm:
             x, mean, var, gamma, beta, training, eps = _batch_norm_arguments(*args, **kwargs)
-            if not training and mean is not None and var is not None and _plain(x, gamma, beta) and x.dim() >= 2:
+            usable = not training and mean is not None and var is not None and x.dim() >= 2
+            if usable and _plain(x, gamma, beta) and _own_dtype(x):
                 return _BatchNormEval.apply(x, gamma, beta, mean.detach(), var.detach(), float(eps))
         return func(*args, **kwargs)

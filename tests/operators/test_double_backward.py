@@ -13,8 +13,8 @@ from landscape.double_backward import double_backward_kernels
 
 
 class Convs(nn.Module):
-    """conv1d, conv2d (stride, dilation, groups, no bias, circular padding) and conv3d, and batch norms on 3D, 4D
-    (not affine) and 2D inputs, in one small model."""
+    """conv1d, conv2d (stride, dilation, groups, no bias, circular padding), a transposed conv2d (stride, dilation,
+    groups, output padding) and conv3d, and batch norms on 3D, 4D (not affine) and 2D inputs, in one small model."""
 
     def __init__(self):
         super().__init__()
@@ -23,14 +23,16 @@ class Convs(nn.Module):
         self.c2 = nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2, groups=2, bias=False)
         self.bn2 = nn.BatchNorm2d(4, affine=False)
         self.c3 = nn.Conv2d(4, 3, 3, padding=1, padding_mode="circular")
+        self.ct = nn.ConvTranspose2d(3, 3, 3, stride=2, padding=1, output_padding=1, groups=3, dilation=2)
         self.c4 = nn.Conv3d(3, 2, (1, 2, 2), stride=(1, 1, 2))
-        self.bn3 = nn.BatchNorm1d(2)
-        self.head = nn.Linear(2, 3)
+        self.bn3 = nn.BatchNorm1d(30)
+        self.head = nn.Linear(30, 3)
 
     def forward(self, x):  # x: (n, 2, 16)
         h = torch.tanh(self.bn1(self.c1(x))).view(x.shape[0], 4, 4, 4)
         h = torch.tanh(self.bn2(self.c2(h)))
-        h = torch.tanh(self.c3(h)).unsqueeze(2)
+        h = torch.tanh(self.c3(h))
+        h = torch.tanh(self.ct(h)).unsqueeze(2)  # (n, 3, 1, 6, 6)
         return self.head(torch.tanh(self.bn3(self.c4(h).flatten(1))))
 
 
@@ -124,6 +126,9 @@ def test_torch_path_kept_where_the_mode_does_not_apply(case):
             assert same(X).grad_fn is None
         h = model.c1(X)
         y = model.bn1(h)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # casts that autograd must see
+            assert type(model.c1(X).grad_fn).__name__ == "ConvolutionBackward0"
+            assert type(model.bn1(h).grad_fn).__name__ == "NativeBatchNormBackward0"
         model.bn1.train()  # batch statistics: torch's own
         try:
             assert type(model.bn1(h).grad_fn).__name__ == "NativeBatchNormBackward0"
