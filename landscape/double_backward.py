@@ -76,7 +76,9 @@ class _ConvolutionConfig:
         return self.stride, self.padding, self.dilation, self.transposed, self.output_padding, self.groups
 
     @classmethod
-    def of(cls, func: Any, args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor | None, _ConvolutionConfig]:
+    def of(
+        cls, func: Any, args: tuple, kwargs: dict
+    ) -> tuple[Tensor, Tensor, Tensor | None, _ConvolutionConfig | None]:
         """The tensors and configuration of a call of ``torch.conv*d`` or ``torch.conv_transpose*d``; the
         configuration is None where the mode leaves the call to torch (string padding)."""
         dims, transposed = _CONVOLUTIONS[func]
@@ -129,7 +131,19 @@ def _conv_transpose_arguments(
     return input, weight, bias, stride, padding, output_padding, groups, dilation
 
 
-class _ConvolutionGradient(torch.autograd.Function):
+class _LayerGradient(torch.autograd.Function):
+    """A layer's gradient ``(g_x, g_param, g_bias)`` from ``(g_y, x, param, extra, mask)``, recorded so that the
+    subclass's ``backward`` (the second backward pass) can differentiate it."""
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        gy, x, param, extra, _ = inputs
+        ctx.save_for_backward(gy, x, param)
+        ctx.extra = extra
+        ctx.set_materialize_grads(False)
+
+
+class _ConvolutionGradient(_LayerGradient):
     """``(g_x, g_W, g_b) = convolution_backward(g_y, x, W)`` with the backward above (no third derivative)."""
 
     @staticmethod
@@ -137,17 +151,10 @@ class _ConvolutionGradient(torch.autograd.Function):
         return _aten.convolution_backward(gy, x, w, config.bias_sizes, *config.args, list(mask))
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        gy, x, w, config, _ = inputs
-        ctx.save_for_backward(gy, x, w)
-        ctx.config = config
-        ctx.set_materialize_grads(False)
-
-    @staticmethod
     def backward(ctx: Any, a: Tensor | None, B: Tensor | None, c: Tensor | None) -> tuple:
         _refuse_third_derivative()
         gy, x, w = ctx.saved_tensors
-        args = ctx.config.args
+        args = ctx.extra.args
         need_gy, need_x, need_w = ctx.needs_input_grad[:3]
         bar_gy = bar_x = bar_w = None
         if need_gy:
@@ -203,7 +210,7 @@ def _batch_norm_arguments(
     return input, running_mean, running_var, weight, bias, training, eps
 
 
-class _ChannelScaleGradient(torch.autograd.Function):
+class _ChannelScaleGradient(_LayerGradient):
     r"""The gradient of evaluation-mode batch normalisation ``y = (x - mu) r gamma + beta`` (``r = (var + eps)^-1/2``,
     constants per channel): ``g_x = g_y r gamma``, ``g_gamma = sum g_y (x - mu) r``, ``g_beta = sum g_y`` (sums over
     all but the channel axis), with the backward
@@ -222,17 +229,10 @@ class _ChannelScaleGradient(torch.autograd.Function):
         return _aten.native_batch_norm_backward(gy, x, gamma, mean, var, None, None, False, eps, list(mask))
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        gy, x, gamma, stats, _ = inputs
-        ctx.save_for_backward(gy, x, gamma)
-        ctx.stats = stats
-        ctx.set_materialize_grads(False)
-
-    @staticmethod
     def backward(ctx: Any, a: Tensor | None, c_gamma: Tensor | None, c_beta: Tensor | None) -> tuple:
         _refuse_third_derivative()
         gy, x, gamma = ctx.saved_tensors
-        mu, _, _, r = (t.to(x.dtype) if isinstance(t, Tensor) else t for t in ctx.stats)  # float32 stats, bf16 x
+        mu, _, _, r = (t.to(x.dtype) if isinstance(t, Tensor) else t for t in ctx.extra)  # float32 stats, bf16 x
         need_gy, need_x, need_gamma = ctx.needs_input_grad[:3]
         bar_gy = bar_x = bar_gamma = None
         k = None if c_gamma is None else c_gamma * r
