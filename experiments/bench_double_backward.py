@@ -109,12 +109,12 @@ def main() -> None:
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print("| layer kind | build, torch | build, ours | product, torch | product, ours | ours / torch | rel. diff |")
     print("|---|---|---|---|---|---|---|")
-    products: dict[bool, list[torch.Tensor]] = {}
     for name, make in kinds(args.quick).items():
         model, x = make()
         measure(model, x, True)  # first-use kernels of both paths, not timed
         measure(model, x, False)
         times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        products: dict[bool, list[torch.Tensor]] = {}
         for _ in range(repeats):  # alternating
             for ours in (False, True):
                 build, product, hv = measure(model, x, ours)

@@ -50,8 +50,8 @@ LAYERS = {
     "landscape.cache": STORAGE,
     "landscape.store": STORAGE,
     "landscape.problem": PROBLEM,
-    # Convolutions whose gradient's backward runs on the backward kernels: the gradient graphs that the operators
-    # build and that memory measures.
+    # Convolutions and eval-mode batch norms with cheaper second backward passes: the gradient graphs that the
+    # operators build and that memory measures.
     "landscape.double_backward": PROBLEM,
     "landscape.losses": PROBLEM,
     "landscape.lm_head": PROBLEM,

@@ -44,12 +44,18 @@ def test_float64_input_is_left_untouched_and_empty_input_is_zero():
     assert reductions.norms(torch.zeros(0, 3), 0).tolist() == [0.0, 0.0, 0.0]
 
 
-def test_a_rademacher_block_past_two_to_the_24_rows():
-    """torch's float32 column norm of a +-1 block saturates at 4096 = sqrt(2^24) (GPT-2 small's SLQ probes:
-    start vectors 2.7x too long, a trace 40x too large with the wrong sign); summed in float64 it is exact."""
+def _rademacher_past_two_to_the_24() -> tuple[int, torch.Tensor]:
+    """Rows ``n = 2^24 + 2^23`` and an ``(n, 2)`` block: a column of ones and one of alternating signs."""
     n = (1 << 24) + (1 << 23)
     Z = torch.ones(n, 2)
     Z[::2, 1] = -1.0
+    return n, Z
+
+
+def test_a_rademacher_block_past_two_to_the_24_rows():
+    """torch's float32 column norm of a +-1 block saturates at 4096 = sqrt(2^24) (GPT-2 small's SLQ probes:
+    start vectors 2.7x too long, a trace 40x too large with the wrong sign); summed in float64 it is exact."""
+    n, Z = _rademacher_past_two_to_the_24()
     exact = float(torch.tensor(math.sqrt(n), dtype=torch.float32))  # the float32 result, correctly rounded
     assert reductions.norms(Z, 0).tolist() == [exact] * 2
 
@@ -63,9 +69,7 @@ def test_lanczos_from_a_block_past_two_to_the_24_rows_is_exact_for_the_identity(
     from landscape.linalg.lanczos import lanczos
     from tests.linalg.helpers import DiagonalOperator
 
-    n = (1 << 24) + (1 << 23)
-    Z = torch.ones(n, 2)
-    Z[::2, 1] = -1.0
+    n, Z = _rademacher_past_two_to_the_24()
     res = lanczos(DiagonalOperator(torch.ones(n)), 2, v0=Z, keep_basis=False)
     assert abs(res.alphas[:, 0] - 1.0).max() <= 1e-4
     assert res.start_norms.tolist() == [float(torch.tensor(math.sqrt(n), dtype=torch.float32))] * 2
