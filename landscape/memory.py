@@ -303,7 +303,7 @@ def _graph_bytes(problem: Problem, batch: PreparedBatch, create_graph: bool) -> 
 
     with problem.evaluation(order=2) as forward, torch.enable_grad():
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-        kernels = double_backward_kernels() if create_graph else contextlib.nullcontext()
+        kernels = double_backward_kernels(leaf_gradient_values=False) if create_graph else contextlib.nullcontext()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), kernels:
             loss = problem.batch_loss(forward, leaves, batch)
             if create_graph:

@@ -52,7 +52,7 @@ class _GradientGraph:
             return t.detach()
 
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if measure else contextlib.nullcontext()
-        with torch.enable_grad(), hooks, double_backward_kernels():
+        with torch.enable_grad(), hooks, double_backward_kernels(leaf_gradient_values=False):
             loss = problem.batch_loss(forward, self.leaves, batch)
             grads = torch.autograd.grad(loss, list(self.leaves.values()), create_graph=True, allow_unused=True)
         self.used = [n for n, g in zip(self.leaves, grads, strict=True) if g is not None and g.requires_grad]

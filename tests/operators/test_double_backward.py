@@ -148,3 +148,71 @@ def test_a_third_derivative_raises(case):
     params, grads = _gradient_graph(model, X, y, mode=True)
     with pytest.raises(RuntimeError, match="third derivative.*without create_graph"):
         torch.autograd.grad(grads[0].sum(), params[0], create_graph=True)
+
+
+def _products_under_the_mode(loss_fn, params: list[torch.Tensor], V: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """The gradients built under ``double_backward_kernels(leaf_gradient_values=False)`` and ``H V`` from them."""
+    with torch.enable_grad(), double_backward_kernels(leaf_gradient_values=False):
+        grads = torch.autograd.grad(loss_fn(params), params, create_graph=True)
+    columns = []
+    for v in V.T:
+        parts = torch.split(v, [p.numel() for p in params])
+        hv = torch.autograd.grad(grads, params, [t.view_as(p) for t, p in zip(parts, params, strict=True)], True)
+        columns.append(torch.cat([t.flatten() for t in hv]))
+    return list(grads), torch.stack(columns, 1)
+
+
+def _dense_of(loss_fn, params: list[torch.Tensor]) -> torch.Tensor:
+    sizes = [p.numel() for p in params]
+
+    def flat_loss(w):
+        return loss_fn([t.view_as(p) for t, p in zip(torch.split(w, sizes), params, strict=True)])
+
+    return hessian(flat_loss)(torch.cat([p.detach().flatten() for p in params]))
+
+
+def test_leaf_gradients_stand_in_while_the_graph_is_built(case):
+    """Without values, the convolutions' and batch norms' parameter gradients are broadcast zeros (no kernel, no
+    memory) and the products through them are still the dense Hessian's."""
+    model, X, y = case
+    names = [n for n, _ in model.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in model.parameters()]
+
+    def loss_fn(ps):
+        return nn.functional.cross_entropy(functional_call(model, dict(zip(names, ps, strict=True)), (X,)), y)
+
+    H = _dense_of(loss_fn, params)
+    V = torch.randn(H.shape[0], 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    grads, HV = _products_under_the_mode(loss_fn, params, V)
+    assert torch.allclose(HV, H @ V, rtol=0, atol=1e-12 * H.abs().max())
+    for n, g in zip(names, grads, strict=True):
+        stand_in = not n.startswith("head.")  # the linear head is torch's: its gradient is computed
+        assert (g.stride() == (0,) * g.dim() and not g.any()) == stand_in, n
+    _, torchs = _gradient_graph(model, X, y, mode=False)
+    assert torch.allclose(torchs[-1], grads[-1])
+
+
+def test_non_leaf_and_shared_weights_get_their_gradients():
+    """A weight that is a function of the parameters (weight normalisation) needs its gradient's value in the
+    second backward (``H = J^T H_W J + sum_i g_W,i d^2 W_i``): it is computed. A leaf used twice and in a penalty
+    gets stand-ins whose sum is still differentiated correctly."""
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64)
+    direction = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    scale = torch.rand(3, 1, 1, 1, generator=g, dtype=torch.float64) + 0.5
+    shared = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
+    params = [t.clone().requires_grad_() for t in (direction, scale, shared)]
+
+    def loss_fn(ps):
+        d, s, w = ps
+        h = torch.tanh(nn.functional.conv2d(X, w, padding=1))
+        h = torch.tanh(nn.functional.conv2d(h, w, padding=1))  # the leaf w twice
+        weight = s * d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # not a leaf
+        out = nn.functional.conv2d(h, weight)
+        return (out**2).mean() + 0.1 * (w**2).sum()
+
+    H = _dense_of(loss_fn, params)
+    V = torch.randn(H.shape[0], 2, generator=g, dtype=torch.float64)
+    grads, HV = _products_under_the_mode(loss_fn, params, V)
+    assert torch.allclose(HV, H @ V, rtol=0, atol=1e-12 * H.abs().max())
+    assert grads[0].stride() != (0,) * 4 and grads[0].abs().sum() > 0  # through the non-leaf weight: a value
