@@ -138,9 +138,16 @@ class _LayerGradient(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        gy, x, param, extra, _ = inputs
-        ctx.save_for_backward(gy, x, param)
+        """Keeps only what the second backward can read (the layer is bilinear in ``(x, param)``): ``param`` where
+        ``g_x`` is an output (its cotangent ``a`` meets it in ``bar g_y``), ``x`` where ``g_param`` is, and ``g_y``
+        where ``a`` can reach ``param`` or ``g_param``'s cotangent can reach ``x`` (a network's first layer keeps
+        neither ``g_y`` nor its weight)."""
+        gy, x, param, extra, mask = inputs
+        a_comes, b_comes = mask[0] != "none", mask[1] != "none"
+        keep_gy = (ctx.needs_input_grad[1] and b_comes) or (ctx.needs_input_grad[2] and a_comes)
+        ctx.save_for_backward(gy if keep_gy else None, x if b_comes else None, param if a_comes else None)
         ctx.extra = extra
+        ctx.shape, ctx.dtype = gy.shape, gy.dtype
         ctx.set_materialize_grads(False)
 
 
@@ -193,8 +200,8 @@ class _ConvolutionGradient(_LayerGradient):
                 term = _aten.convolution(x, B, None, *args)
                 bar_gy = term if bar_gy is None else bar_gy.add_(term)
             if c is not None:  # g_b = sum of g_y over all but the channel axis
-                c = _channels(c, gy)
-                bar_gy = c.expand_as(gy).clone() if bar_gy is None else bar_gy.add_(c)
+                c = _channels(c, len(ctx.shape))
+                bar_gy = c.expand(ctx.shape).clone() if bar_gy is None else bar_gy.add_(c)
         mask_x, mask_w = need_x and B is not None, need_w and a is not None
         if mask_x or mask_w:
             # One call: its input gradient uses only the weight (B), its weight gradient only the input (a).
@@ -264,23 +271,24 @@ class _ChannelScaleGradient(_LayerGradient):
     def backward(ctx: Any, a: Tensor | None, c_gamma: Tensor | None, c_beta: Tensor | None) -> tuple:
         _refuse_third_derivative()
         gy, x, gamma = ctx.saved_tensors
-        mu, _, _, r = (t.to(x.dtype) if isinstance(t, Tensor) else t for t in ctx.extra)  # float32 stats, bf16 x
+        mu, _, _, r = (t.to(ctx.dtype) if isinstance(t, Tensor) else t for t in ctx.extra)  # float32 stats, bf16 x
         need_gy, need_x, need_gamma = ctx.needs_input_grad[:3]
+        dims = len(ctx.shape)
         bar_gy = bar_x = bar_gamma = None
         k = None if c_gamma is None else c_gamma * r
         if need_gy:
             if a is not None:
-                bar_gy = a * _channels(r if gamma is None else gamma * r, x)
+                bar_gy = a * _channels(r if gamma is None else gamma * r, dims)
             if k is not None:
-                term = (x - _channels(mu, x)) * _channels(k, x)  # not in place: k is batched under vmap
+                term = (x - _channels(mu, dims)) * _channels(k, dims)  # not in place: k is batched under vmap
                 bar_gy = term if bar_gy is None else bar_gy.add_(term)
             if c_beta is not None:
-                c_beta = _channels(c_beta, x)
-                bar_gy = c_beta.expand_as(gy).clone() if bar_gy is None else bar_gy.add_(c_beta)
+                c_beta = _channels(c_beta, dims)
+                bar_gy = c_beta.expand(ctx.shape).clone() if bar_gy is None else bar_gy.add_(c_beta)
         if need_x and k is not None:
-            bar_x = gy * _channels(k, x)
+            bar_x = gy * _channels(k, dims)
         if need_gamma and a is not None:
-            bar_gamma = ((a * gy).sum([d for d in range(x.dim()) if d != 1]) * r).to(gamma.dtype)
+            bar_gamma = ((a * gy).sum([d for d in range(dims) if d != 1]) * r).to(gamma.dtype)
         return bar_gy, bar_x, bar_gamma, None, None
 
 
@@ -308,9 +316,138 @@ class _BatchNormEval(torch.autograd.Function):
         return gx, g_gamma, g_beta, None, None, None, None
 
 
-def _channels(t: Tensor, like: Tensor) -> Tensor:
-    """A per-channel vector shaped to broadcast over ``(n, channels, *spatial)``."""
-    return t.view(1, -1, *([1] * (like.dim() - 2)))
+class _AffineGradient(_LayerGradient):
+    r"""The gradient of ``y = x M + b`` (``x`` ``(n, in)``; ``M = W^T`` for ``F.linear``'s ``W`` ``(out, in)``,
+    ``M = W`` for ``torch.addmm``'s): ``g_x = g_y M^T``, ``g_M = x^T g_y``, ``g_b = sum_n g_y``, with the backward
+
+    .. math::
+
+        \bar g_y = a M + x B_M + c, \qquad \bar x = g_y B_M^T, \qquad \bar M = a^T g_y
+
+    for the cotangents ``(a, B, c)`` (``B_M`` is ``B`` in ``M``'s layout): the four products torch's own double
+    backward of ``mm`` makes. What this class adds is the stand-in: ``g_W`` of a leaf weight is not computed while
+    the gradient's graph is built (a third of the layer's backward)."""
+
+    @staticmethod
+    def forward(gy: Tensor, x: Tensor, w: Tensor, linear: bool, mask: _Mask) -> tuple:
+        m = w.t() if linear else w
+        gx = gy @ m.t() if mask[0] == "compute" else None
+        gw = None if mask[1] != "compute" else gy.t() @ x if linear else x.t() @ gy
+        gb = gy.sum(0) if mask[2] == "compute" else None
+        return _computed(mask, (gx, gw, gb), (x.shape, w.shape, gy.shape[1:]), w)
+
+    @staticmethod
+    def backward(ctx: Any, a: Tensor | None, B: Tensor | None, c: Tensor | None) -> tuple:
+        _refuse_third_derivative()
+        gy, x, w = ctx.saved_tensors
+        linear = ctx.extra
+        m = None if w is None else w.t() if linear else w  # kept where a cotangent a can come
+        b_m = None if B is None else B.t() if linear else B
+        need_gy, need_x, need_w = ctx.needs_input_grad[:3]
+        bar_gy = bar_x = bar_w = None
+        if need_gy:
+            if a is not None:
+                bar_gy = a @ m
+            if b_m is not None:
+                bar_gy = x @ b_m if bar_gy is None else bar_gy.addmm_(x, b_m)
+            if c is not None:
+                bar_gy = c.expand(ctx.shape).clone() if bar_gy is None else bar_gy.add_(c)
+        if need_x and b_m is not None:
+            bar_x = gy @ b_m.t()
+        if need_w and a is not None:
+            bar_w = gy.t() @ a if linear else a.t() @ gy
+        return bar_gy, bar_x, bar_w, None, None
+
+
+class _Affine(torch.autograd.Function):
+    """``y = x W^T + b`` (``linear``) or ``x W + b`` (``addmm``) on a 2D ``x``, whose gradient is
+    :class:`_AffineGradient`."""
+
+    @staticmethod
+    def forward(x: Tensor, w: Tensor, b: Tensor | None, linear: bool, stand_in: tuple) -> Tensor:
+        m = w.t() if linear else w
+        return x @ m if b is None else torch.addmm(b, x, m)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, w, _, linear, stand_in = inputs
+        ctx.save_for_backward(x, w)
+        ctx.linear = linear
+        ctx.stand_in = stand_in
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple:
+        x, w = ctx.saved_tensors
+        mask = _mask(ctx.needs_input_grad[:3], ctx.stand_in)
+        gx, gw, gb = _AffineGradient.apply(gy, x, w, ctx.linear, mask)
+        return gx, gw, gb, None, None
+
+
+def _linear_arguments(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> tuple:
+    return input, weight, bias
+
+
+def _addmm_arguments(input: Tensor, mat1: Tensor, mat2: Tensor, *, beta: Any = 1, alpha: Any = 1, out: Any = None):
+    return input, mat1, mat2, beta == 1 and alpha == 1 and out is None
+
+
+class _EmbeddingGradient(torch.autograd.Function):
+    """``g_W = embedding_dense_backward(g_y, ids)`` (rows of ``g_y`` added at their ids); linear in ``g_y``, so its
+    backward is the gather ``\bar g_y = B[ids]``."""
+
+    @staticmethod
+    def forward(gy: Tensor, ids: Tensor, w: Tensor, mask: str) -> Tensor:
+        if mask == "stand_in":
+            return w.new_zeros(()).expand(w.shape)
+        return _aten.embedding_dense_backward(gy, ids, w.shape[0], -1, False)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx: Any, B: Tensor) -> tuple:
+        _refuse_third_derivative()
+        (ids,) = ctx.saved_tensors
+        return torch.embedding(B, ids), None, None, None
+
+
+class _Embedding(torch.autograd.Function):
+    """``y = W[ids]`` whose gradient is :class:`_EmbeddingGradient`."""
+
+    @staticmethod
+    def forward(ids: Tensor, w: Tensor, stand_in: bool) -> Tensor:
+        return torch.embedding(w, ids)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        ids, w, stand_in = inputs
+        ctx.save_for_backward(ids)
+        ctx.weight = w  # for its shape and dtype only: the gradient does not depend on its value
+        ctx.stand_in = stand_in
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple:
+        (ids,) = ctx.saved_tensors
+        mask = _mask((False, ctx.needs_input_grad[1], False), (ctx.stand_in, False))[1]
+        return None, _EmbeddingGradient.apply(gy, ids, ctx.weight.detach(), mask), None
+
+
+def _embedding_arguments(
+    input: Tensor,
+    weight: Tensor,
+    padding_idx: int | None = None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+) -> tuple:
+    return input, weight, padding_idx is None and max_norm is None and not scale_grad_by_freq and not sparse
+
+
+def _channels(t: Tensor, dims: int) -> Tensor:
+    """A per-channel vector shaped to broadcast over ``(n, channels, *spatial)`` (``dims`` axes)."""
+    return t.view(1, -1, *([1] * (dims - 2)))
 
 
 def _plain(*tensors: Tensor | None) -> bool:
@@ -361,4 +498,21 @@ class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a cont
             if usable and _plain(x, gamma, beta) and _own_dtype(x):
                 stand_in = self._stand_in(gamma, beta)
                 return _BatchNormEval.apply(x, gamma, beta, mean.detach(), var.detach(), float(eps), stand_in)
+        elif self.leaf_gradient_values:
+            pass  # torch's own double backward of the layers below is as fast: they are recorded only for stand-ins
+        elif func is torch.nn.functional.linear or func is torch.addmm:
+            if func is torch.addmm:
+                b, x, w, plain_call = _addmm_arguments(*args, **kwargs)
+                plain_call = plain_call and x.dim() == 2 and (b is None or b.dim() == 1)
+            else:
+                x, w, b = _linear_arguments(*args, **kwargs)
+                plain_call = x.dim() >= 1 and (b is None or b.dim() == 1)
+            if plain_call and w.dim() == 2 and self._stand_in(w)[0] and _plain(x, w, b) and _own_dtype(x):
+                linear = func is not torch.addmm
+                y = _Affine.apply(x.reshape(-1, x.shape[-1]), w, b, linear, self._stand_in(w, b))
+                return y.view(*x.shape[:-1], y.shape[-1])
+        elif func is torch.nn.functional.embedding:
+            ids, w, plain_call = _embedding_arguments(*args, **kwargs)
+            if plain_call and self._stand_in(w)[0] and _plain(ids, w) and not ids.is_floating_point():
+                return _Embedding.apply(ids, w, True)
         return func(*args, **kwargs)

@@ -306,8 +306,9 @@ def _graph_bytes(problem: Problem, batch: PreparedBatch, create_graph: bool) -> 
         kernels = double_backward_kernels(leaf_gradient_values=False) if create_graph else contextlib.nullcontext()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), kernels:
             loss = problem.batch_loss(forward, leaves, batch)
-            if create_graph:
-                torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+            if create_graph:  # the gradient is held with its graph (only partly: see double_backward's stand-ins)
+                grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+                saved |= {g.untyped_storage().data_ptr(): g.untyped_storage().nbytes() for g in grads if g is not None}
     return sum(saved.values())
 
 
@@ -403,9 +404,10 @@ def estimate(
     examples of the first batch give ``a + b * batch_size`` bytes per batch (tiny passes; the weights, buffers and
     data the graph refers to are already resident and not counted again); a backward pass over it holds about
     twice the forward's activations on top (measured the same way). The Hessian operator keeps every
-    batch's graph while they fit ``graph_memory_limit`` together, else one at a time; the graph holds the
-    gradient too (one vector). A product adds its output and about one vector of autograd transients, plus the
-    largest parameter; the three-term recurrence's product adds no output where the operator accumulates it in
+    batch's graph while they fit ``graph_memory_limit`` together, else one at a time; each graph holds its
+    gradient too, measured with it (up to one vector: the parameters' gradients that no stand-in of
+    ``double_backward_kernels`` replaces). A product adds its output and about one vector of autograd transients,
+    plus the largest parameter; the three-term recurrence's product adds no output where the operator accumulates it in
     place (``in_place_product``: the operator's ``adds_in_place``, else whether the problem is one process's).
     The estimator's own vectors follow its settings (``k``, ``vectors``, ``max_basis``, ``max_matvecs`` for
     ``top_eigen``; ``num_probes``, ``num_steps`` for ``spectrum``; ``method``,
@@ -440,12 +442,12 @@ def estimate(
         notes["backward transients"] = "about the activations again (their gradients)"
     else:
         cached = g.every <= limit
-        parts["gradient graph"] = (g.every if cached else g.one) + per_vector
+        parts["gradient graph"] = g.every if cached else g.one
         notes["gradient graph"] = (
             f"{problem.num_batches} batch graph(s) kept for reuse"
             if cached
             else "one batch at a time (over the cache limit)"
-        ) + " and the gradient"
+        ) + " with their gradients"
         width = min(block_width(analysis, settings), DEFAULT_MAX_BLOCK)
         # A block may go through a batched (vmapped) strategy, holding every column's transients at once, unless
         # the operator rules that out: they would not fit, or the model is large (HessianOperator._clear_choice).
