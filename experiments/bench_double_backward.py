@@ -4,9 +4,13 @@
 For each layer kind below (synthetic inputs, seed 0), the loss ``mean(tanh(layer(x))^2) / 2`` of the layer's
 parameters is differentiated once with ``create_graph=True`` (the build) and its gradient graph then multiplies a
 fixed vector several times (the product, ``torch.autograd.grad(g, params, v)``). The same is done with the graph
-built under ``double_backward_kernels()``, alternating the two, in one process. Printed per kind: the median build
-and product times of each, their ratio (ours / torch's), and the relative difference of the two products.
-``resnet18`` is the whole CIFAR ResNet-18 of ``bench_scale.py`` (BN eval) at a smaller batch.
+built under ``double_backward_kernels()`` and under ``double_backward_kernels(leaf_gradient_values=False)`` (the
+parameters' gradients stand in, as the Hessian operators build their graphs), the three alternating in one
+process. Printed per kind: the median build and product times of each, the product's ratio (ours with leaf
+gradients / torch's), the build's without them (/ torch's), and the largest relative difference of the products
+from torch's.
+``resnet18`` is the whole CIFAR ResNet-18 of ``bench_scale.py`` (BN eval) at a smaller batch; linear layers and
+the embedding are recorded by the mode only without leaf gradients (torch's own are as fast otherwise).
 
 Usage::
 
@@ -69,6 +73,8 @@ def kinds(quick: bool) -> dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]
         "conv3x3 + BN (eval) 64": lambda: make(
             nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)), n, 64, s, s
         ),
+        "linear 768->3072, bias": lambda: make(nn.Linear(768, 3072), 4, 2 * s, 768),
+        "embedding 768 wide (vocab 50257)": lambda: _embedding(1000 if quick else 50257, 768, 8 * s),
     }
     if not quick:
         from bench_scale import resnet18
@@ -80,13 +86,30 @@ def kinds(quick: bool) -> dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]
     return table
 
 
-def measure(model: nn.Module, x: torch.Tensor, ours: bool) -> tuple[float, float, list[torch.Tensor]]:
-    """Build and product seconds and the product, with the graph built under the mode (``ours``) or not."""
+def _embedding(vocab: int, d: int, tokens: int) -> tuple[nn.Module, torch.Tensor]:
+    g = torch.Generator().manual_seed(SEED)
+    module = nn.Embedding(vocab, d)
+    with torch.no_grad():
+        module.weight.copy_(torch.randn(vocab, d, generator=g))
+    return module.eval(), torch.randint(0, vocab, (tokens,), generator=g)
+
+
+SIDES = ("torch", "ours", "ours, stand-ins")
+
+
+def measure(model: nn.Module, x: torch.Tensor, side: str) -> tuple[float, float, list[torch.Tensor]]:
+    """Build and product seconds and the product, with the graph built by torch, under the mode, or under the mode
+    without leaf gradients (one of :data:`SIDES`)."""
     params = [p for p in model.parameters() if p.requires_grad]
     g = torch.Generator().manual_seed(SEED + 1)
     v = [torch.randn(p.shape, generator=g) for p in params]
+    mode = {
+        "torch": contextlib.nullcontext(),
+        "ours": double_backward_kernels(),
+        "ours, stand-ins": double_backward_kernels(leaf_gradient_values=False),
+    }[side]
     t0 = time.perf_counter()
-    with double_backward_kernels() if ours else contextlib.nullcontext():
+    with mode:
         loss = torch.tanh(model(x)).square().mean() / 2
         grads = torch.autograd.grad(loss, params, create_graph=True)
     t1 = time.perf_counter()
@@ -107,28 +130,31 @@ def main() -> None:
     args = ap.parse_args()
     repeats = args.repeats or (2 if args.quick else 5)
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print("| layer kind | build, torch | build, ours | product, torch | product, ours | ours / torch | rel. diff |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| layer kind | build, torch | build, ours | build, ours w/o leaf gradients | product, torch | product, ours "
+        "| product, ours w/o leaf gradients | product ours / torch | build w/o leaf gradients / torch | rel. diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, make in kinds(args.quick).items():
         model, x = make()
-        measure(model, x, True)  # first-use kernels of both paths, not timed
-        measure(model, x, False)
-        times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
-        products: dict[bool, list[torch.Tensor]] = {}
+        for side in SIDES:  # first-use kernels of every path, not timed
+            measure(model, x, side)
+        times: dict[str, list[tuple[float, float]]] = {side: [] for side in SIDES}
+        products: dict[str, list[torch.Tensor]] = {}
         for _ in range(repeats):  # alternating
-            for ours in (False, True):
-                build, product, hv = measure(model, x, ours)
-                times[ours].append((build, product))
-                products[ours] = hv
-        (torch_build, torch_product), (our_build, our_product) = (
-            tuple(statistics.median(t[k] for t in times[ours]) for k in (0, 1)) for ours in (False, True)
-        )
-        torch_hv, our_hv = products[False], products[True]
-        ratio = our_product / torch_product
-        diff = relative_difference(our_hv, torch_hv)
+            for side in SIDES:
+                build, product, hv = measure(model, x, side)
+                times[side].append((build, product))
+                products[side] = hv
+        build = {side: statistics.median(t[0] for t in times[side]) for side in SIDES}
+        product = {side: statistics.median(t[1] for t in times[side]) for side in SIDES}
+        diff = max(relative_difference(products[side], products["torch"]) for side in SIDES[1:])
         print(
-            f"| {name} | {torch_build * 1e3:.1f} ms | {our_build * 1e3:.1f} ms | {torch_product * 1e3:.1f} ms "
-            f"| {our_product * 1e3:.1f} ms | {ratio:.2f} | {diff:.1e} |",
+            f"| {name} | {build['torch'] * 1e3:.1f} ms | {build['ours'] * 1e3:.1f} ms "
+            f"| {build['ours, stand-ins'] * 1e3:.1f} ms | {product['torch'] * 1e3:.1f} ms "
+            f"| {product['ours'] * 1e3:.1f} ms | {product['ours, stand-ins'] * 1e3:.1f} ms "
+            f"| {product['ours'] / product['torch']:.2f} "
+            f"| {build['ours, stand-ins'] / build['torch']:.2f} | {diff:.1e} |",
             flush=True,
         )
 

@@ -26,6 +26,15 @@ product: 5.0-5.35 s -> 4.3-4.4 s on this machine (BENCHMARKS.md, stop 34). Produ
 rounding (tested against the dense float64 Hessian). String padding (``"same"``), batch statistics, tensor
 subclasses (DTensor), autocast or grad mode off keep torch's path. A third derivative through a function recorded
 under the mode raises.
+
+With ``leaf_gradient_values=False`` (how the operators build their graphs) the gradient's graph is built without
+the parameters' gradients: a product differentiates ``g . v``, whose backward never reads ``g``, and a leaf's
+gradient feeds nothing else in the graph (its contributions are only added). Each layer's gradient node then
+returns a broadcast zero for a leaf weight's (and bias's) gradient while the graph is built, with no kernel run
+and no memory held, and still differentiates as the gradient would; the weight-gradient kernels run in the second
+backward pass, where they compute the product. Linear layers (``F.linear``, ``torch.addmm``) and embeddings are
+recorded for this alone (their second backward is the one torch's makes). ResNet-18's build: 0.71x torch's; GPT-2
+small's graph: 0.5 GB less; a first product 1.35-1.5x a later one on both (BENCHMARKS.md, stop 35).
 """
 
 from __future__ import annotations
@@ -392,7 +401,7 @@ def _addmm_arguments(input: Tensor, mat1: Tensor, mat2: Tensor, *, beta: Any = 1
 
 
 class _EmbeddingGradient(torch.autograd.Function):
-    """``g_W = embedding_dense_backward(g_y, ids)`` (rows of ``g_y`` added at their ids); linear in ``g_y``, so its
+    r"""``g_W = embedding_dense_backward(g_y, ids)`` (rows of ``g_y`` added at their ids); linear in ``g_y``, so its
     backward is the gather ``\bar g_y = B[ids]``."""
 
     @staticmethod
@@ -470,10 +479,11 @@ class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a cont
     ----------
     leaf_gradient_values : bool
         ``False`` where only the gradient's graph is wanted, not its value (a Hessian-vector product differentiates
-        ``g . v``, whose backward never reads ``g``): these layers' gradients with respect to leaf tensors (the
-        parameters) are then broadcast zeros that stand in for them in the graph, and their kernels do not run (a
-        third of a convolution's backward; ResNet-18's graph builds in 0.7 s less). Gradients with respect to
-        non-leaf weights (a parametrization, a LoRA product) are computed: the second backward reads them.
+        ``g . v``, whose backward never reads ``g``): the layers' gradients with respect to leaf tensors (the
+        parameters) are then broadcast zeros that stand in for them in the graph, and their kernels do not run.
+        ``F.linear``, ``torch.addmm`` (transformers' ``Conv1D``) and ``F.embedding`` with a leaf weight are then
+        recorded too (:class:`_Affine`, :class:`_Embedding`). Gradients with respect to non-leaf weights (a
+        parametrization, a low-rank product) are computed: the second backward reads them.
     """
 
     def __init__(self, leaf_gradient_values: bool = True):
@@ -501,16 +511,18 @@ class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a cont
         elif self.leaf_gradient_values:
             pass  # torch's own double backward of the layers below is as fast: they are recorded only for stand-ins
         elif func is torch.nn.functional.linear or func is torch.addmm:
-            if func is torch.addmm:
-                b, x, w, plain_call = _addmm_arguments(*args, **kwargs)
-                plain_call = plain_call and x.dim() == 2 and (b is None or b.dim() == 1)
-            else:
+            linear = func is not torch.addmm
+            if linear:
                 x, w, b = _linear_arguments(*args, **kwargs)
-                plain_call = x.dim() >= 1 and (b is None or b.dim() == 1)
-            if plain_call and w.dim() == 2 and self._stand_in(w)[0] and _plain(x, w, b) and _own_dtype(x):
-                linear = func is not torch.addmm
-                y = _Affine.apply(x.reshape(-1, x.shape[-1]), w, b, linear, self._stand_in(w, b))
-                return y.view(*x.shape[:-1], y.shape[-1])
+                plain_call = x.dim() >= 1
+            else:
+                b, x, w, plain_call = _addmm_arguments(*args, **kwargs)
+                plain_call = plain_call and x.dim() == 2
+            plain_call = plain_call and w.dim() == 2 and (b is None or b.shape == (w.shape[0 if linear else 1],))
+            if plain_call and self._stand_in(w)[0] and _plain(x, w, b) and _own_dtype(x):
+                flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+                y = _Affine.apply(flat, w, b, linear, self._stand_in(w, b))
+                return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
         elif func is torch.nn.functional.embedding:
             ids, w, plain_call = _embedding_arguments(*args, **kwargs)
             if plain_call and self._stand_in(w)[0] and _plain(ids, w) and not ids.is_floating_point():

@@ -1,6 +1,6 @@
 """Smoke test of experiments/bench_double_backward.py: one product through each layer kind on torch's double backward
-and on ``landscape.double_backward``'s (``--quick``: small shapes). Every kind is printed with positive times and
-products that agree to float32 rounding; no timing is asserted."""
+and on ``landscape.double_backward``'s, with and without leaf gradients (``--quick``: small shapes). Every kind is
+printed with positive times and products that agree to float32 rounding; no timing is asserted."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def test_quick_run_prints_every_kind_with_equal_products():
     assert header[0] == "layer kind" and header[-1] == "rel. diff"
     kinds = [r[0] for r in rows]
     assert any("conv_transpose2d" in k for k in kinds) and any("batch norm" in k for k in kinds)
-    assert len(kinds) == 8
+    assert any("linear" in k for k in kinds) and any("embedding" in k for k in kinds)
+    assert len(kinds) == 10
     for row in rows:
-        times = [number(c) for c in row[1:5]]
+        times = [number(c) for c in row[1:7]]
         assert all(t is not None and t > 0 for t in times), row
-        assert number(row[6]) < 1e-5, row  # the same product, float32 rounding apart
+        assert number(row[-1]) < 1e-5, row  # the same product, float32 rounding apart

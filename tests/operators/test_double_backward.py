@@ -283,3 +283,20 @@ def test_linear_addmm_and_embedding_stand_ins_keep_the_products_exact():
     with torch.enable_grad(), double_backward_kernels():  # with values: torch's own linear layers
         out = functional_call(flat, dict(zip(names, params, strict=True)), (ids,))
     assert type(out.grad_fn.next_functions[0][0]).__name__ != "_AffineBackward"
+
+
+def test_linear_and_embedding_calls_the_stand_ins_do_not_cover_keep_torchs_path():
+    w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    ids = torch.tensor([0, 2, 1])
+    with double_backward_kernels(leaf_gradient_values=False):
+        assert type(nn.functional.linear(x, w, b).grad_fn).__name__ == "_AffineBackward"
+        assert type(torch.addmm(b, x, w.T).grad_fn).__name__ == "AddmmBackward0"  # not a leaf: w.T
+        assert type(torch.addmm(b, x, w.T.detach().requires_grad_(), beta=0.5).grad_fn).__name__ == "AddmmBackward0"
+        assert type(nn.functional.linear(x, w, b[:1]).grad_fn).__name__ == "AddmmBackward0"  # broadcast bias
+        assert type(nn.functional.embedding(ids, w).grad_fn).__name__ == "_EmbeddingBackward"
+        assert type(nn.functional.embedding(ids, w, padding_idx=0).grad_fn).__name__ == "EmbeddingBackward0"
+    with double_backward_kernels():  # with values: never recorded
+        assert type(nn.functional.linear(x, w, b).grad_fn).__name__ == "AddmmBackward0"
+        assert type(nn.functional.embedding(ids, w).grad_fn).__name__ == "EmbeddingBackward0"
