@@ -46,6 +46,8 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from landscape.lm_head import chunked_token_loss
+
 _aten = torch.ops.aten
 # function -> (spatial dimensions, transposed)
 _CONVOLUTIONS = {torch.conv1d: (1, False), torch.conv2d: (2, False), torch.conv3d: (3, False)}
@@ -454,6 +456,10 @@ def _embedding_arguments(
     return input, weight, padding_idx is None and max_norm is None and not scale_grad_by_freq and not sparse
 
 
+def _token_loss_arguments(hidden: Tensor, weight: Tensor, bias: Tensor | None, *_: Any, **__: Any) -> tuple:
+    return weight, bias
+
+
 def _channels(t: Tensor, dims: int) -> Tensor:
     """A per-channel vector shaped to broadcast over ``(n, channels, *spatial)`` (``dims`` axes)."""
     return t.view(1, -1, *([1] * (dims - 2)))
@@ -523,6 +529,9 @@ class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a cont
                 flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
                 y = _Affine.apply(flat, w, b, linear, self._stand_in(w, b))
                 return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
+        elif func is chunked_token_loss:  # the fused, chunked output layer and cross-entropy of landscape.lm_head
+            weight, bias = _token_loss_arguments(*args, **kwargs)
+            return func(*args, **{**kwargs, "leaf_stand_ins": self._stand_in(weight, bias)})
         elif func is torch.nn.functional.embedding:
             ids, w, plain_call = _embedding_arguments(*args, **kwargs)
             if plain_call and self._stand_in(w)[0] and _plain(ids, w) and not ids.is_floating_point():

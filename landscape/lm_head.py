@@ -17,6 +17,10 @@ tokens at a time.
   ``diag(p) - p p^T`` applied to ``S_t``). Then ``d/dh = g (R W + G B)``, ``d/dW = g (R^T h + G^T a)``,
   ``d/db = g sum_t R_t`` and ``d/dg = sum_t G_t . S_t``.
 
+While a Hessian's gradient graph is built (``landscape.double_backward_kernels(leaf_gradient_values=False)``),
+``dW`` and ``db`` of leaf weights are broadcast zeros that stand in for them: the products never read their values,
+and the build skips a ``(V, d)`` matrix product per chunk.
+
 Both levels are :class:`torch.autograd.Function` with ``generate_vmap_rule`` (so batched double backward works);
 forward-mode (``jvp``) is not defined, so the Hessian engine ``forward_over_reverse`` fails on it and ``"auto"``
 keeps double backward. The values equal the unfused loss and its derivatives to rounding (tested in float64).
@@ -28,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function
 
 
 def _chunks(n: int, chunk: int) -> range:
@@ -51,22 +56,30 @@ class _Gradient(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(g: Tensor, h: Tensor, W: Tensor, b: Tensor | None, labels: Tensor, mask: Tensor, chunk: int):
+    def forward(
+        g: Tensor, h: Tensor, W: Tensor, b: Tensor | None, labels: Tensor, mask: Tensor, chunk: int, stand_in: tuple
+    ):
         # Out of place throughout: under vmap (batched double backward) an in-place update of an unbatched
         # accumulator by a batched term is an error.
-        dh, dW, db = [], torch.zeros_like(W), None if b is None else torch.zeros_like(b)
+        skip_w, skip_b = stand_in
+        dh, dW = [], None if skip_w else torch.zeros_like(W)
+        db = None if b is None or skip_b else torch.zeros_like(b)
         for s in _chunks(h.shape[0], chunk):
             hc = h[s : s + chunk]
             G = _softmax_minus_onehot(_logits(hc, W, b), labels[s : s + chunk], mask[s : s + chunk]) * g
             dh.append(G @ W)
-            dW = dW + G.T @ hc
+            if dW is not None:
+                dW = dW + G.T @ hc
             if db is not None:
                 db = db + G.sum(0)
+        # Stand-ins (see _Loss.backward): broadcast zeros, no kernel run and no memory held.
+        dW = W.new_zeros(()).expand(W.shape) if skip_w else dW
+        db = b.new_zeros(()).expand(b.shape) if b is not None and skip_b else db
         return torch.cat(dh), dW, db
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        g, h, W, b, labels, mask, chunk = inputs
+        g, h, W, b, labels, mask, chunk, _ = inputs
         ctx.save_for_backward(g, h, W, b, labels, mask)
         ctx.chunk = chunk
 
@@ -91,7 +104,7 @@ class _Gradient(torch.autograd.Function):
             if d_b is not None:
                 d_b = d_b + g * R.sum(0)
             d_g = d_g + (G * S).sum()
-        return d_g, torch.cat(d_h), d_W, d_b, None, None, None
+        return d_g, torch.cat(d_h), d_W, d_b, None, None, None, None
 
 
 class _Loss(torch.autograd.Function):
@@ -100,7 +113,9 @@ class _Loss(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(h: Tensor, W: Tensor, b: Tensor | None, labels: Tensor, mask: Tensor, chunk: int) -> Tensor:
+    def forward(
+        h: Tensor, W: Tensor, b: Tensor | None, labels: Tensor, mask: Tensor, chunk: int, stand_in: tuple
+    ) -> Tensor:
         total = h.new_zeros(())
         for s in _chunks(h.shape[0], chunk):
             z = _logits(h[s : s + chunk], W, b)
@@ -110,25 +125,54 @@ class _Loss(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        h, W, b, labels, mask, chunk = inputs
+        h, W, b, labels, mask, chunk, stand_in = inputs
         ctx.save_for_backward(h, W, b, labels, mask)
         ctx.chunk = chunk
+        ctx.stand_in = stand_in
 
     @staticmethod
     def backward(ctx: Any, g: Tensor):
         h, W, b, labels, mask = ctx.saved_tensors
-        dh, dW, db = _Gradient.apply(g, h, W, b, labels, mask, ctx.chunk)
-        return dh, dW, db, None, None, None
+        # Stand-ins only while a gradient graph is built (grad mode on); a product's pass (grad mode off) runs this
+        # backward again, and there the head's gradients are the product.
+        stand_in = ctx.stand_in if torch.is_grad_enabled() else (False, False)
+        dh, dW, db = _Gradient.apply(g, h, W, b, labels, mask, ctx.chunk, stand_in)
+        return dh, dW, db, None, None, None, None
 
 
 def chunked_token_loss(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, ignore_index: int, chunk: int
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    labels: Tensor,
+    ignore_index: int,
+    chunk: int,
+    *,
+    leaf_stand_ins: tuple[bool, bool] = (False, False),
 ) -> Tensor:
     """``sum_t [logsumexp(W h_t + b) - (W h_t + b)_{y_t}]`` over the positions whose label is not ``ignore_index``,
-    computed ``chunk`` tokens at a time (see the module docstring); ``hidden`` ``(..., d)``, ``labels`` ``(...)``."""
+    computed ``chunk`` tokens at a time (see the module docstring); ``hidden`` ``(..., d)``, ``labels`` ``(...)``.
+
+    ``leaf_stand_ins``: whether the gradients of ``weight`` and ``bias`` are broadcast zeros while a gradient graph
+    is built (their kernels not run; the graph, whose products never read them, is whole). Set by
+    ``landscape.double_backward_kernels(leaf_gradient_values=False)``, which sees this function through the
+    ``__torch_function__`` protocol."""
+    if has_torch_function((hidden, weight)):
+        return handle_torch_function(
+            chunked_token_loss,
+            (hidden, weight),
+            hidden,
+            weight,
+            bias,
+            labels,
+            ignore_index,
+            chunk,
+            leaf_stand_ins=leaf_stand_ins,
+        )
     if chunk < 1:
         raise ValueError(f"chunk must be a positive number of tokens, got {chunk!r}")
     h = hidden.reshape(-1, hidden.shape[-1])
     y = labels.reshape(-1)
     mask = (y != ignore_index).to(h.dtype)
-    return _Loss.apply(h, weight, bias, y.clamp_min(0) * (y != ignore_index), mask, int(chunk))
+    labels = y.clamp_min(0) * (y != ignore_index)
+    return _Loss.apply(h, weight, bias, labels, mask, int(chunk), tuple(bool(s) for s in leaf_stand_ins))

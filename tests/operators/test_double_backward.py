@@ -300,3 +300,40 @@ def test_linear_and_embedding_calls_the_stand_ins_do_not_cover_keep_torchs_path(
     with double_backward_kernels():  # with values: never recorded
         assert type(nn.functional.linear(x, w, b).grad_fn).__name__ == "AddmmBackward0"
         assert type(nn.functional.embedding(ids, w).grad_fn).__name__ == "EmbeddingBackward0"
+
+
+def test_the_chunked_output_layer_stands_in_for_its_weight_gradient():
+    """``landscape.lm_head.chunked_token_loss`` seen by the mode through ``__torch_function__``: its weight's and
+    bias's gradients stand in while the graph is built, and the products equal torch's double backward of the
+    plain cross-entropy."""
+    from landscape.lm_head import chunked_token_loss
+
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    params = [torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_() for s in ((3, 4), (7, 4), (7,))]
+    labels = torch.tensor([0, 6, -100, 2, 2, 5])
+
+    def plain(ps):
+        P, W, b = ps
+        return nn.functional.cross_entropy(torch.tanh(X @ P) @ W.T + b, labels, reduction="sum")
+
+    def chunked(ps):
+        P, W, b = ps
+        return chunked_token_loss(torch.tanh(X @ P), W, b, labels, -100, 4)
+
+    V = torch.randn(sum(p.numel() for p in params), 2, generator=g, dtype=torch.float64)
+    grads, HV = _products_under_the_mode(chunked, params, V)
+    assert grads[1].stride() == (0, 0) and grads[2].stride() == (0,) and not grads[1].any()
+    assert grads[0].abs().sum() > 0
+    with torch.enable_grad(), double_backward_kernels(leaf_gradient_values=False):  # no graph built: values
+        values = torch.autograd.grad(chunked(params), params)
+        values_plain = torch.autograd.grad(plain(params), params)
+    for a, b in zip(values, values_plain, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    with torch.enable_grad():
+        ref_grads = torch.autograd.grad(plain(params), params, create_graph=True)
+    ref = []
+    for v in V.T:
+        parts = [t.view_as(p) for t, p in zip(torch.split(v, [p.numel() for p in params]), params, strict=True)]
+        ref.append(torch.cat([t.flatten() for t in torch.autograd.grad(ref_grads, params, parts, True)]))
+    assert torch.allclose(HV, torch.stack(ref, 1), rtol=1e-12, atol=1e-12)
