@@ -222,7 +222,25 @@ class _ConvolutionGradient(_LayerGradient):
         return bar_gy, bar_x if mask_x else None, bar_w if mask_w else None, None, None
 
 
-class _Convolution(torch.autograd.Function):
+class _BilinearLayer(torch.autograd.Function):
+    """``y = f(x, W) + b`` with ``f`` bilinear, from ``(x, W, b, extra, stand_in)``; the subclass's ``backward``
+    hands ``(g_y, x, W, extra)`` to its gradient function (:func:`_bilinear_backward`)."""
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, w, _, extra, stand_in = inputs
+        ctx.save_for_backward(x, w)
+        ctx.extra = extra
+        ctx.stand_in = stand_in
+
+
+def _bilinear_backward(ctx: Any, gy: Tensor, gradient: type[_LayerGradient]) -> tuple:
+    x, w = ctx.saved_tensors
+    gx, gw, gb = gradient.apply(gy, x, w, ctx.extra, _mask(ctx.needs_input_grad[:3], ctx.stand_in))
+    return gx, gw, gb, None, None
+
+
+class _Convolution(_BilinearLayer):
     """``y = conv(x, W) + b`` (or the transposed convolution) whose gradient is :class:`_ConvolutionGradient`
     (differentiable once more)."""
 
@@ -231,18 +249,8 @@ class _Convolution(torch.autograd.Function):
         return _aten.convolution(x, w, b, *config.args)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        x, w, _, config, stand_in = inputs
-        ctx.save_for_backward(x, w)
-        ctx.config = config
-        ctx.stand_in = stand_in
-
-    @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple:
-        x, w = ctx.saved_tensors
-        mask = _mask(ctx.needs_input_grad[:3], ctx.stand_in)
-        gx, gw, gb = _ConvolutionGradient.apply(gy, x, w, ctx.config, mask)
-        return gx, gw, gb, None, None
+        return _bilinear_backward(ctx, gy, _ConvolutionGradient)
 
 
 def _batch_norm_arguments(
@@ -370,7 +378,7 @@ class _AffineGradient(_LayerGradient):
         return bar_gy, bar_x, bar_w, None, None
 
 
-class _Affine(torch.autograd.Function):
+class _Affine(_BilinearLayer):
     """``y = x W^T + b`` (``linear``) or ``x W + b`` (``addmm``) on a 2D ``x``, whose gradient is
     :class:`_AffineGradient`."""
 
@@ -380,18 +388,8 @@ class _Affine(torch.autograd.Function):
         return x @ m if b is None else torch.addmm(b, x, m)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        x, w, _, linear, stand_in = inputs
-        ctx.save_for_backward(x, w)
-        ctx.linear = linear
-        ctx.stand_in = stand_in
-
-    @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple:
-        x, w = ctx.saved_tensors
-        mask = _mask(ctx.needs_input_grad[:3], ctx.stand_in)
-        gx, gw, gb = _AffineGradient.apply(gy, x, w, ctx.linear, mask)
-        return gx, gw, gb, None, None
+        return _bilinear_backward(ctx, gy, _AffineGradient)
 
 
 def _linear_arguments(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> tuple:
