@@ -265,14 +265,11 @@ def test_a_looped_block_holds_its_product_and_one_column(num_batches):
         expected = torch.stack([op @ V[:, j] for j in range(k)], 1)  # also caches the graph
         with _LiveBytes() as alloc:
             alloc.seen.add(V.untyped_storage().data_ptr())  # the input's views are not new memory
+            alloc.seen.update(p.untyped_storage().data_ptr() for p in problem.model.parameters())  # nor the weights
             HV = op @ V
         peaks[k] = alloc.peak
         torch.testing.assert_close(HV, expected, rtol=0, atol=0)
-    # A column of the block is a strided slice: a matrix product with one of its parameter-shaped pieces copies
-    # that piece (at most the largest parameter, as the estimate's "product" part counts) where a lone vector's
-    # in-place product does not.
-    largest = max(problem.param_numels) * 4
-    assert peaks[8] - peaks[1] <= 8 * vector + largest + 8 * 4096, (peaks[8] - peaks[1]) / vector
+    assert peaks[8] - peaks[1] <= 8 * vector + 8 * 4096, (peaks[8] - peaks[1]) / vector
 
 
 @pytest.mark.parametrize(
