@@ -133,8 +133,8 @@ class _Loss(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor):
         h, W, b, labels, mask = ctx.saved_tensors
-        # Stand-ins only while a gradient graph is built (grad mode on); a product's pass (grad mode off) runs this
-        # backward again, and there the head's gradients are the product.
+        # Stand-ins only while a gradient graph is built (grad mode on): a plain gradient under the mode (grad mode
+        # off in this backward) keeps its values.
         stand_in = ctx.stand_in if torch.is_grad_enabled() else (False, False)
         dh, dW, db = _Gradient.apply(g, h, W, b, labels, mask, ctx.chunk, stand_in)
         return dh, dW, db, None, None, None, None
