@@ -24,21 +24,26 @@ functions below instead (their forward and gradient are torch's kernels); the op
 under it (``operators.hessian``) and the memory estimate measures the same graph (``memory``). ResNet-18, one
 product: 5.0-5.35 s -> 4.3-4.4 s on this machine (BENCHMARKS.md, stop 34). Products are equal to torch's to float
 rounding (tested against the dense float64 Hessian). String padding (``"same"``), batch statistics, tensor
-subclasses (DTensor), autocast or grad mode off keep torch's path. A third derivative through a function recorded
-under the mode raises.
+subclasses (DTensor), autocast or grad mode off keep torch's path. A third derivative through a convolution or batch
+norm recorded under the mode raises.
 
-With ``leaf_gradient_values=False`` (how the operators build their graphs) the gradient's graph is built without
-the parameters' gradients: a product differentiates ``g . v``, whose backward never reads ``g``, and a leaf's
-gradient feeds nothing else in the graph (its contributions are only added). Each layer's gradient node then
+With ``leaf_gradient_values=False``, inside the mode's ``stand_ins()`` (how the operators take the gradient whose
+graph their products differentiate), the gradient's graph is built without the parameters' gradients: a product
+differentiates ``g . v``, whose backward never reads ``g``, and a leaf's gradient feeds nothing else in the graph
+(its contributions are only added). Each layer's gradient node then
 returns a broadcast zero for a leaf weight's (and bias's) gradient while the graph is built, with no kernel run
 and no memory held, and still differentiates as the gradient would; the weight-gradient kernels run in the second
 backward pass, where they compute the product. Linear layers (``F.linear``, ``torch.addmm``) and embeddings are
-recorded for this alone (their second backward is the one torch's makes). ResNet-18's build: 0.71x torch's; GPT-2
-small's graph: 0.5 GB less; a first product 1.35-1.5x a later one on both (BENCHMARKS.md, stop 35).
+recorded for this alone (their second backward is the one torch's makes, differentiable again). A gradient a loss
+takes of itself in its forward (outside ``stand_ins()``) keeps its values. ResNet-18's build: 0.71x torch's; GPT-2
+small's graph: 0.5 GB less; a first product about 1.5x a later one on both, medians 1.48x and 1.47x
+(BENCHMARKS.md, stop 35).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,16 +170,28 @@ class _LayerGradient(torch.autograd.Function):
 _Mask = tuple[str, str, str]
 
 
-def _mask(needs: tuple, stand_in: tuple[bool, bool]) -> _Mask:
+@dataclass(frozen=True)
+class _StandIn:
+    """Which of a layer's parameters (weight, bias) are leaves that may get a stand-in gradient, and the mode that
+    says when: :meth:`now` is what the layer's backward does at the time it runs."""
+
+    mode: double_backward_kernels
+    leaves: tuple[bool, bool]
+
+    def now(self) -> tuple[bool, bool]:
+        """The leaves, inside the mode's :meth:`~double_backward_kernels.stand_ins` with grad mode on (a gradient
+        graph being built for Hessian products); else none. Outside it a gradient keeps its values: a loss that
+        differentiates itself (a gradient penalty) and the second backward pass, which runs the forward nodes'
+        backward again without a graph (there the parameters' gradients are the product itself)."""
+        return self.leaves if self.mode.standing_in and torch.is_grad_enabled() else (False, False)
+
+
+def _mask(needs: tuple, stand_in: _StandIn) -> _Mask:
     """What the gradient node does for ``(g_x, g_param, g_bias)``: ``"compute"`` it, give a ``"stand_in"`` (the
-    parameter is a leaf whose gradient's value nobody reads) or ``"none"`` (not needed). Stand-ins only while a
-    gradient graph is built (grad mode on): the second backward pass runs the forward nodes' backward again, without
-    a graph, and there the parameters' gradients are the product itself."""
-    if not torch.is_grad_enabled():
-        stand_in = (False, False)
+    parameter is a leaf whose gradient's value nobody reads: see :meth:`_StandIn.now`) or ``"none"`` (not needed)."""
     return tuple(
         "none" if not need else "stand_in" if stand else "compute"
-        for need, stand in zip(needs, (False, *stand_in), strict=True)
+        for need, stand in zip(needs, (False, *stand_in.now()), strict=True)
     )
 
 
@@ -245,7 +262,7 @@ class _Convolution(_BilinearLayer):
     (differentiable once more)."""
 
     @staticmethod
-    def forward(x: Tensor, w: Tensor, b: Tensor | None, config: _ConvolutionConfig, stand_in: tuple) -> Tensor:
+    def forward(x: Tensor, w: Tensor, b: Tensor | None, config: _ConvolutionConfig, stand_in: _StandIn) -> Tensor:
         return _aten.convolution(x, w, b, *config.args)
 
     @staticmethod
@@ -316,7 +333,13 @@ class _BatchNormEval(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        x: Tensor, gamma: Tensor | None, beta: Tensor | None, mean: Tensor, var: Tensor, eps: float, stand_in: tuple
+        x: Tensor,
+        gamma: Tensor | None,
+        beta: Tensor | None,
+        mean: Tensor,
+        var: Tensor,
+        eps: float,
+        stand_in: _StandIn,
     ) -> Tensor:
         return torch.batch_norm(x, gamma, beta, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
 
@@ -344,8 +367,9 @@ class _AffineGradient(_LayerGradient):
         \bar g_y = a M + x B_M + c, \qquad \bar x = g_y B_M^T, \qquad \bar M = a^T g_y
 
     for the cotangents ``(a, B, c)`` (``B_M`` is ``B`` in ``M``'s layout): the four products torch's own double
-    backward of ``mm`` makes. What this class adds is the stand-in: ``g_W`` of a leaf weight is not computed while
-    the gradient's graph is built (a third of the layer's backward)."""
+    backward of ``mm`` makes, differentiable again (a loss that differentiates itself keeps its third derivatives).
+    What this class adds is the stand-in: ``g_W`` of a leaf weight is not computed while the gradient's graph is
+    built (a third of the layer's backward)."""
 
     @staticmethod
     def forward(gy: Tensor, x: Tensor, w: Tensor, linear: bool, mask: _Mask) -> tuple:
@@ -357,7 +381,6 @@ class _AffineGradient(_LayerGradient):
 
     @staticmethod
     def backward(ctx: Any, a: Tensor | None, B: Tensor | None, c: Tensor | None) -> tuple:
-        _refuse_third_derivative()
         gy, x, w = ctx.saved_tensors
         linear = ctx.extra
         m = None if w is None else w.t() if linear else w  # kept where a cotangent a can come
@@ -383,7 +406,7 @@ class _Affine(_BilinearLayer):
     :class:`_AffineGradient`."""
 
     @staticmethod
-    def forward(x: Tensor, w: Tensor, b: Tensor | None, linear: bool, stand_in: tuple) -> Tensor:
+    def forward(x: Tensor, w: Tensor, b: Tensor | None, linear: bool, stand_in: _StandIn) -> Tensor:
         m = w.t() if linear else w
         return x @ m if b is None else torch.addmm(b, x, m)
 
@@ -416,7 +439,6 @@ class _EmbeddingGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, B: Tensor) -> tuple:
-        _refuse_third_derivative()
         (ids,) = ctx.saved_tensors
         return torch.embedding(B, ids), None, None, None
 
@@ -425,7 +447,7 @@ class _Embedding(torch.autograd.Function):
     """``y = W[ids]`` whose gradient is :class:`_EmbeddingGradient`."""
 
     @staticmethod
-    def forward(ids: Tensor, w: Tensor, stand_in: bool) -> Tensor:
+    def forward(ids: Tensor, w: Tensor, stand_in: _StandIn) -> Tensor:
         return torch.embedding(w, ids)
 
     @staticmethod
@@ -438,7 +460,7 @@ class _Embedding(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple:
         (ids,) = ctx.saved_tensors
-        mask = _mask((False, ctx.needs_input_grad[1], False), (ctx.stand_in, False))[1]
+        mask = _mask((False, ctx.needs_input_grad[1], False), ctx.stand_in)[1]
         return None, _EmbeddingGradient.apply(gy, ids, ctx.weight.detach(), mask), None
 
 
@@ -484,7 +506,8 @@ class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a cont
     leaf_gradient_values : bool
         ``False`` where only the gradient's graph is wanted, not its value (a Hessian-vector product differentiates
         ``g . v``, whose backward never reads ``g``): the layers' gradients with respect to leaf tensors (the
-        parameters) are then broadcast zeros that stand in for them in the graph, and their kernels do not run.
+        parameters) taken inside :meth:`stand_ins` are then broadcast zeros that stand in for them in the graph,
+        and their kernels do not run.
         ``F.linear``, ``torch.addmm`` (transformers' ``Conv1D``) and ``F.embedding`` with a leaf weight are then
         recorded too (:class:`_Affine`, :class:`_Embedding`). Gradients with respect to non-leaf weights (a
         parametrization, a low-rank product) are computed: the second backward reads them.
@@ -493,10 +516,23 @@ class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a cont
     def __init__(self, leaf_gradient_values: bool = True):
         super().__init__()
         self.leaf_gradient_values = leaf_gradient_values
+        self.standing_in = False
 
-    def _stand_in(self, *params: Tensor | None) -> tuple[bool, ...]:
-        """Which of ``params`` get a stand-in gradient: leaves, when values are not wanted."""
-        return tuple(not self.leaf_gradient_values and p is not None and p.is_leaf for p in params)
+    @contextlib.contextmanager
+    def stand_ins(self) -> Iterator[None]:
+        """Around the one ``torch.autograd.grad(loss, params, create_graph=True)`` whose graph the products
+        differentiate: only the gradients computed inside it stand in (with ``leaf_gradient_values=False``); one a
+        loss takes of itself in its forward keeps its values."""
+        self.standing_in = not self.leaf_gradient_values
+        try:
+            yield
+        finally:
+            self.standing_in = False
+
+    def _stand_in(self, weight: Tensor | None, bias: Tensor | None = None) -> _StandIn:
+        """Which of ``weight``, ``bias`` may get a stand-in gradient: leaves, when values are not wanted."""
+        leaves = tuple(not self.leaf_gradient_values and p is not None and p.is_leaf for p in (weight, bias))
+        return _StandIn(self, leaves)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -523,15 +559,15 @@ class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a cont
                 b, x, w, plain_call = _addmm_arguments(*args, **kwargs)
                 plain_call = plain_call and x.dim() == 2
             plain_call = plain_call and w.dim() == 2 and (b is None or b.shape == (w.shape[0 if linear else 1],))
-            if plain_call and self._stand_in(w)[0] and _plain(x, w, b) and _own_dtype(x):
+            if plain_call and self._stand_in(w).leaves[0] and _plain(x, w, b) and _own_dtype(x):
                 flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
                 y = _Affine.apply(flat, w, b, linear, self._stand_in(w, b))
                 return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
         elif func is chunked_token_loss:  # the fused, chunked output layer and cross-entropy of landscape.lm_head
             weight, bias = _token_loss_arguments(*args, **kwargs)
-            return func(*args, **{**kwargs, "leaf_stand_ins": self._stand_in(weight, bias)})
+            return func(*args, **{**kwargs, "leaf_stand_ins": self._stand_in(weight, bias).now})
         elif func is torch.nn.functional.embedding:
             ids, w, plain_call = _embedding_arguments(*args, **kwargs)
-            if plain_call and self._stand_in(w)[0] and _plain(ids, w) and not ids.is_floating_point():
-                return _Embedding.apply(ids, w, True)
+            if plain_call and self._stand_in(w).leaves[0] and _plain(ids, w) and not ids.is_floating_point():
+                return _Embedding.apply(ids, w, self._stand_in(w))
         return func(*args, **kwargs)

@@ -28,6 +28,7 @@ keeps double backward. The values equal the unfused loss and its derivatives to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -114,7 +115,7 @@ class _Loss(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        h: Tensor, W: Tensor, b: Tensor | None, labels: Tensor, mask: Tensor, chunk: int, stand_in: tuple
+        h: Tensor, W: Tensor, b: Tensor | None, labels: Tensor, mask: Tensor, chunk: int, stand_in: Callable | None
     ) -> Tensor:
         total = h.new_zeros(())
         for s in _chunks(h.shape[0], chunk):
@@ -133,9 +134,8 @@ class _Loss(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor):
         h, W, b, labels, mask = ctx.saved_tensors
-        # Stand-ins only while a gradient graph is built (grad mode on): a plain gradient under the mode (grad mode
-        # off in this backward) keeps its values.
-        stand_in = ctx.stand_in if torch.is_grad_enabled() else (False, False)
+        # Asked when the gradient is taken: only a gradient graph built for Hessian products gets stand-ins.
+        stand_in = (False, False) if ctx.stand_in is None else ctx.stand_in()
         dh, dW, db = _Gradient.apply(g, h, W, b, labels, mask, ctx.chunk, stand_in)
         return dh, dW, db, None, None, None, None
 
@@ -148,13 +148,13 @@ def chunked_token_loss(
     ignore_index: int,
     chunk: int,
     *,
-    leaf_stand_ins: tuple[bool, bool] = (False, False),
+    leaf_stand_ins: Callable[[], tuple[bool, bool]] | None = None,
 ) -> Tensor:
     """``sum_t [logsumexp(W h_t + b) - (W h_t + b)_{y_t}]`` over the positions whose label is not ``ignore_index``,
     computed ``chunk`` tokens at a time (see the module docstring); ``hidden`` ``(..., d)``, ``labels`` ``(...)``.
 
-    ``leaf_stand_ins``: whether the gradients of ``weight`` and ``bias`` are broadcast zeros while a gradient graph
-    is built (their kernels not run; the graph, whose products never read them, is whole). Set by
+    ``leaf_stand_ins``: called when the gradient is taken, whether the gradients of ``weight`` and ``bias`` are
+    broadcast zeros there (their kernels not run; the graph, whose products never read them, is whole). Set by
     ``landscape.double_backward_kernels(leaf_gradient_values=False)``, which sees this function through the
     ``__torch_function__`` protocol."""
     if has_torch_function((hidden, weight)):
@@ -175,4 +175,4 @@ def chunked_token_loss(
     y = labels.reshape(-1)
     mask = (y != ignore_index).to(h.dtype)
     labels = y.clamp_min(0) * (y != ignore_index)
-    return _Loss.apply(h, weight, bias, labels, mask, int(chunk), tuple(bool(s) for s in leaf_stand_ins))
+    return _Loss.apply(h, weight, bias, labels, mask, int(chunk), leaf_stand_ins)

@@ -303,11 +303,13 @@ def _graph_bytes(problem: Problem, batch: PreparedBatch, create_graph: bool) -> 
 
     with problem.evaluation(order=2) as forward, torch.enable_grad():
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-        kernels = double_backward_kernels(leaf_gradient_values=False) if create_graph else contextlib.nullcontext()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), kernels:
+        kernels = double_backward_kernels(leaf_gradient_values=False)
+        mode = kernels if create_graph else contextlib.nullcontext()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
             loss = problem.batch_loss(forward, leaves, batch)
             if create_graph:  # the gradient is held with its graph (only partly: see double_backward's stand-ins)
-                grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+                with kernels.stand_ins():
+                    grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
                 saved |= {g.untyped_storage().data_ptr(): g.untyped_storage().nbytes() for g in grads if g is not None}
     return sum(saved.values())
 

@@ -52,9 +52,11 @@ class _GradientGraph:
             return t.detach()
 
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if measure else contextlib.nullcontext()
-        with torch.enable_grad(), hooks, double_backward_kernels(leaf_gradient_values=False):
+        kernels = double_backward_kernels(leaf_gradient_values=False)
+        with torch.enable_grad(), hooks, kernels:
             loss = problem.batch_loss(forward, self.leaves, batch)
-            grads = torch.autograd.grad(loss, list(self.leaves.values()), create_graph=True, allow_unused=True)
+            with kernels.stand_ins():
+                grads = torch.autograd.grad(loss, list(self.leaves.values()), create_graph=True, allow_unused=True)
         self.used = [n for n, g in zip(self.leaves, grads, strict=True) if g is not None and g.requires_grad]
         self.unused = [n for n in self.leaves if n not in self.used]
         self.grads = [g for g, n in zip(grads, self.leaves, strict=True) if n in self.used]

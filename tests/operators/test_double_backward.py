@@ -12,6 +12,7 @@ from torch.func import functional_call, hessian
 
 import landscape as L
 from landscape.double_backward import double_backward_kernels
+from landscape.operators.hessian import HessianOperator
 
 
 class Convs(nn.Module):
@@ -78,10 +79,12 @@ def _dense(model, X, y) -> torch.Tensor:
 def test_products_equal_the_dense_hessian(case):
     model, X, y = case
     H = _dense(model, X, y)
-    _assert_products_equal(L.Problem(model, nn.CrossEntropyLoss(), [(X, y)]), H)
+    op = _assert_products_equal(L.Problem(model, nn.CrossEntropyLoss(), [(X, y)]), H)
+    (graph,) = op._graphs.values()  # every layer's parameters are leaves the stand-ins cover
+    assert all(g.stride() == (0,) * g.dim() for g in graph.grads)
 
 
-def _assert_products_equal(problem: L.Problem, H: torch.Tensor) -> None:
+def _assert_products_equal(problem: L.Problem, H: torch.Tensor) -> HessianOperator:
     """The Hessian operator's products equal ``H``'s, a column at a time and with ``is_grads_batched``."""
     op = L.hessian(problem, engine="double_backward")
     V = torch.randn(H.shape[0], 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -90,6 +93,7 @@ def _assert_products_equal(problem: L.Problem, H: torch.Tensor) -> None:
         op.chosen = {}
         assert torch.allclose(op @ V, H @ V, rtol=0, atol=1e-12 * H.abs().max())
         assert op.chosen[3] == {"loop": "double_backward", "batched": "double_backward_batched"}[block]
+    return op
 
 
 def _gradient_graph(model, X, y, mode: bool):
@@ -156,9 +160,13 @@ def test_a_third_derivative_raises(case):
 
 
 def _products_under_the_mode(loss_fn, params: list[torch.Tensor], V: torch.Tensor) -> tuple[list, torch.Tensor]:
-    """The gradients built under ``double_backward_kernels(leaf_gradient_values=False)`` and ``H V`` from them."""
-    with torch.enable_grad(), double_backward_kernels(leaf_gradient_values=False):
-        grads = torch.autograd.grad(loss_fn(params), params, create_graph=True)
+    """The gradients built as the Hessian builds them (``double_backward_kernels(leaf_gradient_values=False)``, the
+    loss's own forward inside it, the gradient inside its ``stand_ins()``) and ``H V`` from them."""
+    kernels = double_backward_kernels(leaf_gradient_values=False)
+    with torch.enable_grad(), kernels:
+        loss = loss_fn(params)
+        with kernels.stand_ins():
+            grads = torch.autograd.grad(loss, params, create_graph=True)
     columns = []
     for v in V.T:
         parts = torch.split(v, [p.numel() for p in params])
@@ -271,9 +279,11 @@ def test_linear_addmm_and_embedding_stand_ins_keep_the_products_exact():
     _assert_products_equal(L.Problem(flat, nn.CrossEntropyLoss(), [(ids, targets)]), H)
     names = [n for n, _ in flat.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in flat.parameters()]
-    with torch.enable_grad(), double_backward_kernels(leaf_gradient_values=False):
+    kernels = double_backward_kernels(leaf_gradient_values=False)
+    with torch.enable_grad(), kernels:
         out = functional_call(flat, dict(zip(names, params, strict=True)), (ids,))
-        grads = torch.autograd.grad(nn.functional.cross_entropy(out, targets), params, create_graph=True)
+        with kernels.stand_ins():
+            grads = torch.autograd.grad(nn.functional.cross_entropy(out, targets), params, create_graph=True)
     kinds = {n: type(g.grad_fn).__name__ for n, g in zip(names, grads, strict=True)}
     assert kinds["lm.proj_w"] == kinds["lm.mix.weight"] == "_AffineGradientBackward"
     assert kinds["lm.wte.weight"] == "AddBackward0"  # two stand-ins (embedding, output layer) added by autograd
@@ -324,7 +334,8 @@ def test_the_chunked_output_layer_stands_in_for_its_weight_gradient():
     grads, HV = _products_under_the_mode(chunked, params, V)
     assert grads[1].stride() == (0, 0) and grads[2].stride() == (0,) and not grads[1].any()
     assert grads[0].abs().sum() > 0
-    with torch.enable_grad(), double_backward_kernels(leaf_gradient_values=False):  # no graph built: values
+    kernels = double_backward_kernels(leaf_gradient_values=False)
+    with torch.enable_grad(), kernels, kernels.stand_ins():  # no graph built: values
         values = torch.autograd.grad(chunked(params), params)
         values_plain = torch.autograd.grad(plain(params), params)
     for a, b in zip(values, values_plain, strict=True):
@@ -336,3 +347,40 @@ def test_the_chunked_output_layer_stands_in_for_its_weight_gradient():
         parts = [t.view_as(p) for t, p in zip(torch.split(v, [p.numel() for p in params]), params, strict=True)]
         ref.append(torch.cat([t.flatten() for t in torch.autograd.grad(ref_grads, params, parts, True)]))
     assert torch.allclose(HV, torch.stack(ref, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_a_loss_that_differentiates_itself_keeps_its_gradient_values_and_third_derivatives():
+    """A gradient penalty ``L + ||grad L||^2 / 10`` taken inside the loss, under the mode but outside its
+    ``stand_ins()``: the penalty's gradient keeps its values, and the products (third derivatives of ``L`` through
+    the linear layers and the chunked head) equal torch's own on the plain cross-entropy."""
+    from landscape.lm_head import chunked_token_loss
+
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    params = [torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_() for s in ((4, 3), (7, 4), (7,))]
+    labels = torch.tensor([0, 6, -100, 2, 2, 5])
+
+    def penalised(head):
+        def loss_fn(ps):
+            P, W, b = ps
+            loss = head(torch.tanh(nn.functional.linear(X, P)), W, b)
+            grads = torch.autograd.grad(loss, ps, create_graph=True)
+            return loss + sum((t**2).sum() for t in grads) / 10
+
+        return loss_fn
+
+    def plain(h, W, b):
+        return nn.functional.cross_entropy(h @ W.T + b, labels, reduction="sum")
+
+    def chunked(h, W, b):
+        return chunked_token_loss(h, W, b, labels, -100, 4)
+
+    V = torch.randn(sum(p.numel() for p in params), 2, generator=g, dtype=torch.float64)
+    _, HV = _products_under_the_mode(penalised(chunked), params, V)
+    with torch.enable_grad():
+        ref_grads = torch.autograd.grad(penalised(plain)(params), params, create_graph=True)
+    ref = []
+    for v in V.T:
+        parts = [t.view_as(p) for t, p in zip(torch.split(v, [p.numel() for p in params]), params, strict=True)]
+        ref.append(torch.cat([t.flatten() for t in torch.autograd.grad(ref_grads, params, parts, True)]))
+    assert torch.allclose(HV, torch.stack(ref, 1), rtol=1e-11, atol=1e-12)
