@@ -45,10 +45,18 @@ def _logits(h: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
     return z if b is None else z + b
 
 
-def _softmax_minus_onehot(z: Tensor, labels: Tensor, mask: Tensor, p: Tensor | None = None) -> Tensor:
-    """``G = m (softmax(z) - e_y)`` of one chunk (ignored positions all zero); ``p``: the softmax, if at hand."""
-    p = torch.softmax(z, dim=1) if p is None else p
-    return (p - torch.nn.functional.one_hot(labels, z.shape[1]).to(p.dtype)) * mask[:, None]
+def _softmax_minus_onehot(p: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """``G = m (p - e_y)`` of one chunk from its softmax ``p`` (ignored positions all zero): two passes over the
+    ``(chunk, V)`` buffer, no one-hot matrix."""
+    return (p * mask[:, None]).scatter_add(1, labels[:, None], -mask[:, None])
+
+
+def _accumulate(total: Tensor | None, x: Tensor, y: Tensor) -> Tensor:
+    """``total + x @ y``, added in place into the ``(V, d)`` total (the first chunk's product starts it): a fresh
+    ``(V, d)`` tensor per chunk and the passes to add it cost more than the product itself. The total is the
+    first chunk's own product, never an outside or unbatched tensor, so the update is valid under vmap and twice
+    differentiable (no saved tensor is overwritten)."""
+    return x @ y if total is None else total.addmm_(x, y)
 
 
 class _Gradient(torch.autograd.Function):
@@ -60,19 +68,18 @@ class _Gradient(torch.autograd.Function):
     def forward(
         g: Tensor, h: Tensor, W: Tensor, b: Tensor | None, labels: Tensor, mask: Tensor, chunk: int, stand_in: tuple
     ):
-        # Out of place throughout: under vmap (batched double backward) an in-place update of an unbatched
-        # accumulator by a batched term is an error.
         skip_w, skip_b = stand_in
-        dh, dW = [], None if skip_w else torch.zeros_like(W)
-        db = None if b is None or skip_b else torch.zeros_like(b)
+        dh, dW, db = [], None, None
         for s in _chunks(h.shape[0], chunk):
             hc = h[s : s + chunk]
-            G = _softmax_minus_onehot(_logits(hc, W, b), labels[s : s + chunk], mask[s : s + chunk]) * g
-            dh.append(G @ W)
-            if dW is not None:
-                dW = dW + G.T @ hc
-            if db is not None:
-                db = db + G.sum(0)
+            G = _softmax_minus_onehot(
+                torch.softmax(_logits(hc, W, b), dim=1), labels[s : s + chunk], mask[s : s + chunk]
+            )
+            dh.append((G @ W) * g)  # g scales the (chunk, d) products, not the (chunk, V) buffers
+            if not skip_w:
+                dW = _accumulate(dW, G.T, hc * g)
+            if b is not None and not skip_b:
+                db = G.sum(0) * g if db is None else db + G.sum(0) * g  # (V,): out of place is cheap
         # Stand-ins (see _Loss.backward): broadcast zeros, no kernel run and no memory held.
         dW = W.new_zeros(()).expand(W.shape) if skip_w else dW
         db = b.new_zeros(()).expand(b.shape) if b is not None and skip_b else db
@@ -87,25 +94,38 @@ class _Gradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, a: Tensor | None, B: Tensor | None, c: Tensor | None):
         g, h, W, b, labels, mask = ctx.saved_tensors
-        a = torch.zeros_like(h) if a is None else a
-        B = torch.zeros_like(W) if B is None else B
-        d_h, d_W, d_b, d_g = [], torch.zeros_like(W), None if b is None else torch.zeros_like(b), torch.zeros_like(g)
+        need_g, need_h, need_W, need_b = ctx.needs_input_grad[:4]
+        if a is None and B is None and c is None:
+            return None, None, None, None, None, None, None, None
+        d_h, d_W, d_b, d_g = [], None, None, None
         chunk = ctx.chunk
         for s in _chunks(h.shape[0], chunk):
-            hc, ac, mc = h[s : s + chunk], a[s : s + chunk], mask[s : s + chunk]
-            z = _logits(hc, W, b)
-            p = torch.softmax(z, dim=1)
-            G = _softmax_minus_onehot(z, labels[s : s + chunk], mc, p)
-            S = ac @ W.T + hc @ B.T
+            hc, mc, yc = h[s : s + chunk], mask[s : s + chunk], labels[s : s + chunk]
+            ac = None if a is None else a[s : s + chunk]
+            p = torch.softmax(_logits(hc, W, b), dim=1)
+            # S_t = W a_t + B h_t + c: the cotangent pushed to the logits.
+            S = None if ac is None else ac @ W.T
+            if B is not None:
+                S = hc @ B.T if S is None else S.addmm(hc, B.T)
             if c is not None:
-                S = S + c
-            R = p * (S - (p * S).sum(1, keepdim=True)) * mc[:, None]
-            d_h.append(g * (R @ W + G @ B))
-            d_W = d_W + g * (R.T @ hc + G.T @ ac)
-            if d_b is not None:
-                d_b = d_b + g * R.sum(0)
-            d_g = d_g + (G * S).sum()
-        return d_g, torch.cat(d_h), d_W, d_b, None, None, None, None
+                S = c.expand(hc.shape[0], -1) if S is None else S + c
+            pS = (p[:, None, :] @ S[:, :, None]).reshape(-1)  # p_t . S_t, no (chunk, V) product buffer
+            R = (S - pS[:, None]) * (p * mc[:, None])
+            G = _softmax_minus_onehot(p, yc, mc) if (B is not None or ac is not None) else None
+            if need_h:
+                x = R @ W if B is None else (R @ W).addmm(G, B)
+                d_h.append(x * g)
+            if need_W:
+                d_W = _accumulate(d_W, R.T, hc * g)
+                if ac is not None:
+                    d_W = d_W.addmm_(G.T, ac * g)
+            if need_b and b is not None:
+                d_b = R.sum(0) * g if d_b is None else d_b + R.sum(0) * g  # (V,): out of place is cheap
+            if need_g:  # G_t . S_t = m_t (p_t . S_t - S_{t, y_t})
+                term = ((pS - S.gather(1, yc[:, None]).squeeze(1)) * mc).sum()
+                d_g = term if d_g is None else d_g + term
+        d_h = torch.cat(d_h) if need_h else None
+        return None if d_g is None else d_g.reshape(g.shape), d_h, d_W, d_b, None, None, None, None
 
 
 class _Loss(torch.autograd.Function):

@@ -349,6 +349,48 @@ def test_the_chunked_output_layer_stands_in_for_its_weight_gradient():
     assert torch.allclose(HV, torch.stack(ref, 1), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("trained", ["body", "head", "no_bias", "all"])
+def test_the_chunked_output_layer_is_the_dense_hessian_whichever_part_is_trained(trained):
+    """The chunked head's products with only some of ``(h, W, b)`` differentiated (a frozen head, a frozen body, no
+    bias: cotangents and input gradients missing) equal the dense float64 Hessian of the plain cross-entropy, one
+    vector at a time and batched (``is_grads_batched``, where the head's backward runs under vmap)."""
+    from landscape.lm_head import chunked_token_loss
+
+    g = torch.Generator().manual_seed(8)
+    X = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    shapes = {"P": (3, 4), "W": (9, 4), "b": (9,)}
+    values = {n: torch.randn(*s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
+    labels = torch.tensor([0, 8, -100, 2, 2, 5, 8])
+    names = {"body": ["P"], "head": ["W", "b"], "no_bias": ["P", "W"], "all": ["P", "W", "b"]}[trained]
+    bias = trained != "no_bias"
+
+    def parts(ps):
+        t = {**values, **dict(zip(names, ps, strict=True))}
+        return torch.tanh(X @ t["P"]), t["W"], t["b"] if bias else None
+
+    def plain(ps):
+        h, W, b = parts(ps)
+        return nn.functional.cross_entropy(h @ W.T + (0 if b is None else b), labels, reduction="sum")
+
+    def chunked(ps):
+        return chunked_token_loss(*parts(ps), labels, -100, 3)
+
+    params = [values[n].clone().requires_grad_() for n in names]
+    H = _dense_of(plain, params)
+    V = torch.randn(H.shape[0], 3, generator=g, dtype=torch.float64)
+    _, HV = _products_under_the_mode(chunked, params, V)
+    assert torch.allclose(HV, H @ V, rtol=1e-12, atol=1e-12)
+    kernels = double_backward_kernels(leaf_gradient_values=False)
+    with torch.enable_grad(), kernels:
+        loss = chunked(params)
+        with kernels.stand_ins():
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+    pieces = torch.split(V.T, [p.numel() for p in params], 1)
+    split = [t.reshape(3, *p.shape) for t, p in zip(pieces, params, strict=True)]
+    batched = torch.autograd.grad(grads, params, split, is_grads_batched=True)
+    assert torch.allclose(torch.cat([t.flatten(1) for t in batched], 1).T, H @ V, rtol=1e-12, atol=1e-12)
+
+
 def test_a_loss_that_differentiates_itself_keeps_its_gradient_values_and_third_derivatives():
     """A gradient penalty ``L + ||grad L||^2 / 10`` taken inside the loss, under the mode but outside its
     ``stand_ins()``: the penalty's gradient keeps its values, and the products (third derivatives of ``L`` through
