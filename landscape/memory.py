@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import math
 import os
 import resource
 from dataclasses import dataclass, field
@@ -131,6 +132,15 @@ def release_free_memory(nbytes: int, device: torch.device | str = "cpu") -> None
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def graph_limit(problem: Problem, graph_memory_limit: int | None) -> float:
+    """Bytes of gradient graphs the Hessian operator keeps between products: ``graph_memory_limit``, or by default
+    ``DEFAULT_GRAPH_MEMORY``, and no limit for a problem of one batch (its graph is held during every product, so
+    keeping it adds nothing to the peak; rebuilding it costs a forward and a backward pass per product)."""
+    if graph_memory_limit is not None:
+        return int(graph_memory_limit)
+    return math.inf if problem.num_batches == 1 else DEFAULT_GRAPH_MEMORY
 
 
 def default_budget(device: torch.device | str = "cpu") -> int:
@@ -425,12 +435,13 @@ def estimate(
     memory_budget
         Budget to compare with (default :func:`default_budget`).
     graph_memory_limit
-        The Hessian operator's graph cache limit (default its default, 2 GiB).
+        The Hessian operator's graph cache limit (default its default: 2 GiB, none for one batch; see
+        :func:`graph_limit`).
     """
     if analysis not in ANALYSES:
         raise ValueError(f"analysis must be one of {ANALYSES}, got {analysis!r}")
     budget = default_budget(problem.device) if memory_budget is None else int(memory_budget)
-    limit = DEFAULT_GRAPH_MEMORY if graph_memory_limit is None else int(graph_memory_limit)
+    limit = graph_limit(problem, graph_memory_limit)
     resident = resident_bytes(problem.device)
     g = product_memory(problem)
     per_vector = g.per_vector

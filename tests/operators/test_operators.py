@@ -91,6 +91,31 @@ def test_graph_cache_limit_gives_same_products():
         assert (op.cached_graph_bytes > 0) == (limit == 10**9)
 
 
+def test_default_graph_cache_keeps_one_batchs_graph_whatever_its_size(monkeypatch):
+    """``graph_memory_limit=None``: a problem of one batch keeps its graph above ``DEFAULT_GRAPH_MEMORY`` (each
+    product holds it anyway), several batches are held to the limit, an explicit limit is the limit; products
+    exact throughout, and the estimate says what the operator does."""
+    import landscape.memory as memory
+
+    monkeypatch.setattr(memory, "DEFAULT_GRAPH_MEMORY", 1)
+    case = make_case("mlp")
+    H = reference_hessian(case)
+    V = probes(H.shape[0], 2)
+    loader = DataLoader(TensorDataset(case.X, case.y), batch_size=10, shuffle=False)
+    whole = L.Problem(case.model, case.loss_fn, [(case.X, case.y)], mode=case.mode, params=case.params)
+    for problem, options, kept in [
+        (whole, {}, True),
+        (whole, {"graph_memory_limit": 1}, False),
+        (L.Problem(case.model, case.loss_fn, loader, mode=case.mode, params=case.params), {}, False),
+    ]:
+        op = L.hessian(problem, engine="double_backward", **options)
+        for _ in range(2):
+            assert rel(op @ V, H @ V) < RTOL
+        assert (op.cached_graph_bytes > 0) == kept
+        note = memory.estimate(problem, "hvp", **options).notes["gradient graph"]
+        assert note.startswith("1 batch graph(s) kept" if kept else "one batch at a time")
+
+
 def test_dataloader_with_short_last_batch_is_weighted_exactly():
     case = make_case("mlp")
     H = reference_hessian(case)
