@@ -388,10 +388,13 @@ def causal_lm(
     return CausalLM(ignore_index, labels, chunk, head)
 
 
-def masked_lm(ignore_index: int = -100, *, labels: str = "labels") -> MaskedLM:
+def masked_lm(
+    ignore_index: int = -100, *, labels: str = "labels", chunk: int | None = None, head: nn.Module | None = None
+) -> MaskedLM:
     """Cross-entropy of a masked language model at the positions whose label is not ``ignore_index`` (no shift);
-    the weight is the number of such positions."""
-    return MaskedLM(ignore_index, labels)
+    the weight is the number of such positions. ``chunk=`` with ``head=``: the output layer fused into the loss, as
+    in :func:`causal_lm`."""
+    return MaskedLM(ignore_index, labels, chunk, head)
 
 
 class ModelOutput(Loss):

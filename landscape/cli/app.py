@@ -101,6 +101,14 @@ def common_options(fn: Callable) -> Callable:
             help="cross_entropy (default for (X, y) data), mse, or for dict batches a loss adapter: causal_lm "
             "(default for a language model's tokens), masked_lm, model_output (the model's own .loss).",
         ),
+        click.option(
+            "--lm-chunk",
+            type=click.IntRange(min=1),
+            default=None,
+            help="With causal_lm / masked_lm: fuse the model's output layer into the loss, N tokens at a time, so "
+            "the loss, its gradient and the Hessian's products hold no (tokens, vocab) logits (long sequences, large "
+            "vocabularies; the GGN, per-example losses and accuracy still use the logits).",
+        ),
         click.option("--params", multiple=True, help="Parameter names or globs to analyse (repeatable)."),
         click.option(
             "--mode",

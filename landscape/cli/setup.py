@@ -101,9 +101,10 @@ def _is_pairs(data: Any) -> bool:
     return isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
 
 
-def _loss_for(loss: str | None, data: Any, model: nn.Module) -> Any:
+def _loss_for(loss: str | None, data: Any, model: nn.Module, lm_chunk: int | None = None) -> Any:
     """The loss of ``--loss``; by default cross-entropy for (X, y) data and, for other batches (dicts), the adapter
-    the model's head calls for: masked LM for ``*ForMaskedLM``, else the causal LM loss."""
+    the model's head calls for: masked LM for ``*ForMaskedLM``, else the causal LM loss. ``--lm-chunk``: the token
+    losses with the model's output layer (``get_output_embeddings()``) fused in, that many tokens at a time."""
     from landscape import losses
 
     if loss is None:
@@ -112,6 +113,16 @@ def _loss_for(loss: str | None, data: Any, model: nn.Module) -> Any:
             loss = "cross_entropy"
         else:
             loss = "masked_lm" if head.endswith("ForMaskedLM") else "causal_lm"
+    if lm_chunk is not None:
+        if loss not in ("causal_lm", "masked_lm"):
+            raise UserError(f"--lm-chunk fuses a language model's output layer into causal_lm or masked_lm, not {loss}")
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if not isinstance(head, nn.Linear):
+            raise UserError(
+                "--lm-chunk needs a model whose output layer is an nn.Linear from model.get_output_embeddings() (a "
+                f"Hugging Face language model); {type(model).__name__} has {type(head).__name__}"
+            )
+        return getattr(losses, loss)(chunk=lm_chunk, head=head)
     if loss in LOSSES:
         return LOSSES[loss]()
     return getattr(losses, loss)()
@@ -194,6 +205,7 @@ def build_problem(
     non_strict=False,
     hf_dir=None,
     fsdp=False,
+    lm_chunk=None,
 ):
     """The Problem of the shared options (model, checkpoint, data, loss, params, mode, dtype, replicated data,
     ``--fsdp``: the model sharded over the ranks with :func:`landscape.sharding.shard_model`)."""
@@ -228,10 +240,12 @@ def build_problem(
                 "--fsdp shards the model over the ranks of torchrun: run under torchrun with 2 or more processes "
                 "(torchrun --nproc-per-node 2 -m landscape ...), without --replicated-data"
             )
+        if lm_chunk is not None:
+            raise UserError("--lm-chunk does not run with --fsdp (the fused head reads the whole output layer)")
         model = shard_model(model)
     return Problem(
         model,
-        _loss_for(loss, data, model),
+        _loss_for(loss, data, model, lm_chunk),
         data,
         params=list(params) or None,
         mode=mode,

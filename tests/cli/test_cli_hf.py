@@ -117,6 +117,27 @@ def test_report_on_a_saved_hugging_face_model(saved):
     assert f"({trace['how']})" in result.output, (trace, result.output)
 
 
+def test_lm_chunk_fuses_the_head_and_gives_the_same_spectrum(saved, tmp_path):
+    """``--lm-chunk 3``: the output layer fused into the causal LM loss (3 tokens at a time); the top eigenvalues,
+    trace and the GGN's top eigenvalue equal the plain loss's; a loss without a head to fuse is one clear line."""
+    args = ["eigen", "--top-k", "2", "--tol", "1e-8", "--max-matvecs", "60"]
+    plain, fused = invoke(saved, *args), invoke(saved, *args, "--lm-chunk", "3")
+    assert fused["eigenvalues"] == pytest.approx(plain["eigenvalues"], rel=1e-4)
+    ggn = ["eigen", "--operator", "ggn", "--top-k", "1", "--tol", "1e-8", "--max-matvecs", "60"]
+    assert invoke(saved, *ggn, "--lm-chunk", "3")["eigenvalues"] == pytest.approx(
+        invoke(saved, *ggn)["eigenvalues"], rel=1e-4
+    )
+    for extra, expected in [
+        (["--loss", "model_output"], "--lm-chunk fuses a language model's output layer into causal_lm or masked_lm"),
+        (["--lm-chunk", "0"], "--lm-chunk"),
+    ]:
+        argv = ["eigen", "--hf", str(saved / "model"), "--data", str(saved / "tokens.pt"), "--lm-chunk", "3", *extra]
+        result = CliRunner().invoke(main, [*argv, "--out", str(tmp_path / "o"), "--quiet", "--no-cache"])
+        assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output, result.output
+    result = CliRunner().invoke(main, ["eigen", "--lm-chunk", "3", "--out", str(tmp_path / "d"), "--quiet"])
+    assert result.exit_code == 2 and "--lm-chunk fuses" in result.output, result.output
+
+
 @pytest.mark.parametrize(
     "setup, expected",
     [
