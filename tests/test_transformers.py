@@ -281,6 +281,11 @@ def test_bert_masked_lm_hessian_equals_reference():
     ref = reference_hvp(lambda p: reference_masked_loss(m64, data, p), model, params, V)
     assert abs(problem.loss() - float(reference_masked_loss(m64, data, float64_params(model)))) < 1e-12
     assert rel(L.hessian(problem) @ V, ref) < RTOL
+    # The decoder fused into the loss, 3 tokens at a time (BERT's head transform stays in the model).
+    head = model.get_output_embeddings()
+    fused = L.Problem(model, losses.masked_lm(chunk=3, head=head), data, dtype=torch.float64)
+    assert fused.loss() == pytest.approx(problem.loss(), rel=1e-13)
+    assert rel(L.hessian(fused, engine="double_backward") @ V, ref) < RTOL
 
 
 def test_bert_sequence_classification_and_vit_with_supervised_adapter():
