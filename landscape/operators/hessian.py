@@ -242,7 +242,6 @@ class HessianOperator(ProblemOperator):
                     for leaf in leaves:
                         leaf.grad = None
         check_finite(out.sum(), "curvature-vector product", -1)
-        self._release()
         return True
 
     def block_products(self, blocks: list[tuple[list[str], Tensor]]) -> list[Tensor] | None:
@@ -284,7 +283,6 @@ class HessianOperator(ProblemOperator):
             outs = [self.problem.dist.all_reduce_(o, "all_reduce of block products") for o in outs]
         check_finite(sum(o.sum() for o in outs), "block curvature-vector product", -1)
         self.num_matvecs += sum(V.shape[1] for _, V in blocks)
-        self._release()
         return outs
 
     # -------------------------------------------------------------- forward over reverse

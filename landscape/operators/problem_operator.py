@@ -189,11 +189,14 @@ class ProblemOperator(CurvatureOperator):
             out = self.problem.dist.all_reduce_(out.contiguous(), "all_reduce of a curvature-vector product")
         # A sum is non-finite iff some entry is (barring overflow), and costs less than an elementwise check.
         check_finite(out.sum(), "curvature-vector product", -1)
-        self._release()
         return out
 
     def _release(self) -> None:
-        """The product's freed transients back to the system (large models on CPU; see memory.release_free_memory)."""
+        """Freed heap pages back to the system (large models on CPU; see memory.release_free_memory): after a
+        gradient graph's build, whose transients leave holes between the tensors the graph keeps, and when the
+        operator goes. Not after each product: its transients are freed whole and the next product reuses them;
+        handing them back made every product fault its pages in again (GPT-2 small at 4 x 256 tokens: 10.4 ->
+        8.7 s a product, peak unchanged; top-1 at 4 x 64: 90.0 -> 85.1 s)."""
         memory.release_free_memory(self.shape[0] * torch.empty((), dtype=self.dtype).element_size(), self.device)
 
     def _batches(self, widths: set[int]):
