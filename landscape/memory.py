@@ -124,10 +124,9 @@ def release_free_memory(nbytes: int, device: torch.device | str = "cpu") -> None
     blocks (GPT-2 small: per-layer weights of 2-9 MB) between the ones the graph keeps: 0.6 GB of holes stayed
     resident and counted in the peak (stop 18). Called after a build and when an operator goes, not after every
     product: a product's transients are freed whole and reused by the next one, which otherwise faults them in
-    again. ``malloc_trim(0)`` returns whole
-    free pages inside the heaps (``madvise``) without moving or freeing anything in use, so later allocations
-    still reuse the space; it changes no allocator setting. No-op below ``TRIM_BYTES``, on GPUs (torch's caching
-    allocator keeps its own pool) and without glibc.
+    again. ``malloc_trim(0)`` returns whole free pages inside the heaps (``madvise``) without moving or freeing
+    anything in use, so later allocations still reuse the space; it changes no allocator setting. No-op below
+    ``TRIM_BYTES``, on GPUs (torch's caching allocator keeps its own pool) and without glibc.
     """
     if nbytes < TRIM_BYTES or torch.device(device).type != "cpu":
         return

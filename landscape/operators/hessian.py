@@ -108,7 +108,7 @@ class HessianOperator(ProblemOperator):
         self.graph_memory_limit = graph_memory_limit
         self._graphs: dict[int, _GradientGraph] = {}
         self._graph_bytes = 0
-        self._cache_closed = graph_limit(problem, graph_memory_limit) <= 0
+        self._cache_closed = graph_memory_limit is not None and graph_memory_limit <= 0
         self._warned_unused = False
         self._num_batches: int | None = None
         self._scratch: _GradientGraph | None = None
@@ -151,9 +151,8 @@ class HessianOperator(ProblemOperator):
         if not self._warned_unused:
             warn_unused(g.unused)
             self._warned_unused = True
-        if not self._cache_closed and self._graph_bytes + g.nbytes <= graph_limit(
-            self.problem, self.graph_memory_limit
-        ):
+        limit = graph_limit(self.problem, self.graph_memory_limit)
+        if not self._cache_closed and self._graph_bytes + g.nbytes <= limit:
             self._graphs[i] = g
             self._graph_bytes += g.nbytes
             return g, True
