@@ -559,15 +559,17 @@ class double_backward_kernels(TorchFunctionMode):  # noqa: N801 - used as a cont
                 b, x, w, plain_call = _addmm_arguments(*args, **kwargs)
                 plain_call = plain_call and x.dim() == 2
             plain_call = plain_call and w.dim() == 2 and (b is None or b.shape == (w.shape[0 if linear else 1],))
-            if plain_call and self._stand_in(w).leaves[0] and _plain(x, w, b) and _own_dtype(x):
+            stand_in = self._stand_in(w, b)
+            if plain_call and stand_in.leaves[0] and _plain(x, w, b) and _own_dtype(x):
                 flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-                y = _Affine.apply(flat, w, b, linear, self._stand_in(w, b))
+                y = _Affine.apply(flat, w, b, linear, stand_in)
                 return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
         elif func is chunked_token_loss:  # the fused, chunked output layer and cross-entropy of landscape.lm_head
             weight, bias = _token_loss_arguments(*args, **kwargs)
             return func(*args, **{**kwargs, "leaf_stand_ins": self._stand_in(weight, bias).now})
         elif func is torch.nn.functional.embedding:
             ids, w, plain_call = _embedding_arguments(*args, **kwargs)
-            if plain_call and self._stand_in(w).leaves[0] and _plain(ids, w) and not ids.is_floating_point():
-                return _Embedding.apply(ids, w, self._stand_in(w))
+            stand_in = self._stand_in(w)
+            if plain_call and stand_in.leaves[0] and _plain(ids, w) and not ids.is_floating_point():
+                return _Embedding.apply(ids, w, stand_in)
         return func(*args, **kwargs)
