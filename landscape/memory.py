@@ -378,7 +378,7 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
         if basis > steps:
             return basis + k + 1, f"full basis of {basis}, {k} Ritz vector(s) and a reorthogonalisation temporary"
         kept = kept_after_restart(k, basis - 1)
-        return basis + max(k, 1) + 1, f"thick-restart basis of {basis} (keeping {kept}), the Ritz vectors, a temporary"
+        return basis + max(k, 1), f"thick-restart basis of {basis} (keeping {kept}) and the Ritz vectors"
     if analysis == "spectrum":
         p, m = int(settings.get("num_probes", 8)), int(settings.get("num_steps", 40))
         # The block's input is a view of the basis and the reorthogonalisation works in place on the product's
@@ -477,10 +477,11 @@ def estimate(
     krylov = per_vector if space is None else per_vector * space.local_size // problem.num_params
     vectors, how = krylov_need(analysis, problem.num_params, krylov, budget, settings)
     if analysis != "gradient":
-        # The three-term recurrence adds an in-place product into its own buffer: no output vector of its own.
+        # The three-term recurrence and thick restart add an in-place product into a vector of their own: no output.
         in_place = settings.get("in_place_product")
         in_place = (problem.dist is None) if in_place is None else bool(in_place)
-        outputs = 0 if in_place and analysis == "top_eigen" and how.startswith("three-term") else width
+        adds = how.startswith(("three-term", "thick-restart"))
+        outputs = 0 if in_place and analysis == "top_eigen" and adds else width
         parts["product"] = (outputs + 1) * per_vector + largest
         notes["product"] = (
             f"output of {width} column(s), " if outputs else "added in place into a Krylov vector, "

@@ -26,6 +26,7 @@ def problem() -> L.Problem:
 RUNS = {
     "hvp": ({}, lambda op, n: op @ torch.randn(n)),
     "top_eigen k=3": ({"k": 3}, lambda op, n: L.top_eigen(op, k=3)),
+    "top_eigen restarted": ({"k": 3, "max_basis": 8}, lambda op, n: L.top_eigen(op, k=3, max_basis=8)),
     "top_eigen eigenvalue only": ({"k": 1, "vectors": False}, lambda op, n: L.top_eigen(op, k=1, vectors=False)),
     "spectrum": ({"num_probes": 4, "num_steps": 20}, lambda op, n: L.spectrum(op, num_probes=4, num_steps=20)),
     # 40 MB: the 84 basis vectors (28 MB) do not fit half of it, so the probes run on the three-term recurrence.

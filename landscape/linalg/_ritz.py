@@ -15,7 +15,7 @@ from torch import Tensor
 from landscape.linalg._common import Meter
 from landscape.linalg.results import ConvergenceWarning, EigenResult
 from landscape.linalg.thick_restart import thick_restart_top
-from landscape.memory import kept_after_restart
+from landscape.memory import kept_after_restart, release_free_memory
 from landscape.operators.base import CurvatureOperator
 
 Which = Literal["LA", "SA", "LM"]
@@ -177,6 +177,9 @@ def lanczos_result(
     converged, scale)`` and its basis ``(n, m)``: the wanted Ritz vectors are ``basis @ Y[:, wanted]``."""
     theta, Y, wanted, residuals, converged, scale = ritz
     Yw = torch.as_tensor(Y[:, wanted], dtype=basis.dtype, device=basis.device)
+    # The Ritz vectors are the run's last allocation next to the whole basis: the last product's freed transients
+    # (kept resident between products, for the next one) are handed back first (GPT-2 small, top-5: 0.8 GB).
+    release_free_memory(basis.shape[0] * basis.element_size(), basis.device)
     return eigen_result(
         prov,
         method="lanczos",

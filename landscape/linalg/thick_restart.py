@@ -53,14 +53,22 @@ class ThickRestartState:
         return self.Q.numel() * self.Q.element_size()
 
     def step(self) -> None:
-        """One product ``A q_j`` for ``j = size``, orthogonalised against ``Q[:j+1]`` (CGS2)."""
+        """One product ``A q_j`` for ``j = size``, orthogonalised against ``Q[:j+1]`` (CGS2).
+
+        The work is done in the basis row ``Q[j+1]`` that the new vector ends in: the product is added into it
+        (``add_product_``: in place where the operator can), the projections are taken off by ``addmv_`` and it is
+        normalised in place, so a step allocates no vector of length ``n`` (three did: the product's output, the
+        projection ``c^T Q`` and the quotient; 1.4 GB on GPT-2 small, at the moment the product's freed transients
+        were still resident)."""
         j = self.size
-        w = (self.op @ self.Q[j]).to(self.Q.dtype)
+        w = self.Q[j + 1]
+        w.zero_()
+        self.op.add_product_(self.Q[j], w)
         basis = self.Q[: j + 1]
         total = torch.zeros(j + 1, dtype=w.dtype, device=w.device)
         for _ in range(2):
             c = self.space.inner(basis.T, w[:, None])[:, 0]
-            w.sub_(c @ basis)  # in place: one temporary vector, not two
+            w.addmv_(basis.T, c, alpha=-1.0)
             total = total + c
         coeffs = total.double().cpu().numpy()
         # The computed column is the projection in exact arithmetic; symmetrise with the row already there.
@@ -77,10 +85,10 @@ class ThickRestartState:
             for _ in range(2):
                 z = z - self.space.inner(basis.T, z[:, None])[:, 0] @ basis
             norm = self.space.norm(z)
-            self.Q[j + 1] = z / norm if norm > 0 else z
+            w.copy_(z / norm if norm > 0 else z)
         else:
             self.beta = beta
-            self.Q[j + 1] = w / beta
+            w.div_(beta)
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Ritz values (ascending) and vectors (in basis coordinates) of the current basis."""

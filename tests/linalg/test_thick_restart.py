@@ -118,3 +118,43 @@ def test_a_budget_too_small_for_any_basis_names_the_numbers():
         L.top_eigen(op, k=3, memory_budget=4 * 100 * 8)
     with pytest.raises(MemoryBudgetError, match="max_basis=4 allows 4"):
         L.top_eigen(op, k=3, max_basis=4)
+
+
+class _AddsInPlace(L.MatrixOperator):
+    """A matrix whose product is added into the caller's vector (as the Hessian's double backward does)."""
+
+    def _add_product(self, v: torch.Tensor, out: torch.Tensor) -> bool:
+        out.addmv_(self.matrix, v)
+        return True
+
+
+@pytest.mark.parametrize("in_place, vectors_held", [(True, 0), (False, 1)])
+def test_a_step_holds_no_vector_besides_its_basis_and_the_products_output(in_place, vectors_held, monkeypatch):
+    """A step works in the basis row its new vector ends in: besides the product's own output (none where the
+    operator adds in place) it allocates nothing of the vectors' length, at the steps before and after a restart.
+    (The norm's float64 chunk, a million entries at scale, is shrunk to the size it has next to a long vector.)"""
+    from landscape import reductions
+    from landscape.linalg.thick_restart import ThickRestartState
+
+    monkeypatch.setattr(reductions, "CHUNK", 256)
+
+    n, m = 3000, 6
+    lam = spectrum_with_gaps(n)
+    H = operator_with_spectrum(lam)[1]
+    op = _AddsInPlace(H) if in_place else L.MatrixOperator(H)
+    state = ThickRestartState(op, torch.randn(n, dtype=op.dtype, generator=torch.Generator().manual_seed(0)), m, None)
+    peaks = []
+    for _ in range(3 * m):
+        if state.size == m:
+            theta, Y = state.ritz()
+            state.restart(theta, Y, np.argsort(theta)[-3:])
+        alloc = _LiveBytes()
+        alloc.seen.add(state.Q.untyped_storage().data_ptr())  # the basis is there before: its rows are not new
+        with alloc:
+            state.step()
+        peaks.append(alloc.peak)
+    vector = n * op.dtype.itemsize
+    assert state.restarts == 4
+    assert all(vectors_held * vector <= p < (vectors_held + 1) * vector for p in peaks), np.array(peaks) / vector
+    theta, _ = state.ritz()
+    np.testing.assert_allclose(theta.max(), lam.max(), rtol=1e-6)
