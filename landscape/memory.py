@@ -382,7 +382,8 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
     if analysis == "spectrum":
         p, m = int(settings.get("num_probes", 8)), int(settings.get("num_steps", 40))
         # The block's input is a view of the basis and the reorthogonalisation works in place on the product's
-        # output (linalg.lanczos.BatchedLanczos): the basis is all the estimator adds to the product.
+        # output, or (three-term) the product is added into the basis (linalg.lanczos.BatchedLanczos): the basis
+        # is all the estimator adds to the product.
         if p * (m + 1) <= cap:
             return p * (m + 1), f"{p} probes x {m + 1} basis vectors"
         g = min(p, cap // 2, int(settings.get("group") or p))
@@ -449,6 +450,10 @@ def estimate(
     largest = max(problem.param_numels) * per_vector // problem.num_params
     parts: dict[str, int] = {}
     notes: dict[str, str] = {}
+    # Sharded (FSDP2): a Krylov vector holds this rank's entries only; products still see whole vectors.
+    space = getattr(problem, "space", None)
+    krylov = per_vector if space is None else per_vector * space.local_size // problem.num_params
+    vectors, how = krylov_need(analysis, problem.num_params, krylov, budget, settings)
     if analysis == "gradient":
         parts["gradient graph"] = g.forward
         notes["gradient graph"] = "the largest batch's activations"
@@ -463,28 +468,26 @@ def estimate(
             else "one batch at a time (over the cache limit)"
         ) + " with their gradients"
         width = min(block_width(analysis, settings), DEFAULT_MAX_BLOCK)
+        # The three-term recurrences (top-1, the density's probes) and thick restart add each column's product in
+        # place into a vector of their own (linalg.short_recurrence, linalg.lanczos, linalg.thick_restart): no
+        # output, and one column at a time.
+        in_place = settings.get("in_place_product")
+        in_place = (problem.dist is None) if in_place is None else bool(in_place)
+        adds = in_place and analysis in ("top_eigen", "spectrum") and how.startswith(("three-term", "thick-restart"))
         # A block may go through a batched (vmapped) strategy, holding every column's transients at once, unless
         # the operator rules that out: they would not fit, or the model is large (HessianOperator._clear_choice).
-        batched = width > 1 and per_vector < TRIALS_MAX_VECTOR_BYTES and (g.one + per_vector) * width <= budget
+        batched = (
+            not adds and width > 1 and per_vector < TRIALS_MAX_VECTOR_BYTES and (g.one + per_vector) * width <= budget
+        )
         copies = width if batched else 1
         parts["backward transients"] = 2 * g.forward * copies
         notes["backward transients"] = (
             "twice the forward's activations (the gradients a double backward pass holds at once; measured 1.5-2x "
             "on GPT-2 small and ResNet-18)" + (f", for {copies} columns at once (batched)" if batched else "")
         )
-    # Sharded (FSDP2): a Krylov vector holds this rank's entries only; products still see whole vectors.
-    space = getattr(problem, "space", None)
-    krylov = per_vector if space is None else per_vector * space.local_size // problem.num_params
-    vectors, how = krylov_need(analysis, problem.num_params, krylov, budget, settings)
-    if analysis != "gradient":
-        # The three-term recurrence and thick restart add an in-place product into a vector of their own: no output.
-        in_place = settings.get("in_place_product")
-        in_place = (problem.dist is None) if in_place is None else bool(in_place)
-        adds = how.startswith(("three-term", "thick-restart"))
-        outputs = 0 if in_place and analysis == "top_eigen" and adds else width
-        parts["product"] = (outputs + 1) * per_vector + largest
+        parts["product"] = ((0 if adds else width) + 1) * per_vector + largest
         notes["product"] = (
-            f"output of {width} column(s), " if outputs else "added in place into a Krylov vector, "
+            "added in place into a Krylov vector, " if adds else f"output of {width} column(s), "
         ) + "autograd transients and the largest parameter"
     parts["Krylov vectors"] = vectors * krylov
     notes["Krylov vectors"] = f"{vectors} x {gib(krylov)}: {how}" + ("" if space is None else " (this rank's shard)")

@@ -256,7 +256,13 @@ def _probe_group(
         return None, None
     for group in range(num_probes, 0, -1):
         est = estimate(
-            problem, "spectrum", memory_budget=memory_budget, num_probes=num_probes, num_steps=num_steps, group=group
+            problem,
+            "spectrum",
+            memory_budget=memory_budget,
+            num_probes=num_probes,
+            num_steps=num_steps,
+            group=group,
+            in_place_product=op.adds_in_place,
         )
         if est.fits:
             return group, est

@@ -28,17 +28,32 @@ COLUMN_CHUNK = 1 << 18
 
 
 def draw(
-    op: CurvatureOperator, k: int, distribution: Distribution, gen: torch.Generator, *, normalize: bool = False
+    op: CurvatureOperator,
+    k: int,
+    distribution: Distribution,
+    gen: torch.Generator,
+    *,
+    normalize: bool = False,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """``k`` probes from ``gen`` as the columns of an ``(n, k)`` tensor in the operator's dtype and device.
+    """``k`` probes from ``gen`` as the columns of an ``(n, k)`` tensor in the operator's dtype and device (written
+    into ``out`` when given: see :func:`~landscape.linalg.probes.sample_probes`).
 
     For a sharded operator (``op.space``), this rank's rows drawn a chunk at a time
     (:meth:`landscape.sharding.ShardedSpace.draw`: Rademacher probes are the very ones one process draws)."""
     if op.space.sharded:
         check_distribution(distribution)
-        return op.space.draw(k, distribution, gen, dtype=op.dtype, device=op.device, normalize=normalize)
+        V = op.space.draw(k, distribution, gen, dtype=op.dtype, device=op.device, normalize=normalize)
+        return V if out is None else out.copy_(V)
     return sample_probes(
-        op.shape[0], k, distribution=distribution, seed=gen, dtype=op.dtype, device=op.device, normalize=normalize
+        op.shape[0],
+        k,
+        distribution=distribution,
+        seed=gen,
+        dtype=op.dtype,
+        device=op.device,
+        normalize=normalize,
+        out=out,
     )
 
 

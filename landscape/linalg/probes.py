@@ -59,6 +59,7 @@ def sample_probes(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     normalize: bool = False,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Draw ``k`` probe vectors of length ``n`` as the columns of an ``(n, k)`` tensor.
 
@@ -74,18 +75,24 @@ def sample_probes(
         Where the probes live; they are drawn in float64 on the generator's device first.
     normalize
         Scale every column to unit Euclidean norm (the probes of stochastic Lanczos quadrature).
+    out
+        An ``(n, k)`` tensor to fill (any strides: e.g. the first vectors of a Krylov basis, so that no block of
+        probes is held beside it); ``dtype`` and ``device`` are then its own.
 
     Returns
     -------
     Tensor
-        Contiguous ``(n, k)`` tensor.
+        ``out``, or a new contiguous ``(n, k)`` tensor.
     """
     check_distribution(distribution)
     if n < 1 or k < 0:
         raise ValueError(f"need n >= 1 and k >= 0, got n={n}, k={k}")
     gen = make_generator(seed)
     gdev = gen.device
-    out = torch.empty(n, k, dtype=dtype, device=device)
+    if out is None:
+        out = torch.empty(n, k, dtype=dtype, device=device)
+    elif tuple(out.shape) != (n, k):
+        raise ValueError(f"out must have shape ({n}, {k}), got {tuple(out.shape)}")
     if distribution == "rademacher" and gdev.type == "cpu":
         # Column by column, RADEMACHER_CHUNK entries at a time: the CPU generator fills randint in order, so the
         # chunks continue the one stream of a (k, n) draw, and +-1 (over the norm sqrt(n), exact in float64) rounds

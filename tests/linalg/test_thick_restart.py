@@ -123,6 +123,8 @@ def test_a_budget_too_small_for_any_basis_names_the_numbers():
 class _AddsInPlace(L.MatrixOperator):
     """A matrix whose product is added into the caller's vector (as the Hessian's double backward does)."""
 
+    adds_in_place = True
+
     def _add_product(self, v: torch.Tensor, out: torch.Tensor) -> bool:
         out.addmv_(self.matrix, v)
         return True
