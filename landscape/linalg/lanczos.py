@@ -161,6 +161,12 @@ class BatchedLanczos:
         """CGS2 of each row of ``W`` (p, n) against its recurrence's vectors in ``basis`` (p, b, n); returns the
         summed coefficients too (the diagonal coefficient corrects alpha)."""
         total = torch.zeros(W.shape[0], basis.shape[1], dtype=W.dtype, device=W.device)
+        if basis.shape[1] == 1:  # one vector a probe (in place, strided rows): a batched product there takes 20x
+            for _ in range(2):  # the time of row dots (GPT-2 small, 4 probes: 3.2 s against 0.15 s)
+                c = self.space.reduce_(torch.stack([torch.dot(x, w) for x, w in zip(basis[:, 0], W, strict=True)]))
+                W.addcmul_(basis[:, 0], c.unsqueeze(1), value=-1.0)
+                total = total + c.unsqueeze(1)
+            return W, total
         for _ in range(2):
             c = self.space.bmm(basis, W.unsqueeze(2)).squeeze(2)
             # W is this step's own product: subtract in place, COLUMN_CHUNK entries at a time, so the
