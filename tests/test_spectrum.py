@@ -119,3 +119,50 @@ def test_spectrum_of_the_ggn_is_the_ggn_s():
     np.testing.assert_allclose(s.eigenvalues, exact, rtol=1e-8)
     assert abs(s.trace.value - float(torch.trace(G))) <= 5 * s.trace.stderr + 1e-10
     assert s.settings["operator"] == "ggn"
+
+
+def test_each_top_eigenvalue_is_the_largest_over_the_probes():
+    """The ``i``-th top eigenvalue is the largest ``i``-th Ritz value of any probe (each is a lower bound of
+    ``lambda_i`` by interlacing), with that probe's residual and Ritz vector: after a few steps the probes resolve
+    different parts of a clustered top, and one probe's values alone fall short where another's do not."""
+    from landscape.linalg.lanczos import lanczos
+    from landscape.spectrum import _top_ritz
+
+    g = torch.Generator().manual_seed(3)
+    lam = torch.cat(
+        [torch.tensor([10.0, 9.8, 9.5, 9.3, 9.0], dtype=torch.float64), torch.rand(195, generator=g).double() * 5]
+    )
+    Q, _ = torch.linalg.qr(torch.randn(200, 200, generator=g, dtype=torch.float64))
+    H = Q @ torch.diag(lam) @ Q.T
+    op = L.MatrixOperator(H)
+    k, steps = 3, 8
+    dec = lanczos(op, steps, num_probes=6, seed=0, distribution="gaussian")
+    per_probe = np.stack([np.sort(np.linalg.eigvalsh(_tridiagonal(*dec.tridiagonal(p))))[::-1][:k] for p in range(6)])
+    values, residuals, bounds, converged, vectors = _top_ritz(dec, k, 1e-4, torch.finfo(torch.float64).eps)
+    np.testing.assert_allclose(values, per_probe.max(axis=0), rtol=1e-12)
+    exact = np.sort(lam.numpy())[::-1][:k]
+    assert np.all(values <= exact + 1e-10)  # lower bounds
+    assert len(set(per_probe.argmax(axis=0).tolist())) > 1  # no one probe holds the best of every index here
+    one_probe = per_probe[np.argmin(_worst_residuals(dec, k))]  # the rule before: one whole probe
+    assert np.any(values > one_probe + 1e-6) and np.all(values >= one_probe)
+    # The residuals and vectors are those of the probes the values come from.
+    R = H @ vectors - vectors * torch.as_tensor(values)
+    np.testing.assert_allclose(R.norm(dim=0).numpy(), residuals, rtol=1e-6, atol=1e-12)
+    # An eigenvalue lies within each residual of its Ritz value (Parlett 1998, theorem 4.5.1).
+    assert all(np.min(np.abs(lam.numpy() - v)) <= r + 1e-10 for v, r in zip(values, residuals, strict=True))
+    s = spectrum(op, k=k, num_probes=6, num_steps=steps, seed=0)  # the same rule through the public call
+    assert np.all(s.eigenvalues <= exact + 1e-10) and s.eigenvalues.shape == (k,)
+
+
+def _tridiagonal(alphas, betas):
+    return np.diag(alphas) + np.diag(betas[: alphas.size - 1], 1) + np.diag(betas[: alphas.size - 1], -1)
+
+
+def _worst_residuals(dec, k):
+    """Each probe's largest residual among its top-``k`` Ritz pairs (the rule that picked one whole probe before)."""
+    out = []
+    for p in range(dec.num_probes):
+        theta, _ = dec.ritz(p)
+        res = dec.ritz_residuals(p)
+        out.append(res[np.argsort(theta)[::-1][:k]].max())
+    return np.array(out)
