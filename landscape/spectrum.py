@@ -491,13 +491,23 @@ def krylov_summary(
     }
 
 
+def _largest(values: np.ndarray, residuals: np.ndarray) -> int:
+    """The candidate with the largest value; among those that no residual tells apart from it (closer than the
+    smaller of the two residuals: two probes converged to one eigenvalue differ by rounding), the smallest residual,
+    so the choice does not flip with rounding (one process against the same run sharded)."""
+    top = int(np.argmax(values))
+    tied = np.flatnonzero(values[top] - values <= np.minimum(residuals[top], residuals))
+    return int(tied[np.argmin(residuals[tied])])
+
+
 def _top_ritz(dec: LanczosDecomposition, k: int, tol: float, eps: float):
     """Top-``k`` Ritz pairs over all recurrences, each with its own probe's residual ``beta_m |y_{m,i}|``, error bound
     ``min(r, r^2 / gap)`` (the gap to that probe's other Ritz values) and Ritz vector.
 
     Fully reorthogonalised, the ``i``-th is the largest ``i``-th Ritz value of any probe: each is a lower bound of
     ``lambda_i`` (Cauchy interlacing of the Rayleigh-Ritz values of a subspace; Parlett 1998, section 10.1), so the
-    largest is the closest, and a probe whose few steps resolved the top well gives the top, another the next ones.
+    largest is the closest, and a probe whose few steps resolved the top well gives the top, another the next ones
+    (of values within their residuals of each other, the best converged: :func:`_largest`).
     On the three-term recurrence that bound fails (a copy of a converged eigenvalue on its way in sits above the
     next eigenvalue: 10.005 between 20 and 10 on the tests' known spectrum), so there the top-``k`` come from the one
     probe whose worst top-``k`` residual is smallest. Probes with fewer than ``k`` (genuine) Ritz values take no
@@ -534,7 +544,7 @@ def _top_ritz(dec: LanczosDecomposition, k: int, tol: float, eps: float):
     if local:
         pick = np.full(k, int(np.argmin([c[2].max() for c in candidates])))
     else:
-        pick = np.argmax(tops, axis=0)  # the first probe of the largest i-th value
+        pick = np.array([_largest(tops[:, i], np.array([c[2][i] for c in candidates])) for i in range(k)])
     values = tops[pick, np.arange(k)]
     residuals = np.array([candidates[c][2][i] for i, c in enumerate(pick)])
     bounds = np.array([candidates[c][3][i] for i, c in enumerate(pick)])
