@@ -304,13 +304,17 @@ class TokenLoss(Loss):
                 f"losses.{self.name}(chunk={self.chunk}): the head given was not called by the model; pass the "
                 "model's own output layer (model.get_output_embeddings())"
             )
-        hidden = seen["hidden"][..., :-1, :] if self.shift else seen["hidden"]
-        total = chunked_token_loss(
-            hidden, seen["weight"], seen["bias"], self._labels(batch), self.ignore_index, self.chunk
-        )
+        hidden, labels = seen["hidden"], self._labels(batch)
+        if self.shift:  # the last position predicts nothing: no head product for it
+            hidden, labels = hidden[..., :-1, :], labels[..., :-1]
+        total = chunked_token_loss(hidden, seen["weight"], seen["bias"], labels, self.ignore_index, self.chunk)
         return total / self.count(batch)
 
     def _labels(self, batch: Any) -> Tensor:
+        """The target of every position of the logits: with the shift, token ``t+1``'s label at position ``t`` and
+        ``ignore_index`` at the last position (it predicts nothing), so the logits are used whole. Slicing them
+        instead (``logits[..., :-1, :]``) copies a ``(tokens, vocab)`` buffer in the forward and zero-fills and
+        copies one in every backward through it: ~0.13 s of a 2.4 s Hessian product on GPT-2 small at 4 x 64."""
         batch = _need_mapping(batch, f"losses.{self.name}")
         labels = batch.get(self.labels)
         if labels is None:
@@ -322,7 +326,7 @@ class TokenLoss(Loss):
             if mask is not None:  # padding is never a target
                 labels = labels.masked_fill(mask == 0, self.ignore_index)
         if self.shift:
-            labels = labels[..., 1:]
+            labels = torch.cat([labels[..., 1:], torch.full_like(labels[..., :1], self.ignore_index)], dim=-1)
         return labels
 
     def count(self, batch: Any) -> int:
@@ -331,8 +335,7 @@ class TokenLoss(Loss):
     def outputs(self, model: Model, batch: Any) -> Tensor:
         batch = _need_mapping(batch, f"losses.{self.name}")
         # The labels stay out of the call: a Hugging Face model would also compute its own loss (in float32).
-        logits = _logits(model(**{k: v for k, v in batch.items() if k != self.labels}), f"losses.{self.name}")
-        return logits[..., :-1, :] if self.shift else logits
+        return _logits(model(**{k: v for k, v in batch.items() if k != self.labels}), f"losses.{self.name}")
 
     def _token_losses(self, outputs: Tensor, batch: Any) -> Tensor:
         labels = self._labels(batch)
