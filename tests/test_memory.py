@@ -267,7 +267,9 @@ def test_a_looped_block_holds_its_product_and_one_column(num_batches):
     vector, peaks = problem.num_params * 4, {}
     for k in (1, 8):
         V = torch.randn(problem.num_params, k, generator=g)
-        expected = torch.stack([op @ V[:, j] for j in range(k)], 1)  # also caches the graph
+        # Columns one at a time as (n, 1) blocks, on the same loop (a flat vector is added in place instead, its
+        # batches summed in another order); this also caches the graph.
+        expected = torch.cat([op @ V[:, j : j + 1] for j in range(k)], 1)
         with _LiveBytes() as alloc:
             alloc.seen.add(V.untyped_storage().data_ptr())  # the input's views are not new memory
             alloc.seen.update(p.untyped_storage().data_ptr() for p in problem.model.parameters())  # nor the weights

@@ -54,7 +54,7 @@ class _GradientGraph:
             return t.detach()
 
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if measure else contextlib.nullcontext()
-        kernels = double_backward_kernels(leaf_gradient_values=False)
+        kernels = self.kernels = double_backward_kernels(leaf_gradient_values=False)
         with torch.enable_grad(), hooks, kernels:
             loss = problem.batch_loss(forward, self.leaves, batch)
             with kernels.stand_ins():
@@ -234,9 +234,10 @@ class HessianOperator(ProblemOperator):
                 for n, leaf in zip(g.used, leaves, strict=True):
                     leaf.grad = into[n]
                 try:
-                    torch.autograd.backward(
-                        g.grads, grad_tensors=[vectors[n] for n in g.used], retain_graph=kept, inputs=leaves
-                    )
+                    with g.kernels.adding_into_grads():  # affine and embedding weights' terms added in place
+                        torch.autograd.backward(
+                            g.grads, grad_tensors=[vectors[n] for n in g.used], retain_graph=kept, inputs=leaves
+                        )
                 finally:
                     for leaf in leaves:
                         leaf.grad = None

@@ -93,6 +93,15 @@ def _assert_products_equal(problem: L.Problem, H: torch.Tensor) -> HessianOperat
         op.chosen = {}
         assert torch.allclose(op @ V, H @ V, rtol=0, atol=1e-12 * H.abs().max())
         assert op.chosen[3] == {"loop": "double_backward", "batched": "double_backward_batched"}[block]
+    # Added in place (add_product_: the leaves' .grad are views of the output; affine and embedding weights add
+    # their terms there themselves): the same product on top of what the output held, and no .grad left behind.
+    op.block = "loop"
+    start = torch.randn(H.shape[0], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    out = start.clone()
+    op.add_product_(V[:, 0], out)
+    assert torch.allclose(out - start, H @ V[:, 0], rtol=0, atol=1e-12 * H.abs().max())
+    (graph,) = op._graphs.values()
+    assert all(leaf.grad is None for leaf in graph.leaves.values())
     return op
 
 
@@ -292,6 +301,52 @@ def test_linear_addmm_and_embedding_stand_ins_keep_the_products_exact():
     with torch.enable_grad(), double_backward_kernels():  # with values: torch's own linear layers
         out = functional_call(flat, dict(zip(names, params, strict=True)), (ids,))
     assert type(out.grad_fn.next_functions[0][0]).__name__ != "_AffineBackward"
+
+
+def test_products_added_in_place_form_no_weight_sized_gradient_of_the_embedding():
+    """``add_product_`` (and ``op @ v`` for one vector) adds the tied embedding's rows into its slice of the output
+    (``index_add_``) and the affine weights' terms with ``addmm_``: no ``(vocab, width)`` dense embedding gradient
+    (GPT-2 small: a 154 MB zero fill every product), which a block's columns (``torch.autograd.grad``, no ``.grad``
+    to add into) still form; the same product."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls: dict[str, int] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[func.__name__] = self.calls.get(func.__name__, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = TinyLM().double().eval()
+    ids = torch.randint(0, 7, (3, 5), generator=torch.Generator().manual_seed(1))
+
+    class ByName(nn.Module):  # called as a Hugging Face model is: model(input_ids=...)
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids):
+            return self.lm(input_ids)
+
+    p = L.Problem(ByName(model), L.losses.causal_lm(), [{"input_ids": ids}])
+    op = L.hessian(p, engine="double_backward", block="loop")
+    v = torch.randn(p.num_params, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with Count() as plain:  # a block: columns by torch.autograd.grad, each forms the embedding's dense gradient
+        expected = (op @ torch.stack([v, 2 * v], dim=1))[:, 0]
+    out = torch.zeros_like(v)
+    with Count() as added:
+        op.add_product_(v, out)
+    with Count() as single:  # one vector: accumulated into the result as add_product_ does
+        again = op @ v
+    assert plain.calls.get("embedding_dense_backward.default", 0) == 2
+    for calls in (added.calls, single.calls):
+        assert calls.get("embedding_dense_backward.default", 0) == 0 and calls["index_add_.default"] == 1
+        assert calls["addmm_.default"] >= 3  # proj_w (both passes), mix.weight, the tied output layer
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12 * float(expected.abs().max()))
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
 
 
 def test_linear_and_embedding_calls_the_stand_ins_do_not_cover_keep_torchs_path():
