@@ -391,7 +391,7 @@ class _AffineGradient(_LayerGradient):
         linear = extra.linear
         m = w.t() if linear else w
         gx = gy @ m.t() if mask[0] == "compute" else None
-        gw = None if mask[1] != "compute" else gy.t() @ x if linear else x.t() @ gy
+        gw = _weight_term(gy, x, extra) if mask[1] == "compute" else None
         gb = gy.sum(0) if mask[2] == "compute" else None
         return _computed(mask, (gx, gw, gb), (x.shape, w.shape, gy.shape[1:]), w)
 
@@ -413,13 +413,7 @@ class _AffineGradient(_LayerGradient):
         if need_x and b_m is not None:
             bar_x = gy @ b_m.t()
         if need_w and a is not None:
-            target = _grad_target(ctx.extra.leaf, ctx.extra.mode)
-            if target is None:
-                bar_w = gy.t() @ a if linear else a.t() @ gy
-            elif linear:
-                target.addmm_(gy.t(), a)
-            else:
-                target.addmm_(a.t(), gy)
+            bar_w = _weight_term(gy, a, ctx.extra)
         return bar_gy, bar_x, bar_w, None, None
 
 
@@ -433,6 +427,20 @@ class _AffineExtra:
     mode: double_backward_kernels | None
 
 
+def _weight_term(gy: Tensor, x: Tensor, extra: _AffineExtra) -> Tensor | None:
+    """``g_y^T x`` (``linear``: ``W`` is ``(out, in)``) or ``x^T g_y``: the weight's gradient in the first backward,
+    its product term in the second (``x`` then the cotangent ``a``). Added in place into the leaf's ``.grad`` where
+    :func:`_grad_target` gives it (then ``None``: autograd gets nothing to add)."""
+    target = _grad_target(extra.leaf, extra.mode)
+    if target is None:
+        return gy.t() @ x if extra.linear else x.t() @ gy
+    if extra.linear:
+        target.addmm_(gy.t(), x)
+    else:
+        target.addmm_(x.t(), gy)
+    return None
+
+
 class _Affine(_BilinearLayer):
     """``y = x W^T + b`` (``linear``) or ``x W + b`` (``addmm``) on a 2D ``x``, whose gradient is
     :class:`_AffineGradient`."""
@@ -444,17 +452,7 @@ class _Affine(_BilinearLayer):
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple:
-        target = _grad_target(ctx.leaf, ctx.stand_in.mode)
-        if target is None or not ctx.needs_input_grad[1]:
-            return _bilinear_backward(ctx, gy, _AffineGradient, _AffineExtra(ctx.extra, ctx.leaf, ctx.stand_in.mode))
-        x, w = ctx.saved_tensors  # a pass without a graph (add_product_): the weight's term straight into .grad
-        gx = (gy @ w if ctx.extra else gy @ w.t()) if ctx.needs_input_grad[0] else None
-        if ctx.extra:
-            target.addmm_(gy.t(), x)
-        else:
-            target.addmm_(x.t(), gy)
-        gb = gy.sum(0) if ctx.needs_input_grad[2] else None
-        return gx, None, gb, None, None
+        return _bilinear_backward(ctx, gy, _AffineGradient, _AffineExtra(ctx.extra, ctx.leaf, ctx.stand_in.mode))
 
 
 def _linear_arguments(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> tuple:

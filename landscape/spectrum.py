@@ -25,7 +25,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -491,6 +491,18 @@ def krylov_summary(
     }
 
 
+class _Candidate(NamedTuple):
+    """One probe's top-``k`` Ritz pairs (descending), with their residuals, error bounds, eigenvector coordinates
+    ``Y`` in the probe's basis, and the probe's largest ``|theta|`` (the convergence scale)."""
+
+    probe: int
+    values: np.ndarray
+    residuals: np.ndarray
+    bounds: np.ndarray
+    Y: np.ndarray
+    scale: float
+
+
 def _largest(values: np.ndarray, residuals: np.ndarray) -> int:
     """The candidate with the largest value; among those that no residual tells apart from it (closer than the
     smaller of the two residuals: two probes converged to one eigenvalue differ by rounding), the smallest residual,
@@ -537,24 +549,25 @@ def _top_ritz(dec: LanczosDecomposition, k: int, tol: float, eps: float):
         )
         r = res[idx]
         bounds = np.minimum(r, r**2 / np.maximum(gaps, 1e-300))
-        candidates.append((probe, theta[idx], r, bounds, Y[:, idx], float(np.abs(theta).max())))
+        candidates.append(_Candidate(probe, theta[idx], r, bounds, Y[:, idx], float(np.abs(theta).max())))
     if not candidates:
         raise ValueError(f"every Lanczos recurrence ended before {k} steps: ask for fewer eigenvalues")
-    tops = np.stack([c[1] for c in candidates])  # (probes, k), each row descending
+    tops = np.stack([c.values for c in candidates])  # (probes, k), each row descending
+    res = np.stack([c.residuals for c in candidates])
     if local:
-        pick = np.full(k, int(np.argmin([c[2].max() for c in candidates])))
+        pick = np.full(k, int(np.argmin(res.max(axis=1))))
     else:
-        pick = np.array([_largest(tops[:, i], np.array([c[2][i] for c in candidates])) for i in range(k)])
-    values = tops[pick, np.arange(k)]
-    residuals = np.array([candidates[c][2][i] for i, c in enumerate(pick)])
-    bounds = np.array([candidates[c][3][i] for i, c in enumerate(pick)])
-    scale = max(candidates[c][5] for c in set(pick.tolist())) or 1.0
+        pick = np.array([_largest(tops[:, i], res[:, i]) for i in range(k)])
+    cols = np.arange(k)
+    values, residuals = tops[pick, cols], res[pick, cols]
+    bounds = np.stack([c.bounds for c in candidates])[pick, cols]
+    scale = max(candidates[c].scale for c in set(pick.tolist())) or 1.0
     vectors = None
     if dec.basis is not None:
         columns = []
         for i, c in enumerate(pick):
-            probe, Y = candidates[c][0], candidates[c][4]
+            Y = candidates[c].Y
             y = torch.as_tensor(Y[:, i], dtype=dec.basis.dtype, device=dec.basis.device)
-            columns.append(dec.basis[probe][:, : Y.shape[0]] @ y)
+            columns.append(dec.basis[candidates[c].probe][:, : Y.shape[0]] @ y)
         vectors = torch.stack(columns, dim=1)
     return values.copy(), residuals, bounds, residuals <= tol * scale, vectors
