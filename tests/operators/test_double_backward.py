@@ -304,10 +304,10 @@ def test_linear_addmm_and_embedding_stand_ins_keep_the_products_exact():
 
 
 def test_products_added_in_place_form_no_weight_sized_gradient_of_the_embedding():
-    """``add_product_`` (and ``op @ v`` for one vector) adds the tied embedding's rows into its slice of the output
-    (``index_add_``) and the affine weights' terms with ``addmm_``: no ``(vocab, width)`` dense embedding gradient
-    (GPT-2 small: a 154 MB zero fill every product), which a block's columns (``torch.autograd.grad``, no ``.grad``
-    to add into) still form; the same product."""
+    """Every double-backward product (``add_product_``, ``op @ v``, a block's columns, a block's restricted products)
+    adds the tied embedding's rows into its slice of the output (``index_add_``) and the affine weights' terms with
+    ``addmm_``: no ``(vocab, width)`` dense embedding gradient (GPT-2 small: a 154 MB zero fill every product, which
+    ``torch.autograd.grad`` forms); the products of forward-over-reverse, which knows nothing of this."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
@@ -334,19 +334,31 @@ def test_products_added_in_place_form_no_weight_sized_gradient_of_the_embedding(
     p = L.Problem(ByName(model), L.losses.causal_lm(), [{"input_ids": ids}])
     op = L.hessian(p, engine="double_backward", block="loop")
     v = torch.randn(p.num_params, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    with Count() as plain:  # a block: columns by torch.autograd.grad, each forms the embedding's dense gradient
-        expected = (op @ torch.stack([v, 2 * v], dim=1))[:, 0]
+    V = torch.stack([v, 2 * v], dim=1)
+    expected = L.hessian(p, engine="forward_over_reverse") @ V
+    embedding = ["lm.wte.weight"]
+    at = p.param_names.index(embedding[0])
+    rows = slice(sum(p.param_numels[:at]), sum(p.param_numels[: at + 1]))
+    with Count() as block:
+        out_block = op @ V
     out = torch.zeros_like(v)
     with Count() as added:
         op.add_product_(v, out)
-    with Count() as single:  # one vector: accumulated into the result as add_product_ does
+    with Count() as single:
         again = op @ v
-    assert plain.calls.get("embedding_dense_backward.default", 0) == 2
-    for calls in (added.calls, single.calls):
-        assert calls.get("embedding_dense_backward.default", 0) == 0 and calls["index_add_.default"] == 1
+    with Count() as restricted:
+        (out_restricted,) = op.block_products([(embedding, V[rows])])
+    for calls, columns in ((block.calls, 2), (added.calls, 1), (single.calls, 1), (restricted.calls, 2)):
+        assert calls.get("embedding_dense_backward.default", 0) == 0 and calls["index_add_.default"] == columns
+    for calls in (block.calls, added.calls, single.calls):
         assert calls["addmm_.default"] >= 3  # proj_w (both passes), mix.weight, the tied output layer
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12 * float(expected.abs().max()))
+    tol = {"rtol": 1e-12, "atol": 1e-12 * float(expected.abs().max())}
+    torch.testing.assert_close(out_block, expected, **tol)
+    torch.testing.assert_close(out, expected[:, 0], **tol)
     torch.testing.assert_close(again, out, rtol=0, atol=0)
+    # H_bb V_b of the embedding's block: the entries of a dense Hessian's block, column by column.
+    dense = torch.stack([L.hessian(p, engine="forward_over_reverse") @ e for e in torch.eye(p.num_params)[rows]], 1)
+    torch.testing.assert_close(out_restricted, dense[rows] @ V[rows], **tol)
 
 
 def test_linear_and_embedding_calls_the_stand_ins_do_not_cover_keep_torchs_path():
