@@ -164,14 +164,15 @@ def default_block_size(block_size: int | None, num_matvecs: int) -> int:
     return block_size or min(num_matvecs, DEFAULT_BLOCK_SIZE)
 
 
-def trace_vectors(estimator: str, num_matvecs: int, block_size: int | None) -> int:
+def trace_vectors(estimator: str, num_matvecs: int, block_size: int | None, loop: bool = False) -> int:
     """Length-``n`` vectors an estimator holds at once besides its product's output (:func:`estimate`'s "product",
-    ``block_width`` vectors): a Hutchinson block and the per-parameter pieces its product is gathered from
-    (``2 b``, so ``PRODUCT_COPIES = 3`` per probe in all); Hutch++'s
-    sketch, its products and basis, then the deflated probes with theirs (``~ 2 m + m / 3``); XTrace's test
-    vectors, their products and basis (``~ 2 m``)."""
+    ``block_width`` vectors): a Hutchinson block and the per-parameter pieces a batched strategy's product is
+    gathered from (``2 b``, so ``PRODUCT_COPIES = 3`` per probe in all), or the block alone where the operator can
+    only loop over the columns (``loop``: vectors of ``TRIALS_MAX_VECTOR_BYTES`` or more), writing each into its
+    row; Hutch++'s sketch, its products and basis, then the deflated probes with theirs (``~ 2 m + m / 3``);
+    XTrace's test vectors, their products and basis (``~ 2 m``)."""
     if estimator == "hutchinson":
-        return 2 * default_block_size(block_size, num_matvecs)
+        return (1 if loop else 2) * default_block_size(block_size, num_matvecs)
     if estimator == "hutch++":
         return 2 * num_matvecs + num_matvecs // 3
     return 2 * num_matvecs
@@ -355,8 +356,11 @@ def product_memory(problem: Problem) -> GraphSizes:
     return GraphSizes(a + b * size, every, fa + fb * size, per_vector)
 
 
-def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: dict[str, Any]) -> tuple[int, str]:
-    """``(vectors, how)``: the length-``n`` vectors an estimator holds (besides the product's output)."""
+def krylov_need(
+    analysis: str, n: int, per_vector: int, budget: int, settings: dict[str, Any], loop: bool = False
+) -> tuple[int, str]:
+    """``(vectors, how)``: the length-``n`` vectors an estimator holds (besides the product's output); ``loop``: the
+    operator can only loop over a block's columns (see :func:`trace_vectors`)."""
     cap = int(budget * KRYLOV_SHARE) // per_vector
     if analysis == "gradient":
         return 1, "the gradient"
@@ -400,7 +404,7 @@ def krylov_need(analysis: str, n: int, per_vector: int, budget: int, settings: d
         method = settings.get("method", "hutch++")
         method = "hutch++" if method in ("auto", "exact") else method
         m = int(settings.get("num_matvecs", 100))
-        return trace_vectors(method, m, settings.get("block_size")), f"{method} with {m} products"
+        return trace_vectors(method, m, settings.get("block_size"), loop), f"{method} with {m} products"
     raise ValueError(f"analysis must be one of {ANALYSES}, got {analysis!r}")
 
 
@@ -453,7 +457,8 @@ def estimate(
     # Sharded (FSDP2): a Krylov vector holds this rank's entries only; products still see whole vectors.
     space = getattr(problem, "space", None)
     krylov = per_vector if space is None else per_vector * space.local_size // problem.num_params
-    vectors, how = krylov_need(analysis, problem.num_params, krylov, budget, settings)
+    loop = per_vector >= TRIALS_MAX_VECTOR_BYTES  # no batched strategy (HessianOperator._clear_choice)
+    vectors, how = krylov_need(analysis, problem.num_params, krylov, budget, settings, loop)
     if analysis == "gradient":
         parts["gradient graph"] = g.forward
         notes["gradient graph"] = "the largest batch's activations"

@@ -90,6 +90,38 @@ def test_the_three_term_recurrence_counts_no_product_output_where_the_operator_a
     assert seen == [False, True]
 
 
+def test_hutchinson_blocks_of_a_model_that_only_loops_count_the_probes_and_their_products():
+    """From ``TRIALS_MAX_VECTOR_BYTES`` (1M float32 parameters) on, a block of probes is multiplied column by column,
+    each column added into its row of the output: the trace holds the block and its product (``b`` Krylov vectors
+    and the product's ``b``), not the per-parameter pieces a batched strategy holds besides (``2 b``). The
+    estimate covers what the run allocates (to within 10% below, 25% above)."""
+    from landscape.memory import TRIALS_MAX_VECTOR_BYTES
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(64, 1024, generator=g), torch.randint(0, 10, (64,), generator=g)
+    wide = L.Problem(mlp(1024, (1024,), 10, seed=0), torch.nn.CrossEntropyLoss(), [(X, y)])
+    assert wide.num_params * 4 >= TRIALS_MAX_VECTOR_BYTES
+    settings = {"method": "hutchinson", "num_matvecs": 8, "block_size": 4}
+    per_vector = wide.num_params * 4
+    est = estimate(wide, "trace", **settings)
+    assert est.parts["Krylov vectors"] == 4 * per_vector
+    small = _small_problem()  # a batched strategy may hold the pieces: 2 b
+    assert estimate(small, "trace", **settings).parts["Krylov vectors"] == 8 * small.num_params * 4
+    op = L.hessian(wide)
+    L.trace(op, num_matvecs=1, method="hutchinson")  # the graph built and kept before the count starts
+    with _LiveBytes() as run:
+        r = L.trace(op, seed=1, **settings)
+    assert r.method == "hutchinson" and r.num_matvecs == 8
+    measured = run.peak + est.parts["gradient graph"]  # the graph was allocated before the count
+    assert 0.9 <= est.need / measured <= 1.25, (est.parts, run.peak)  # 1.01 measured; 1.40 counting 2 b
+
+
+def _small_problem() -> L.Problem:
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+    return L.Problem(mlp(8, (16,), 3, seed=0), torch.nn.CrossEntropyLoss(), [(X, y)])
+
+
 def test_the_graph_is_measured_on_two_examples_and_scales_to_the_batch(problem):
     batch = next(iter(problem.batches()))
     direct = _graph_bytes(problem, batch, create_graph=True)

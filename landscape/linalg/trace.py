@@ -59,6 +59,7 @@ from landscape.linalg.results import Estimate
 from landscape.memory import (
     KRYLOV_SHARE,
     PRODUCT_COPIES,
+    TRIALS_MAX_VECTOR_BYTES,
     MemoryBudgetError,
     block_width,
     default_block_size,
@@ -301,14 +302,15 @@ def fit_memory(
     Hutchinson); :class:`~landscape.memory.MemoryBudgetError` when not even one probe and its product fit."""
     n = op.shape[0]
     cap = krylov_vectors(memory_budget, n, op.dtype, op.device)
-    # The estimator's own vectors and its product's output (memory.estimate counts the latter as "product"):
-    # Hutchinson's blocks cost PRODUCT_COPIES vectors per probe, as the blocks below are fitted.
-    need = trace_vectors(estimator, num_matvecs, block_size) + block_width(
+    per_vector = n * torch.empty((), dtype=op.dtype).element_size()
+    # The estimator's own vectors and its product's output (memory.estimate counts the latter as "product"); the
+    # blocks below are fitted at PRODUCT_COPIES vectors a probe, what a batched strategy holds.
+    loop = per_vector >= TRIALS_MAX_VECTOR_BYTES
+    need = trace_vectors(estimator, num_matvecs, block_size, loop) + block_width(
         "trace", {"method": estimator, "num_matvecs": num_matvecs, "block_size": block_size}
     )
     if need <= cap:
         return estimator, block_size, ""
-    per_vector = n * torch.empty((), dtype=op.dtype).element_size()
     if cap < 2:
         raise MemoryBudgetError(
             f"trace needs at least 2 vectors of {n:,} parameters ({gib(2 * per_vector)}: a probe and its product); "
