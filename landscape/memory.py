@@ -481,9 +481,7 @@ def estimate(
         adds = in_place and analysis in ("top_eigen", "spectrum") and how.startswith(("three-term", "thick-restart"))
         # A block may go through a batched (vmapped) strategy, holding every column's transients at once, unless
         # the operator rules that out: they would not fit, or the model is large (HessianOperator._clear_choice).
-        batched = (
-            not adds and width > 1 and per_vector < TRIALS_MAX_VECTOR_BYTES and (g.one + per_vector) * width <= budget
-        )
+        batched = not adds and width > 1 and not loop and (g.one + per_vector) * width <= budget
         copies = width if batched else 1
         parts["backward transients"] = 2 * g.forward * copies
         notes["backward transients"] = (

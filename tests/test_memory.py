@@ -107,7 +107,9 @@ def test_hutchinson_blocks_of_a_model_that_only_loops_count_the_probes_and_their
     assert est.parts["Krylov vectors"] == 4 * per_vector
     small = _small_problem()  # a batched strategy may hold the pieces: 2 b
     assert estimate(small, "trace", **settings).parts["Krylov vectors"] == 8 * small.num_params * 4
+    assert not L.hessian(small).only_loops and L.hessian(small, block="loop").only_loops  # what trace() fits by
     op = L.hessian(wide)
+    assert op.only_loops
     L.trace(op, num_matvecs=1, method="hutchinson")  # the graph built and kept before the count starts
     with _LiveBytes() as run:
         r = L.trace(op, seed=1, **settings)

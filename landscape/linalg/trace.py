@@ -59,7 +59,6 @@ from landscape.linalg.results import Estimate
 from landscape.memory import (
     KRYLOV_SHARE,
     PRODUCT_COPIES,
-    TRIALS_MAX_VECTOR_BYTES,
     MemoryBudgetError,
     block_width,
     default_block_size,
@@ -305,7 +304,7 @@ def fit_memory(
     per_vector = n * torch.empty((), dtype=op.dtype).element_size()
     # The estimator's own vectors and its product's output (memory.estimate counts the latter as "product"); the
     # blocks below are fitted at PRODUCT_COPIES vectors a probe, what a batched strategy holds.
-    loop = per_vector >= TRIALS_MAX_VECTOR_BYTES
+    loop = bool(getattr(op, "only_loops", False))  # a Hessian that multiplies blocks column by column
     need = trace_vectors(estimator, num_matvecs, block_size, loop) + block_width(
         "trace", {"method": estimator, "num_matvecs": num_matvecs, "block_size": block_size}
     )

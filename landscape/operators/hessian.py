@@ -195,8 +195,7 @@ class HessianOperator(ProblemOperator):
         """
         if "double_backward" not in candidates:
             return super()._clear_choice(k, candidates, forward, i, batch)
-        vector_bytes = self.shape[0] * torch.empty((), dtype=self.dtype).element_size()
-        if k == 1 or self.block == "loop" or vector_bytes >= TRIALS_MAX_VECTOR_BYTES:
+        if k == 1 or self.only_loops:
             return "double_backward"
         g, kept = self._graph(forward, i, batch)
         if not kept or g.nbytes * min(k, MEASURE_COLUMNS) > memory.default_budget(self.problem.device):
@@ -233,6 +232,16 @@ class HessianOperator(ProblemOperator):
     def _product_double_backward_batched(self, forward: Callable, i: int, batch: PreparedBatch, V: Tensor) -> BlockDict:
         g, kept = self._graph(forward, i, batch)
         return g.product_batched(self.problem.unflatten(V), retain=kept)
+
+    @property
+    def only_loops(self) -> bool:
+        """Whether every block is multiplied column by column (each column added into its row, no per-parameter
+        pieces besides the block): ``block="loop"``, or vectors of ``TRIALS_MAX_VECTOR_BYTES`` or more, for which
+        :meth:`_clear_choice` takes the loop untimed."""
+        vector_bytes = self.shape[0] * torch.empty((), dtype=self.dtype).element_size()
+        return self.engine != "forward_over_reverse" and (
+            self.block == "loop" or vector_bytes >= TRIALS_MAX_VECTOR_BYTES
+        )
 
     @property
     def adds_in_place(self) -> bool:
