@@ -60,11 +60,6 @@ class CurvatureOperator:
         V = x.reshape(self._n, -1).to(device=self._device, dtype=self._dtype)
         if V.shape[1] == 0:
             return torch.zeros_like(x, dtype=self._dtype, device=self._device)
-        if x.ndim == 1 and self.adds_in_place:  # a flat vector: its product accumulated straight into the result
-            out = torch.zeros(self._n, dtype=self._dtype, device=self._device)
-            if self._add_product(V[:, 0], out):
-                self.num_matvecs += 1
-                return out.reshape(x.shape)
         out = self._matmat(V)
         self.num_matvecs += V.shape[1]
         return out.reshape(x.shape)
